@@ -1,0 +1,78 @@
+"""Assemble a running proxy from a validated configuration: shared state, plugins
+(credential backends first), the policy engine and one runtime per listener.
+
+`mailproxy check` builds exactly this and stops, so whatever `check` accepts, `run`
+can start.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from .auth.file import FileBackend
+from .auth.throttle import AuthThrottle
+from .auth.upstream import UpstreamBackend
+from .config import Config, ConfigError
+from .plugins import LoadedPlugin, PluginContext, PluginSettings, load_plugins, new_plugin_manager, register
+from .policy import PolicyEngine
+from .proxy.runtime import ListenerRuntime, server_tls_context
+from .proxy.upstream import client_tls_context
+from .state import SharedState, make_state
+
+
+@dataclass
+class Application:
+    config: Config
+    state: SharedState
+    plugins: list[LoadedPlugin]
+    policy: PolicyEngine
+    listeners: list[ListenerRuntime]
+
+
+def _auth_backends(config: Config) -> list[tuple[str, object]]:
+    backends = []
+    for name in config.auth.backends:
+        if name == "file":
+            try:
+                backends.append(("auth:file", FileBackend(config.auth.users_file)))
+            except (OSError, ValueError) as exc:
+                raise ConfigError(f"{config.path}: auth.users_file: {exc}") from None
+        else:
+            backends.append(("auth:upstream", UpstreamBackend(config)))
+    return backends
+
+
+def build(config: Config) -> Application:
+    state = make_state(config.state)
+    manager = new_plugin_manager()
+    loaded = [
+        register(manager, name, "built-in credential backend", backend, PluginSettings())
+        for name, backend in _auth_backends(config)
+    ]
+    context = PluginContext(state=state, config=config, logger=logging.getLogger("mailproxy.plugin"))
+    loaded += load_plugins(config, context, manager)
+    policy = PolicyEngine(manager, loaded, config.policy)
+    throttle = AuthThrottle(config.auth, state)
+    listeners = []
+    for index, settings in enumerate(config.listeners):
+        upstream = config.upstream_for(settings)
+        try:
+            server_tls = server_tls_context(settings)
+            upstream_tls = client_tls_context(upstream)
+        except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
+            raise ConfigError(f"{config.path}: listeners[{index}]: TLS setup failed: {exc}") from None
+        listeners.append(
+            ListenerRuntime(
+                settings=settings,
+                hostname=config.proxy.hostname,
+                upstream_name=settings.upstream,
+                upstream=upstream,
+                upstream_tls=upstream_tls,
+                server_tls=server_tls,
+                policy=policy,
+                auth=config.auth,
+                throttle=throttle,
+            )
+        )
+    return Application(config, state, loaded, policy, listeners)

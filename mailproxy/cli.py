@@ -1,0 +1,153 @@
+"""The `mailproxy` command: run | check | plugins | hash-password.
+
+Configuration problems are printed as `FILE: key: problem` lines with exit status 2,
+never as a traceback. Modules that import prometheus_client are imported only after
+the configuration is read, because multiprocess metrics must be set up first.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import logging
+import os
+import sys
+import tempfile
+
+from .config import Config, ConfigError, load_config
+
+EXIT_CONFIG = 2
+
+
+def _describe(app) -> list[str]:
+    config = app.config
+    lines = [f"configuration {config.path}: OK"]
+    for name, upstream in config.upstreams.items():
+        lines.append(
+            f"upstream {name}: {upstream.address} tls={upstream.tls}"
+            f"{'' if upstream.verify else ' (not verified)'} identity={upstream.client_identity}"
+        )
+    for runtime in app.listeners:
+        s = runtime.settings
+        lines.append(
+            f"listener {s.name}: {s.protocol} {s.mode} on {s.address} tls={s.tls} -> {s.upstream}"
+        )
+    lines.append(_plugin_lines(app))
+    return lines
+
+
+def _plugin_lines(app) -> str:
+    if not app.plugins:
+        return "plugins: none"
+    rows = ["plugins (in order):"]
+    for plugin in app.plugins:
+        flags = " [observe]" if plugin.settings.observe else ""
+        rows.append(f"  {plugin.name}{flags}: {', '.join(plugin.hooks) or 'no hooks'}  ({plugin.origin})")
+    return "\n".join(rows)
+
+
+def _build(config: Config):
+    from .app import build
+
+    return build(config)
+
+
+def cmd_check(args) -> int:
+    app = _build(load_config(args.config))
+    print("\n".join(_describe(app)))
+    return 0
+
+
+def cmd_plugins(args) -> int:
+    from .plugins import discover
+
+    config = load_config(args.config)
+    app = _build(config)
+    print(_plugin_lines(app))
+    available = sorted(set(discover(config.plugins.directories)) - {p.name for p in app.plugins})
+    if available:
+        print("available, not enabled: " + ", ".join(available))
+    return 0
+
+
+def cmd_run(args) -> int:
+    config = load_config(args.config)
+    workers = config.proxy.workers
+    if workers > 1:
+        # Must happen before prometheus_client is first imported (below).
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="mailproxy-metrics-")
+    from .logs import setup_logging
+
+    setup_logging(config.proxy.log_level)
+    app = _build(config)
+    from prometheus_client import REGISTRY, CollectorRegistry
+
+    from .proxy.metrics_http import MetricsServer
+    from .proxy.server import run_process
+
+    registry = REGISTRY
+    if workers > 1:
+        from prometheus_client import multiprocess
+
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+    metrics_server = None
+    if config.metrics.listen is not None:
+        metrics_server = MetricsServer(config.metrics.listen, registry)
+        metrics_server.start()
+        logging.getLogger("mailproxy").info("metrics on http://%s/metrics", config.metrics.listen)
+    try:
+        if workers == 1:
+            run_process(app)
+            return 0
+        from .proxy.workers import supervise
+
+        return supervise(workers, lambda: run_process(app, reuse_port=True), config.proxy.shutdown_grace)
+    finally:
+        if metrics_server is not None:
+            metrics_server.stop()
+
+
+def cmd_hash_password(args) -> int:
+    from .auth.file import hash_password
+
+    if sys.stdin.isatty():
+        password = getpass.getpass("Password: ")
+        if getpass.getpass("Again: ") != password:
+            print("passwords differ", file=sys.stderr)
+            return 1
+    else:
+        password = sys.stdin.readline().rstrip("\r\n")
+    if not password:
+        print("empty password refused", file=sys.stderr)
+        return 1
+    print(f"{args.username}:{hash_password(password)}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="mailproxy", description="Transparent mail filtering proxy")
+    commands = parser.add_subparsers(dest="command", required=True)
+    for name, handler, text in (
+        ("run", cmd_run, "run in the foreground"),
+        ("check", cmd_check, "validate the configuration and load every plugin"),
+        ("plugins", cmd_plugins, "list the plugins and their hooks"),
+    ):
+        sub = commands.add_parser(name, help=text)
+        sub.add_argument("-c", "--config", required=True, help="configuration file (TOML)")
+        sub.set_defaults(handler=handler)
+    hasher = commands.add_parser("hash-password", help="print a users-file line (password on stdin)")
+    hasher.add_argument("username")
+    hasher.set_defaults(handler=cmd_hash_password)
+    args = parser.parse_args(argv)
+    try:
+        return args.handler(args)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return EXIT_CONFIG
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,269 @@
+"""Load and validate the TOML configuration.
+
+Validation is declarative (pydantic models); `load_config` turns every problem into a
+`ConfigError` whose lines read `FILE: key.path: what is wrong`, never a traceback.
+Relative paths are resolved against the directory of the configuration file.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+TlsMode = Literal["none", "starttls", "implicit"]
+
+
+class ConfigError(Exception):
+    """A configuration problem, already phrased for the administrator."""
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+def _parse_endpoint(value: Any) -> Endpoint:
+    if isinstance(value, Endpoint):
+        return value
+    if not isinstance(value, str):
+        raise ValueError("must be a string like 127.0.0.1:25 or [::1]:25")
+    if value.startswith("["):
+        host, sep, port = value[1:].partition("]:")
+    else:
+        host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"{value!r} is not HOST:PORT (IPv6 as [addr]:port, port 1-65535)")
+    return Endpoint(host, int(port))
+
+
+def _parse_ip_endpoint(value: Any) -> Endpoint:
+    endpoint = _parse_endpoint(value)
+    try:
+        ipaddress.ip_address(endpoint.host)
+    except ValueError:
+        raise ValueError(f"{endpoint.host!r} is not an IP address to listen on") from None
+    return endpoint
+
+
+AnyEndpoint = Annotated[Endpoint, BeforeValidator(_parse_endpoint)]
+ListenEndpoint = Annotated[Endpoint, BeforeValidator(_parse_ip_endpoint)]
+
+
+def _resolve(path: Path | None, info: ValidationInfo) -> Path | None:
+    if path is None:
+        return None
+    base = (info.context or {}).get("base_dir")
+    return path if path.is_absolute() or base is None else (base / path)
+
+
+def _existing_file(path: Path | None, info: ValidationInfo) -> Path | None:
+    path = _resolve(path, info)
+    if path is not None and not path.is_file():
+        raise ValueError(f"file not found: {path}")
+    return path
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ProxySettings(_Section):
+    hostname: str = Field(default_factory=socket.gethostname, min_length=1)
+    workers: int = Field(1, ge=1, le=64)
+    shutdown_grace: float = Field(10.0, ge=0)
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+
+class MetricsSettings(_Section):
+    listen: ListenEndpoint | None = None
+
+
+class StateSettings(_Section):
+    backend: Literal["memory"] = "memory"
+
+
+class AuthSettings(_Section):
+    backends: list[Literal["file", "upstream"]] = ["file"]
+    users_file: Path | None = None
+    max_failures: int = Field(5, ge=1)
+    failure_window: float = Field(300.0, gt=0)
+    throttle: Literal["delay", "disconnect"] = "delay"
+    throttle_delay: float = Field(2.0, ge=0, le=60)
+
+    _check_users_file = field_validator("users_file")(_existing_file)
+
+    @model_validator(mode="after")
+    def _file_backend_needs_users(self) -> AuthSettings:
+        if "file" in self.backends and self.users_file is None:
+            raise ValueError("backend 'file' needs users_file")
+        return self
+
+
+class UpstreamSettings(_Section):
+    address: AnyEndpoint
+    tls: TlsMode = "none"
+    verify: bool = True
+    ca_file: Path | None = None
+    connect_timeout: float = Field(10.0, gt=0)
+    reply_timeout: float = Field(120.0, gt=0)
+    client_identity: Literal["xclient", "none"] = "xclient"
+
+    _check_ca_file = field_validator("ca_file")(_existing_file)
+
+
+class ListenerSettings(_Section):
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    protocol: Literal["smtp"] = "smtp"
+    mode: Literal["mx", "submission"]
+    address: ListenEndpoint
+    tls: TlsMode = "none"
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    upstream: str
+    local_domains: list[str] = []
+    allow_plaintext_auth: bool = False
+    max_message_size: int = Field(10 * 1024 * 1024, ge=1024)
+    max_recipients: int = Field(100, ge=1)
+    idle_timeout: float = Field(300.0, gt=0)
+    max_errors: int = Field(10, ge=1)
+
+    _check_files = field_validator("cert_file", "key_file")(_existing_file)
+
+    @field_validator("local_domains")
+    @classmethod
+    def _lowercase_domains(cls, domains: list[str]) -> list[str]:
+        return [d.lower().rstrip(".") for d in domains]
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ListenerSettings:
+        if self.tls != "none" and (self.cert_file is None or self.key_file is None):
+            raise ValueError(f"tls = {self.tls!r} needs cert_file and key_file")
+        if self.mode == "mx" and not self.local_domains:
+            raise ValueError("an mx listener needs local_domains (it refuses relaying)")
+        return self
+
+
+class PluginsSettings(_Section):
+    enabled: list[str] = []
+    directories: list[Path] = []
+
+    @field_validator("directories")
+    @classmethod
+    def _existing_dirs(cls, paths: list[Path], info: ValidationInfo) -> list[Path]:
+        resolved = [_resolve(p, info) for p in paths]
+        for path in resolved:
+            if not path.is_dir():
+                raise ValueError(f"directory not found: {path}")
+        return resolved
+
+    @field_validator("enabled")
+    @classmethod
+    def _unique(cls, names: list[str]) -> list[str]:
+        duplicates = {n for n in names if names.count(n) > 1}
+        if duplicates:
+            raise ValueError(f"listed twice: {', '.join(sorted(duplicates))}")
+        return names
+
+
+class PolicySettings(_Section):
+    # Thresholds on the transaction's summed plugin scores; unset means scores are only
+    # recorded (logged and counted), never enforced.
+    tempfail_score: float | None = None
+    reject_score: float | None = None
+
+
+class Config(_Section):
+    proxy: ProxySettings = ProxySettings()
+    metrics: MetricsSettings = MetricsSettings()
+    state: StateSettings = StateSettings()
+    auth: AuthSettings = AuthSettings(backends=[])
+    upstreams: dict[str, UpstreamSettings]
+    listeners: list[ListenerSettings] = Field(min_length=1)
+    plugins: PluginsSettings = PluginsSettings()
+    policy: PolicySettings = PolicySettings()
+    # Each plugin's own section; checked against the plugin's model when it is loaded.
+    plugin: dict[str, dict[str, Any]] = {}
+    path: Path | None = Field(None, exclude=True)
+
+    @model_validator(mode="after")
+    def _references(self) -> Config:
+        names: set[str] = set()
+        addresses: set[Endpoint] = set()
+        for index, listener in enumerate(self.listeners):
+            where = f"listeners[{index}]"
+            if listener.upstream not in self.upstreams:
+                known = ", ".join(sorted(self.upstreams)) or "none defined"
+                raise ValueError(
+                    f"{where}.upstream: no upstream named {listener.upstream!r} ({known})"
+                )
+            if listener.name in names:
+                raise ValueError(f"{where}.name: {listener.name!r} is used twice")
+            if listener.address in addresses:
+                raise ValueError(f"{where}.address: {listener.address} is used twice")
+            names.add(listener.name)
+            addresses.add(listener.address)
+        for name in self.plugin:
+            if name not in self.plugins.enabled:
+                raise ValueError(f"plugin.{name}: section for a plugin that is not enabled")
+        return self
+
+    def upstream_for(self, listener: ListenerSettings) -> UpstreamSettings:
+        return self.upstreams[listener.upstream]
+
+
+def format_location(loc: tuple[str | int, ...]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def describe_validation_error(source: str, error: ValidationError) -> str:
+    lines = []
+    for item in error.errors():
+        # Skip pydantic's internal step names ("function-after[...]") in the key path.
+        loc = tuple(p for p in item["loc"] if not (isinstance(p, str) and "[" in p))
+        message = item["msg"].removeprefix("Value error, ")
+        if item["type"] == "extra_forbidden":
+            message = "unknown key"
+        elif item["type"] == "missing":
+            message = "required key is missing"
+        where = f"{format_location(loc)}: " if loc else ""
+        lines.append(f"{source}: {where}{message}")
+    return "\n".join(lines)
+
+
+def load_config(path: str | Path) -> Config:
+    path = Path(path)
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: file not found") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read: {exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    try:
+        config = Config.model_validate(raw, context={"base_dir": path.resolve().parent})
+    except ValidationError as exc:
+        raise ConfigError(describe_validation_error(str(path), exc)) from None
+    return config.model_copy(update={"path": path})

@@ -1,0 +1,130 @@
+"""Every hook a plugin can implement, grouped by phase.
+
+How results combine, for every policy hook (those returning `Verdict | None`):
+plugins run in the order of `[plugins] enabled`. `None` or `Verdict.cont()` passes to the
+next plugin; `Verdict.score(...)` adds points to the transaction and passes on;
+`Verdict.accept()` ends the phase, skipping the remaining plugins; `reject`, `tempfail`
+and `disconnect` end the phase and are sent to the client, unless the plugin runs in
+observe mode, in which case they are logged and counted only. If no plugin refuses, the
+command goes to the upstream, whose reply the client receives.
+
+A hook may be a plain function or a coroutine function. Anything that waits on the
+network (DNS, Redis, HTTP) must be a coroutine function: the per-plugin timeout can only
+interrupt a coroutine, and a blocking call stalls every session of the process.
+
+Arguments are passed by name; an implementation may accept any subset of them.
+"""
+
+from __future__ import annotations
+
+import pluggy
+
+from .session import Envelope, Session
+from .verdict import Verdict
+
+PROJECT = "mailproxy"
+hookspec = pluggy.HookspecMarker(PROJECT)
+
+# Hooks whose results are policy verdicts, by protocol phase.
+POLICY_HOOKS = (
+    "smtp_connect",
+    "smtp_command",
+    "smtp_helo",
+    "smtp_auth",
+    "smtp_mail",
+    "smtp_rcpt",
+    "smtp_data",
+)
+# Hooks that only observe; their return value is ignored.
+NOTIFY_HOOKS = ("smtp_reset", "smtp_disconnect")
+# The credential check: first definite answer wins.
+FIRST_RESULT_HOOKS = ("authenticate",)
+
+
+# --- connection -------------------------------------------------------------------------
+
+
+@hookspec
+def smtp_connect(session: Session) -> Verdict | None:
+    """A client connected; runs before the greeting is relayed.
+
+    `session.client_address` and `session.listener` are set; nothing has been said yet.
+    A refusal is sent instead of the upstream's greeting and the session ends.
+    """
+
+
+@hookspec
+def smtp_command(session: Session, verb: str, argument: str) -> Verdict | None:
+    """Every command line the client sends, before the command's own hook.
+
+    `verb` is upper-case (`MAIL`, `XFOO`, ...), `argument` the rest of the line. AUTH
+    arguments are not passed (they may carry credentials): `argument` is the mechanism.
+    A refusal answers this command instead of running it.
+    """
+
+
+@hookspec
+def smtp_helo(session: Session, hostname: str) -> Verdict | None:
+    """HELO or EHLO; `session.extended_smtp` tells which. Runs before it is forwarded."""
+
+
+# --- authentication ---------------------------------------------------------------------
+
+
+@hookspec
+def smtp_auth(session: Session, mechanism: str, username: str) -> Verdict | None:
+    """Policy on an AUTH attempt, after the credentials were read, before they are checked.
+
+    A refusal answers the AUTH command; the credentials are then not checked at all.
+    """
+
+
+@hookspec(firstresult=True)
+def authenticate(
+    session: Session, mechanism: str, username: str, password: str
+) -> bool | None:
+    """Check a username and password.
+
+    Return True (valid), False (invalid) or None (this backend does not know the user).
+    Backends are asked in order (`[auth] backends` first, then enabled plugins); the
+    first True or False decides. If every backend answers None, the attempt fails.
+    """
+
+
+# --- transaction ------------------------------------------------------------------------
+
+
+@hookspec
+def smtp_mail(
+    session: Session, envelope: Envelope, address: str, params: dict[str, str | bool]
+) -> Verdict | None:
+    """MAIL FROM. `address` is the reverse-path without brackets ('' for the null sender);
+    `params` the ESMTP parameters (`SIZE`, `BODY`, ...), upper-case names."""
+
+
+@hookspec
+def smtp_rcpt(
+    session: Session, envelope: Envelope, address: str, params: dict[str, str | bool]
+) -> Verdict | None:
+    """RCPT TO, once per recipient. `envelope.rcpt_tos` holds the recipients accepted so
+    far (by the policy and the upstream); `address` is not yet among them."""
+
+
+@hookspec
+def smtp_data(session: Session, envelope: Envelope, message: bytes) -> Verdict | None:
+    """The whole message, after end-of-data, before it is sent to the upstream.
+
+    `message` has CRLF line ends and no dot-stuffing. Call `envelope.add_header(name,
+    value)` to add a header line at the top of the forwarded message. A refusal answers
+    the end-of-data and the upstream never receives the message.
+    """
+
+
+@hookspec
+def smtp_reset(session: Session, envelope: Envelope) -> None:
+    """A transaction ended without delivery (RSET, a new EHLO, or the session ending)."""
+
+
+@hookspec
+def smtp_disconnect(session: Session) -> None:
+    """The session ended, for whatever reason. For cleanup and accounting."""

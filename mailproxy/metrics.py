@@ -1,0 +1,92 @@
+"""Every Prometheus metric mailproxy exports, defined in this one module.
+
+Dashboards and alert rules are written against these names; change one only together
+with grafana/. Label values come from small closed sets (verbs outside the known list
+are counted as OTHER) so that a hostile client cannot grow the series count.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+# Round trips to a local upstream take well under a millisecond; a remote one or a
+# content scan may take seconds.
+_LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+
+KNOWN_SMTP_VERBS = frozenset(
+    "HELO EHLO MAIL RCPT DATA BDAT RSET NOOP VRFY EXPN QUIT AUTH STARTTLS HELP".split()
+)
+
+connections = Counter(
+    "mailproxy_connections_total",
+    "Client connections accepted.",
+    ["protocol", "listener"],
+)
+sessions_active = Gauge(
+    "mailproxy_sessions_active",
+    "Client sessions open now.",
+    ["protocol", "listener"],
+    multiprocess_mode="livesum",
+)
+commands = Counter(
+    "mailproxy_commands_total",
+    "Client commands received, by verb (unknown verbs as OTHER).",
+    ["protocol", "verb"],
+)
+replies = Counter(
+    "mailproxy_replies_total",
+    "Replies sent to clients, by class (2xx, 3xx, 4xx, 5xx) and origin "
+    "(upstream: relayed unchanged; proxy: written by mailproxy or a plugin).",
+    ["protocol", "class", "origin"],
+)
+verdicts = Counter(
+    "mailproxy_verdicts_total",
+    "Plugin verdicts other than continue; enforced=false for observe mode.",
+    ["plugin", "hook", "action", "enforced"],
+)
+plugin_errors = Counter(
+    "mailproxy_plugin_errors_total",
+    "Plugin calls that raised (kind=exception) or ran past their timeout (kind=timeout).",
+    ["plugin", "hook", "kind"],
+)
+plugin_duration = Histogram(
+    "mailproxy_plugin_duration_seconds",
+    "Time spent in each plugin hook call.",
+    ["plugin", "hook"],
+    buckets=_LATENCY_BUCKETS,
+)
+auth_attempts = Counter(
+    "mailproxy_auth_attempts_total",
+    "AUTH attempts by result (success, failure, throttled, refused, error).",
+    ["listener", "mechanism", "result"],
+)
+upstream_duration = Histogram(
+    "mailproxy_upstream_duration_seconds",
+    "Round trip of one command to the upstream, until its complete reply.",
+    ["upstream", "command"],
+    buckets=_LATENCY_BUCKETS,
+)
+upstream_failures = Counter(
+    "mailproxy_upstream_failures_total",
+    "Upstream connections that failed (stage=connect, greeting, tls, timeout, lost).",
+    ["upstream", "stage"],
+)
+messages = Counter(
+    "mailproxy_messages_total",
+    "Messages at end-of-data, by outcome (delivered, rejected, tempfailed).",
+    ["listener", "outcome"],
+)
+message_bytes = Histogram(
+    "mailproxy_message_size_bytes",
+    "Size of the messages received from clients.",
+    ["listener"],
+    buckets=(1024, 4096, 16384, 65536, 262144, 1048576, 4194304, 16777216, 67108864),
+)
+
+
+def smtp_verb_label(verb: str) -> str:
+    return verb if verb in KNOWN_SMTP_VERBS else "OTHER"
+
+
+def reply_class(code: int) -> str:
+    return f"{code // 100}xx"

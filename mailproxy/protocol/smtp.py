@@ -1,0 +1,331 @@
+"""SMTP wire formats, with no I/O: bytes in, parsed values out.
+
+  * `ReplyParser`: the upstream's replies (multi-line, bounded), kept byte-exact so
+    they can be relayed unchanged.
+  * `DataReceiver`: a message after `354`, ended only by <CR><LF>.<CR><LF>, bounded in size.
+  * `wire_body`: a received message made safe to forward: bare CR and bare LF become
+    CRLF and dot-stuffing is redone, so no smuggled end-of-data can reach the upstream.
+  * command argument parsing (MAIL/RCPT paths and ESMTP parameters), EHLO keywords, xtext.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+CRLF = b"\r\n"
+END_OF_DATA = b"\r\n.\r\n"
+
+
+class ProtocolError(Exception):
+    """The peer broke the protocol; the text says how."""
+
+
+# --- replies ------------------------------------------------------------------------------
+
+_ENHANCED = re.compile(rb"^([245]\.\d{1,3}\.\d{1,3})(?: |$)")
+
+
+@dataclass(frozen=True, slots=True)
+class ServerReply:
+    code: int
+    lines: tuple[bytes, ...]  # the text of each line, after "NNN-" / "NNN "
+    raw: bytes  # every line with its CRLF, exactly as received
+
+    @property
+    def enhanced(self) -> str | None:
+        match = _ENHANCED.match(self.lines[0]) if self.lines else None
+        return match.group(1).decode() if match else None
+
+    @property
+    def text(self) -> str:
+        return "\n".join(line.decode("utf-8", "replace") for line in self.lines)
+
+    @property
+    def positive(self) -> bool:
+        return 200 <= self.code < 400
+
+    def __str__(self) -> str:
+        return f"{self.code} {self.lines[0].decode('utf-8', 'replace') if self.lines else ''}"
+
+
+def make_reply(code: int, *lines: str) -> ServerReply:
+    """A reply the proxy writes itself, in the same form as a relayed one."""
+    texts = [line.encode("utf-8") for line in (lines or ("",))]
+    last = len(texts) - 1
+    raw = b"".join(
+        b"%d%s%s\r\n" % (code, b" " if i == last else b"-", text) for i, text in enumerate(texts)
+    )
+    return ServerReply(code, tuple(texts), raw)
+
+
+class ReplyParser:
+    """Collect reply lines from a byte stream and return whole replies."""
+
+    def __init__(self, max_line: int = 4096, max_lines: int = 256) -> None:
+        self._buffer = b""
+        self._lines: list[bytes] = []
+        self._texts: list[bytes] = []
+        self._code: int | None = None
+        self._max_line = max_line
+        self._max_lines = max_lines
+
+    def feed(self, data: bytes) -> None:
+        self._buffer += data
+
+    def next_reply(self) -> ServerReply | None:
+        while True:
+            end = self._buffer.find(b"\n")
+            if end < 0:
+                if len(self._buffer) > self._max_line:
+                    raise ProtocolError("reply line too long")
+                return None
+            line, self._buffer = self._buffer[: end + 1], self._buffer[end + 1 :]
+            reply = self._take_line(line)
+            if reply is not None:
+                return reply
+
+    def _take_line(self, line: bytes) -> ServerReply | None:
+        if len(line) > self._max_line:
+            raise ProtocolError("reply line too long")
+        body = line.rstrip(b"\r\n")
+        if len(body) < 3 or not body[:3].isdigit() or (len(body) > 3 and body[3:4] not in b" -"):
+            raise ProtocolError(f"malformed reply line {body[:40]!r}")
+        code = int(body[:3])
+        if not 200 <= code <= 599:
+            raise ProtocolError(f"reply code {code} out of range")
+        if self._code is not None and code != self._code:
+            raise ProtocolError(f"reply code changed from {self._code} to {code} mid-reply")
+        self._code = code
+        self._lines.append(body + CRLF)
+        self._texts.append(body[4:])
+        if len(self._lines) > self._max_lines:
+            raise ProtocolError("reply has too many lines")
+        if body[3:4] == b"-":
+            return None
+        reply = ServerReply(code, tuple(self._texts), b"".join(self._lines))
+        self._lines, self._texts, self._code = [], [], None
+        return reply
+
+
+def ehlo_keywords(reply: ServerReply) -> dict[str, str]:
+    """The extensions an EHLO reply advertises: KEYWORD -> parameters ('' if none)."""
+    keywords = {}
+    for line in reply.lines[1:]:
+        keyword, _, params = line.decode("ascii", "replace").strip().partition(" ")
+        if keyword:
+            keywords[keyword.upper()] = params.strip()
+    return keywords
+
+
+# --- commands -----------------------------------------------------------------------------
+
+
+def split_command(line: bytes) -> tuple[str, str]:
+    """A command line (without CRLF) as (VERB, argument)."""
+    verb, _, argument = line.partition(b" ")
+    return verb.decode("ascii", "replace").upper(), argument.strip().decode("utf-8", "surrogateescape")
+
+
+def parse_path(argument: str, keyword: str) -> tuple[str, dict[str, str | bool]]:
+    """Parse `FROM:<path> PARAMS` or `TO:<path> PARAMS` into (address, params).
+
+    The address is returned without angle brackets ('' for the null path); parameter
+    names are upper-cased; a parameter without value maps to True. Raises ValueError
+    with a reason fit for a 501 reply.
+    """
+    head = argument[: len(keyword) + 1]
+    if head.upper() != keyword + ":":
+        raise ValueError(f"Syntax: {keyword}:<address>")
+    rest = argument[len(keyword) + 1 :].lstrip()
+    if rest.startswith("<"):
+        close = _closing_bracket(rest)
+        address, rest = rest[1:close], rest[close + 1 :]
+    else:  # tolerated without brackets, as many servers do
+        address, _, rest = rest.partition(" ")
+    if any(c in address for c in " <>\r\n") or len(address) > 320:
+        raise ValueError("Bad address syntax")
+    if rest and not rest.startswith(" "):
+        raise ValueError("Bad address syntax")
+    params: dict[str, str | bool] = {}
+    for item in rest.split():
+        name, sep, value = item.partition("=")
+        if not name or not name.replace("-", "").isalnum():
+            raise ValueError(f"Bad parameter {item!r}")
+        params[name.upper()] = value if sep else True
+    return address, params
+
+
+def _closing_bracket(text: str) -> int:
+    """Index of the '>' that closes the path, skipping quoted local parts."""
+    quoted = False
+    index = 1
+    while index < len(text):
+        char = text[index]
+        if char == "\\" and quoted:
+            index += 2
+            continue
+        if char == '"':
+            quoted = not quoted
+        elif char == ">" and not quoted:
+            return index
+        index += 1
+    raise ValueError("Missing '>' after the address")
+
+
+def xtext(value: str) -> str:
+    """RFC 3461 xtext, as XCLIENT attribute values need."""
+    return "".join(
+        c if "!" <= c <= "~" and c not in "+=" else "".join(f"+{b:02X}" for b in c.encode())
+        for c in value
+    )
+
+
+# --- message data -------------------------------------------------------------------------
+
+
+class DataReceiver:
+    """Receive a message after `354` until <CR><LF>.<CR><LF>.
+
+    Chunks are kept as they arrive and joined once at the end: the message is copied
+    once. Past `limit` bytes the content is discarded while the end is still looked for,
+    so an oversized message is answered cleanly instead of cutting the session.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.size = 0  # bytes of content seen, stored or not
+        self.overflow = False
+        self.leftover = b""  # bytes after the end marker (pipelined commands)
+        self._chunks: list[bytes | memoryview] = []
+        self._stored = 0
+        # The CRLF of the DATA command line, so that ".\r\n" at the very start ends it.
+        self._tail = CRLF
+        self._body: bytes | None = None
+
+    @property
+    def done(self) -> bool:
+        return self._body is not None
+
+    def feed(self, data: bytes) -> bool:
+        """Take the next bytes from the client; return True once the end was seen."""
+        if self.done:
+            raise RuntimeError("message already complete")
+        start = self.size
+        probe = self._tail + data[:4]
+        at = probe.find(END_OF_DATA)
+        if at >= 0:
+            marker_start = start - len(self._tail) + at
+            self._finish(data, marker_start + 2, start)
+            return True
+        at = data.find(END_OF_DATA)
+        if at >= 0:
+            self._finish(data, start + at + 2, start)
+            return True
+        self._keep(data)
+        self._tail = (self._tail + data[-4:])[-4:]
+        return False
+
+    def _keep(self, data: bytes | memoryview) -> None:
+        self.size += len(data)
+        if self.overflow:
+            return
+        if self.size > self.limit:
+            self.overflow = True
+            self._chunks = []
+            return
+        self._chunks.append(data)
+
+    def _finish(self, data: bytes, body_end: int, start: int) -> None:
+        """`body_end` is the absolute offset just past the CRLF before the final dot."""
+        within = body_end - start  # may be negative: the marker began in earlier data
+        if within >= 0:
+            self._keep(memoryview(data)[:within])
+        else:
+            self._trim(-within)
+        self.leftover = data[body_end + 3 - start :]
+        self._body = b"" if self.overflow else b"".join(self._chunks)
+        self._chunks = []
+
+    def _trim(self, count: int) -> None:
+        self.size -= count
+        while count and self._chunks:
+            last = self._chunks.pop()
+            if len(last) > count:
+                self._chunks.append(memoryview(last)[: len(last) - count])
+                return
+            count -= len(last)
+
+    @property
+    def body(self) -> bytes:
+        """The message as the client sent it (dot-stuffed, ending in CRLF or empty)."""
+        if self._body is None:
+            raise RuntimeError("message not complete")
+        return self._body
+
+
+def has_bare_line_ends(body: bytes) -> bool:
+    crlf = body.count(b"\r\n")
+    return body.count(b"\n") != crlf or body.count(b"\r") != crlf
+
+
+def wire_body(body: bytes) -> bytes:
+    """The client's dot-stuffed message as it may go to the upstream.
+
+    Every line ending becomes CRLF, lines are unstuffed then stuffed again, so a bare
+    <LF>.<LF> or <CR>.<CR> inside the message stays content and cannot end the DATA at
+    the upstream (CVE-2023-51764/51765/51766). A clean message is returned as is.
+    """
+    if not has_bare_line_ends(body):
+        return body
+    lines = body.replace(b"\r\n", b"\n").replace(b"\r", b"\n").split(b"\n")
+    if lines and lines[-1] == b"":
+        lines.pop()
+    out = []
+    for line in lines:
+        if line.startswith(b"."):
+            line = line[1:]  # the client's stuffing
+        out.append(b"." + line if line.startswith(b".") else line)
+    return b"\r\n".join(out) + b"\r\n" if out else b""
+
+
+def unstuff(wire: bytes) -> bytes:
+    """A dot-stuffed CRLF message as its content (what plugins read)."""
+    if not wire.startswith(b".") and b"\n." not in wire:
+        return wire
+    content = wire.replace(b"\r\n..", b"\r\n.")
+    return content[1:] if content.startswith(b"..") else content
+
+
+def header_block(headers: list[tuple[str, str]]) -> bytes:
+    return b"".join(f"{name}: {value}\r\n".encode("utf-8") for name, value in headers)
+
+
+# --- EHLO towards the client ---------------------------------------------------------------
+
+# Extensions the proxy can pass through: it forwards their parameters verbatim and needs
+# nothing more of them. CHUNKING/BINARYMIME are left out (BDAT is not relayed); XCLIENT,
+# XFORWARD and AUTH are between the proxy and the upstream only.
+PASS_THROUGH_EXTENSIONS = ("PIPELINING", "8BITMIME", "SMTPUTF8", "ENHANCEDSTATUSCODES", "DSN")
+
+
+def client_ehlo_reply(
+    upstream: ServerReply, size_limit: int, starttls: bool, auth: tuple[str, ...]
+) -> ServerReply:
+    """The EHLO reply the client gets: the upstream's greeting line, the extensions both
+    sides support, SIZE as the smaller limit, and what the proxy itself provides."""
+    offered = ehlo_keywords(upstream)
+    lines = [upstream.lines[0]]
+    for keyword in PASS_THROUGH_EXTENSIONS:
+        if keyword in offered:
+            lines.append(keyword.encode())
+    upstream_size = offered.get("SIZE", "")
+    limit = size_limit
+    if upstream_size.isdigit() and int(upstream_size) > 0:
+        limit = min(limit, int(upstream_size))
+    lines.append(b"SIZE %d" % limit)
+    if starttls:
+        lines.append(b"STARTTLS")
+    if auth:
+        lines.append(("AUTH " + " ".join(auth)).encode())
+    return make_reply(250, *(line.decode("utf-8", "replace") for line in lines))

@@ -1,0 +1,94 @@
+"""The asyncio side of one process: listeners, signals and a graceful stop.
+
+On SIGINT/SIGTERM: stop accepting, let open sessions finish for `shutdown_grace`
+seconds, then close whatever is left.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+
+from ..app import Application
+from ..config import ConfigError
+from .smtp_session import SmtpProxySession
+
+log = logging.getLogger("mailproxy.server")
+
+
+def new_event_loop() -> asyncio.AbstractEventLoop:
+    try:
+        import uvloop
+    except ImportError:  # optional speed-up
+        return asyncio.new_event_loop()
+    return uvloop.new_event_loop()
+
+
+async def _open_listeners(app: Application, reuse_port: bool) -> list[asyncio.Server]:
+    loop = asyncio.get_running_loop()
+    servers = []
+    for runtime in app.listeners:
+        settings = runtime.settings
+        try:
+            server = await loop.create_server(
+                lambda runtime=runtime: SmtpProxySession(runtime),
+                settings.address.host,
+                settings.address.port,
+                ssl=runtime.server_tls if settings.tls == "implicit" else None,
+                reuse_port=reuse_port or None,
+                backlog=1024,
+            )
+        except OSError as exc:
+            for opened in servers:
+                opened.close()
+            raise ConfigError(
+                f"listener {settings.name}: cannot listen on {settings.address}: {exc.strerror or exc}"
+            ) from None
+        servers.append(server)
+        log.info(
+            "listener %s: %s %s on %s (tls %s) -> upstream %s at %s",
+            settings.name, settings.protocol, settings.mode, settings.address,
+            settings.tls, runtime.upstream_name, runtime.upstream.address,
+        )
+    return servers
+
+
+async def _drain_sessions(app: Application, grace: float) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + grace
+    while loop.time() < deadline and any(r.sessions for r in app.listeners):
+        await asyncio.sleep(0.05)
+    leftover = [s for r in app.listeners for s in list(r.sessions)]
+    if leftover:
+        log.info("closing %d session(s) still open after %.1fs", len(leftover), grace)
+    for session in leftover:
+        if session.transport is not None:
+            session.transport.close()
+    if leftover:
+        await asyncio.sleep(0.1)  # let their tasks run their cleanup
+
+
+async def serve(app: Application, reuse_port: bool = False, ready=None) -> None:
+    """Serve until SIGINT or SIGTERM. `ready` (a callable) is told the servers are up."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    servers = await _open_listeners(app, reuse_port)
+    if ready is not None:
+        ready(servers)
+    await stop.wait()
+    log.info("stopping: no new connections, %.1fs for open sessions", app.config.proxy.shutdown_grace)
+    for server in servers:
+        server.close()
+    await _drain_sessions(app, app.config.proxy.shutdown_grace)
+    for server in servers:
+        await server.wait_closed()
+    await app.state.close()
+    log.info("stopped")
+
+
+def run_process(app: Application, reuse_port: bool = False) -> None:
+    with asyncio.Runner(loop_factory=new_event_loop) as runner:
+        runner.run(serve(app, reuse_port))

@@ -1,0 +1,132 @@
+"""The SMTP AUTH command (RFC 4954) as the proxy enforces it.
+
+Order of checks: offered at all -> TLS -> throttle (by client address) -> credentials
+read -> throttle (by account) -> `smtp_auth` policy hook -> `authenticate` backends.
+Every outcome is counted in mailproxy_auth_attempts_total.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from .. import metrics
+from .runtime import CLOSE_SESSION
+from ..auth.sasl import (
+    LOGIN_PASSWORD_CHALLENGE,
+    LOGIN_USER_CHALLENGE,
+    MECHANISMS,
+    SaslError,
+    decode_response,
+    parse_plain,
+)
+
+log = logging.getLogger("mailproxy.auth")
+
+
+class _Aborted(Exception):
+    """The client cancelled the exchange with '*', or left."""
+
+
+class AuthCommand:
+    """Mixed into the SMTP session; uses its I/O helpers (_say, _read_line, ...)."""
+
+    def mechanisms(self) -> tuple[str, ...]:
+        return MECHANISMS
+
+    async def smtp_AUTH(self, argument: str) -> object | None:
+        session = self.session
+        settings = self.runtime.settings
+        if settings.mode != "submission":
+            return await self._error(502, "5.5.1", "Command not recognized")
+        if not session.host_name or not session.extended_smtp:
+            return await self._error(503, "5.5.1", "Error: send EHLO first")
+        if not self._auth_offered():
+            return await self._error(538, "5.7.11", "Encryption required for requested authentication mechanism")
+        if session.authenticated:
+            return await self._error(503, "5.5.1", "Error: already authenticated")
+        if self._in_transaction():
+            return await self._error(503, "5.5.1", "Error: AUTH not allowed during a mail transaction")
+        mechanism, _, initial = argument.partition(" ")
+        mechanism = mechanism.upper()
+        if mechanism not in self.mechanisms():
+            return await self._error(504, "5.5.4", "Unrecognized authentication type")
+        return await self._authenticate(mechanism, initial.strip() or None)
+
+    async def _authenticate(self, mechanism: str, initial: str | None) -> object | None:
+        runtime, session = self.runtime, self.session
+        address = session.client_address
+
+        def count(result: str) -> None:
+            metrics.auth_attempts.labels(runtime.name, mechanism, result).inc()
+
+        if await runtime.throttle.blocked(address):
+            count("throttled")
+            return await self._throttled()
+        try:
+            username, password = await self._read_credentials(mechanism, initial)
+        except _Aborted:
+            count("aborted")
+            await self._say(501, "5.7.0", "Authentication aborted")
+            return None
+        except SaslError as exc:
+            count("failure")
+            return await self._error(501, "5.5.2", str(exc))
+        if await runtime.throttle.blocked(address, username):
+            count("throttled")
+            return await self._throttled()
+        policy = runtime.policy
+        verdict = await policy.run("smtp_auth", session, self.envelope, mechanism=mechanism, username=username)
+        if verdict.action.is_refusal:
+            count("refused")
+            return await self._enforce(verdict)
+        valid, failures = await policy.first_result(
+            "authenticate", session=session, mechanism=mechanism, username=username, password=password
+        )
+        if valid is True:
+            count("success")
+            session.authenticated = True
+            session.username = session.login_data = username
+            log.info("authenticated as %s (%s)", username, mechanism)
+            if self._upstream is not None and self._upstream.connected:
+                await self._upstream.announce(self._facts())
+            await self._say(235, "2.7.0", "Authentication successful")
+            return None
+        if valid is None and failures:
+            count("error")
+            await self._say(454, "4.7.0", "Temporary authentication failure")
+            return None
+        count("failure")
+        await runtime.throttle.failed(address, username)
+        log.info("authentication failed for %s (%s)", username, mechanism)
+        return await self._error(535, "5.7.8", "Authentication credentials invalid")
+
+    async def _throttled(self) -> object | None:
+        """Too many failures: slow the client down, or send it away."""
+        auth = self.runtime.auth
+        if auth.throttle == "disconnect":
+            await self._say(421, "4.7.0", f"{self.hostname} Too many authentication failures")
+            return CLOSE_SESSION
+        await asyncio.sleep(auth.throttle_delay)
+        await self._say(454, "4.7.0", "Too many authentication failures, try again later")
+        return None
+
+    async def _read_credentials(self, mechanism: str, initial: str | None) -> tuple[str, str]:
+        if mechanism == "PLAIN":
+            response = initial if initial is not None else await self._challenge("")
+            return parse_plain(decode_response(response))
+        username = decode_response(initial) if initial is not None else decode_response(
+            await self._challenge(LOGIN_USER_CHALLENGE)
+        )
+        password = decode_response(await self._challenge(LOGIN_PASSWORD_CHALLENGE))
+        return username, password
+
+    async def _challenge(self, challenge: str) -> str:
+        await self._write(f"334 {challenge}\r\n".encode(), 334, "proxy")
+        line = await self._read_line()
+        if not isinstance(line, bytes):
+            raise _Aborted()
+        response = line.strip().decode("ascii", "replace")
+        if response == "*":
+            raise _Aborted()
+        return response

@@ -1,0 +1,537 @@
+"""One client SMTP session, paired with one upstream session.
+
+Built on aiosmtpd's `SMTP` protocol class for the transport, idle timeout and STARTTLS
+upgrade; the command loop, the commands and DATA are the proxy's own, because a proxy
+must relay the upstream's replies (greeting, 354, end-of-data) rather than write its own,
+and must copy a message at most once.
+
+Every command: bounded read -> `smtp_command` hook -> the command's own checks and hook
+-> forwarded -> the upstream's reply relayed. What the proxy answers itself: protocol
+errors, policy refusals, AUTH, STARTTLS, and 4xx when the upstream fails.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from aiosmtpd.smtp import SMTP, TLSSetupException
+
+from .. import metrics
+from ..logs import current_session
+from ..protocol.smtp import (
+    DataReceiver,
+    ServerReply,
+    client_ehlo_reply,
+    header_block,
+    make_reply,
+    parse_path,
+    split_command,
+    unstuff,
+    wire_body,
+)
+from ..session import Envelope, Session
+from ..verdict import Action, Verdict
+from .runtime import CLOSE_SESSION, ListenerRuntime
+from .smtp_auth import AuthCommand
+from .upstream import ClientFacts, UpstreamConnection, UpstreamError
+
+log = logging.getLogger("mailproxy.smtp")
+
+MAX_COMMAND_LINE = 4096  # RFC 5321 says 512, extensions (SIZE, DSN, SMTPUTF8) add more
+READ_SIZE = 65536
+_TOO_LONG = object()
+
+
+class SmtpProxySession(AuthCommand, SMTP):
+    # aiosmtpd's SMTP.__init__ rediscovers handler hooks and AUTH methods with `inspect`
+    # on every connection, a quarter of its per-connection cost. Only the attributes that
+    # the inherited transport, timeout and STARTTLS code reads are set here.
+    def __init__(self, runtime: ListenerRuntime) -> None:
+        loop = asyncio.get_running_loop()
+        asyncio.StreamReaderProtocol.__init__(
+            self,
+            asyncio.StreamReader(limit=READ_SIZE, loop=loop),
+            client_connected_cb=self._cb_client_connected,
+            loop=loop,
+        )
+        self.loop = loop
+        self.runtime = runtime
+        self.event_handler = None
+        self.hostname = runtime.hostname
+        self.tls_context = runtime.server_tls if runtime.settings.tls == "starttls" else None
+        self.require_starttls = False
+        self.enable_SMTPUTF8 = True
+        self._timeout_duration = runtime.settings.idle_timeout
+        self._timeout_handle = None
+        self._tls_handshake_okay = True
+        self._tls_protocol = None
+        self._original_transport = None
+        self._handle_hooks: dict = {}
+        self._handler_coroutine = None
+        self.session: Session | None = None
+        self.envelope: Envelope | None = None
+        self.transport = None
+        self._inbuf = b""
+        self._inpos = 0
+        self._errors = 0
+        self._upstream: UpstreamConnection | None = None
+
+    # --- aiosmtpd integration ------------------------------------------------------------
+
+    def _create_session(self) -> Session:
+        session = self.session
+        if session is None:
+            settings = self.runtime.settings
+            session = Session("smtp", settings.name, settings.mode)
+            session.loop = self.loop
+        else:  # after STARTTLS the client starts over (RFC 3207 4.2); the id stays
+            session.host_name = None
+            session.extended_smtp = False
+        return session
+
+    def _create_envelope(self) -> Envelope:
+        return Envelope()
+
+    async def push(self, status: str | bytes) -> None:
+        """aiosmtpd's own replies (the STARTTLS go-ahead) take the same path as ours."""
+        line = status.encode() if isinstance(status, str) else status
+        await self._write(line + b"\r\n", int(line[:3]), "proxy")
+
+    # --- I/O -----------------------------------------------------------------------------
+
+    async def _write(self, raw: bytes, code: int, origin: str) -> None:
+        metrics.replies.labels("smtp", metrics.reply_class(code), origin).inc()
+        self._writer.write(raw)
+        await self._writer.drain()
+
+    async def _relay(self, reply: ServerReply) -> None:
+        await self._write(reply.raw, reply.code, "upstream")
+
+    async def _say(self, code: int, enhanced: str, text: str) -> None:
+        await self._write(make_reply(code, f"{enhanced} {text}").raw, code, "proxy")
+
+    async def _error(self, code: int, enhanced: str, text: str) -> object | None:
+        """A client mistake. Too many of them end the session (a bounded budget)."""
+        self._errors += 1
+        if self._errors >= self.runtime.settings.max_errors:
+            await self._say(421, "4.7.0", f"{self.hostname} Too many errors, closing connection")
+            return CLOSE_SESSION
+        await self._say(code, enhanced, text)
+        return None
+
+    async def _read_line(self) -> bytes | object | None:
+        """The next command line; None at end of input; _TOO_LONG for an overlong line
+        (consumed up to its end, so the next command parses cleanly)."""
+        discarding = False
+        while True:
+            end = self._inbuf.find(b"\n", self._inpos)
+            if end >= 0:
+                line = self._inbuf[self._inpos : end + 1]
+                self._inpos = end + 1
+                if discarding or len(line) > MAX_COMMAND_LINE:
+                    return _TOO_LONG
+                return line
+            if len(self._inbuf) - self._inpos > MAX_COMMAND_LINE:
+                discarding = True
+                self._inbuf, self._inpos = b"", 0
+            chunk = await self._reader.read(READ_SIZE)
+            if not chunk:
+                return None
+            if self._inpos >= len(self._inbuf):
+                self._inbuf = chunk
+            else:
+                self._inbuf = self._inbuf[self._inpos :] + chunk
+            self._inpos = 0
+
+    def _take_pending_input(self) -> bytes:
+        pending = self._inbuf[self._inpos :]
+        self._inbuf, self._inpos = b"", 0
+        return pending
+
+    # --- session -------------------------------------------------------------------------
+
+    async def _handle_client(self) -> None:
+        session = self.session
+        runtime = self.runtime
+        current_session.set(session.id)
+        if runtime.settings.tls == "implicit":
+            ssl_object = self.transport.get_extra_info("ssl_object")
+            session.ssl = {"cipher": ssl_object.cipher() if ssl_object else None}
+        metrics.connections.labels("smtp", runtime.name).inc()
+        active = metrics.sessions_active.labels("smtp", runtime.name)
+        active.inc()
+        runtime.sessions.add(self)
+        log.info("connect from %s port %s", session.client_address, session.client_port)
+        try:
+            await self._serve()
+        except (ConnectionError, asyncio.CancelledError):
+            pass
+        except TLSSetupException:
+            log.info("TLS handshake with the client failed")
+        except Exception:
+            log.exception("internal error")
+            await self._try_say(421, "4.3.0", f"{self.hostname} Internal error, closing connection")
+        finally:
+            await self._finish()
+            active.dec()
+            runtime.sessions.discard(self)
+            log.info("disconnect after %.3fs", time.monotonic() - session.started)
+
+    async def _try_say(self, code: int, enhanced: str, text: str) -> None:
+        try:
+            await self._say(code, enhanced, text)
+        except Exception:  # the client may already be gone
+            pass
+
+    async def _finish(self) -> None:
+        policy = self.runtime.policy
+        if self._in_transaction():
+            await policy.notify("smtp_reset", session=self.session, envelope=self.envelope)
+        await policy.notify("smtp_disconnect", session=self.session)
+        if self._upstream is not None:
+            await self._upstream.quit()
+            self._upstream = None
+        if self.transport is not None:
+            self.transport.close()
+
+    async def _serve(self) -> None:
+        verdict = await self.runtime.policy.run("smtp_connect", self.session, self.envelope)
+        if verdict.action.is_refusal:
+            await self._enforce(verdict)
+            return
+        try:
+            greeting = await self._open_upstream()
+        except UpstreamError as exc:
+            log.warning("upstream %s unreachable: %s", self.runtime.upstream_name, exc)
+            await self._say(421, "4.3.0", f"{self.hostname} Service not available, try again later")
+            return
+        await self._relay(greeting)
+        if greeting.code != 220:
+            return
+        while self.transport is not None:
+            line = await self._read_line()
+            if line is None:
+                return
+            self._reset_timeout()
+            if line is _TOO_LONG:
+                outcome = await self._error(500, "5.5.2", "Line too long")
+            else:
+                outcome = await self._command(line)
+            if outcome is CLOSE_SESSION:
+                return
+
+    async def _command(self, line: bytes) -> object | None:
+        verb, argument = split_command(line.rstrip(b"\r\n"))
+        metrics.commands.labels("smtp", metrics.smtp_verb_label(verb)).inc()
+        handler = _HANDLERS.get(verb)
+        policy = self.runtime.policy
+        if policy.has("smtp_command"):
+            shown = argument.split(" ", 1)[0] if verb == "AUTH" else argument
+            verdict = await policy.run(
+                "smtp_command", self.session, self.envelope, verb=verb, argument=shown
+            )
+            if verdict.action.is_refusal:
+                return await self._enforce(verdict)
+        if handler is None:
+            return await self._error(502, "5.5.1", "Command not recognized")
+        try:
+            return await handler(self, argument)
+        except UpstreamError as exc:
+            log.warning("upstream %s failed during %s: %s", self.runtime.upstream_name, verb, exc)
+            await self._say(421, "4.3.0", f"{self.hostname} Upstream failure, try again later")
+            return CLOSE_SESSION
+
+    async def _enforce(self, verdict: Verdict) -> object | None:
+        reply = verdict.reply
+        if reply is not None:
+            raw = ("\r\n".join(reply.lines()) + "\r\n").encode("utf-8")
+            await self._write(raw, reply.code, "proxy")
+        if verdict.action is Action.DISCONNECT:
+            return CLOSE_SESSION
+        return None
+
+    # --- upstream ------------------------------------------------------------------------
+
+    def _facts(self) -> ClientFacts:
+        session = self.session
+        return ClientFacts(
+            session.client_address,
+            session.client_port,
+            session.host_name,
+            session.username,
+            session.extended_smtp,
+        )
+
+    async def _open_upstream(self) -> ServerReply:
+        runtime = self.runtime
+        self._upstream = UpstreamConnection(runtime.upstream_name, runtime.upstream, runtime.upstream_tls)
+        return await self._upstream.open()
+
+    async def _upstream_ready(self) -> UpstreamConnection:
+        """The upstream session, reopened if an aborted message or a failure closed it:
+        greeting, the client's EHLO and XCLIENT are replayed, none of it shown."""
+        if self._upstream is not None and self._upstream.connected:
+            return self._upstream
+        greeting = await self._open_upstream()
+        if greeting.code != 220:
+            raise UpstreamError("greeting", f"upstream refused the new session: {greeting}")
+        session = self.session
+        if session.host_name:
+            await self._upstream.ehlo(session.host_name, session.extended_smtp)
+            await self._upstream.announce(self._facts())
+        return self._upstream
+
+    async def _forward(self, line: bytes, verb: str) -> ServerReply:
+        upstream = await self._upstream_ready()
+        return await upstream.command(line.rstrip(b"\r\n") + b"\r\n", verb)
+
+    # --- transaction state ---------------------------------------------------------------
+
+    def _in_transaction(self) -> bool:
+        return self.envelope is not None and self.envelope.mail_from is not None
+
+    async def _reset_transaction(self) -> None:
+        if self._in_transaction():
+            await self.runtime.policy.notify("smtp_reset", session=self.session, envelope=self.envelope)
+        self._set_rset_state()
+
+    def _is_local(self, address: str) -> bool:
+        local, at, domain = address.rpartition("@")
+        if not at:  # RFC 5321 4.5.1: <postmaster> with no domain is always accepted
+            return address.lower() == "postmaster"
+        return domain.lower().rstrip(".") in self.runtime.settings.local_domains
+
+    def _auth_offered(self) -> bool:
+        settings = self.runtime.settings
+        return settings.mode == "submission" and (self.session.tls or settings.allow_plaintext_auth)
+
+    # --- commands ------------------------------------------------------------------------
+
+    async def smtp_EHLO(self, argument: str) -> object | None:
+        return await self._greet(argument, extended=True)
+
+    async def smtp_HELO(self, argument: str) -> object | None:
+        return await self._greet(argument, extended=False)
+
+    async def _greet(self, hostname: str, extended: bool) -> object | None:
+        verb = "EHLO" if extended else "HELO"
+        if not hostname or " " in hostname:
+            return await self._error(501, "5.5.4", f"Syntax: {verb} hostname")
+        await self._reset_transaction()
+        session = self.session
+        session.extended_smtp = extended
+        verdict = await self.runtime.policy.run("smtp_helo", session, self.envelope, hostname=hostname)
+        if verdict.action.is_refusal:
+            return await self._enforce(verdict)
+        upstream = await self._upstream_ready()
+        reply = await upstream.ehlo(hostname, extended)
+        if reply.code == 250:
+            session.host_name = hostname
+            await upstream.announce(self._facts())
+            if upstream.keywords and extended:
+                settings = self.runtime.settings
+                starttls = settings.tls == "starttls" and not session.tls
+                auth = self.mechanisms() if self._auth_offered() else ()
+                reply = client_ehlo_reply(reply, settings.max_message_size, starttls, auth)
+        await self._relay(reply)
+        return None
+
+    async def smtp_MAIL(self, argument: str) -> object | None:
+        session, envelope = self.session, self.envelope
+        if not session.host_name:
+            return await self._error(503, "5.5.1", "Error: send HELO/EHLO first")
+        if session.mode == "submission" and not session.authenticated:
+            return await self._error(530, "5.7.0", "Authentication required")
+        if envelope.mail_from is not None:
+            return await self._error(503, "5.5.1", "Error: nested MAIL command")
+        try:
+            address, params = parse_path(argument, "FROM")
+        except ValueError as exc:
+            return await self._error(501, "5.5.4", str(exc))
+        size = params.get("SIZE")
+        if isinstance(size, str) and size.isdigit() and int(size) > self.runtime.settings.max_message_size:
+            await self._say(552, "5.3.4", "Message size exceeds fixed maximum message size")
+            return None
+        verdict = await self.runtime.policy.run(
+            "smtp_mail", session, envelope, address=address, params=params
+        )
+        if verdict.action.is_refusal:
+            return await self._enforce(verdict)
+        reply = await self._forward(b"MAIL " + argument.encode("utf-8", "surrogateescape"), "MAIL")
+        if 200 <= reply.code < 300:
+            envelope.mail_from = address
+            envelope.mail_params = params
+            envelope.smtp_utf8 = "SMTPUTF8" in params
+        await self._relay(reply)
+        return None
+
+    async def smtp_RCPT(self, argument: str) -> object | None:
+        session, envelope = self.session, self.envelope
+        if envelope.mail_from is None:
+            return await self._error(503, "5.5.1", "Error: need MAIL command")
+        try:
+            address, params = parse_path(argument, "TO")
+        except ValueError as exc:
+            return await self._error(501, "5.5.4", str(exc))
+        if len(envelope.rcpt_tos) >= self.runtime.settings.max_recipients:
+            await self._say(452, "4.5.3", "Too many recipients")
+            return None
+        if session.mode == "mx" and not session.authenticated and not self._is_local(address):
+            await self._say(554, "5.7.1", f"<{address}>: Relay access denied")
+            return None
+        verdict = await self.runtime.policy.run(
+            "smtp_rcpt", session, envelope, address=address, params=params
+        )
+        if verdict.action.is_refusal:
+            return await self._enforce(verdict)
+        reply = await self._forward(b"RCPT " + argument.encode("utf-8", "surrogateescape"), "RCPT")
+        if 200 <= reply.code < 300:
+            envelope.rcpt_tos.append(address)
+            envelope.rcpt_options.append([f"{k}={v}" if v is not True else k for k, v in params.items()])
+        await self._relay(reply)
+        return None
+
+    async def smtp_DATA(self, argument: str) -> object | None:
+        if argument:
+            return await self._error(501, "5.5.4", "Syntax: DATA")
+        if self.envelope.mail_from is None:
+            return await self._error(503, "5.5.1", "Error: need MAIL command")
+        if not self.envelope.rcpt_tos:
+            return await self._error(554, "5.5.1", "Error: no valid recipients")
+        reply = await self._forward(b"DATA", "DATA")
+        await self._relay(reply)
+        if reply.code != 354:
+            return None
+        return await self._receive_message()
+
+    async def _receive_message(self) -> object | None:
+        settings = self.runtime.settings
+        receiver = DataReceiver(settings.max_message_size)
+        done = receiver.feed(self._take_pending_input())
+        while not done:
+            chunk = await self._reader.read(READ_SIZE)
+            if not chunk:
+                raise ConnectionResetError("client left during DATA")
+            self._reset_timeout()
+            done = receiver.feed(chunk)
+        self._inbuf = receiver.leftover
+        metrics.message_bytes.labels(settings.name).observe(receiver.size)
+        if receiver.overflow:
+            return await self._refuse_message(
+                Verdict.reject(552, "5.3.4", "Message size exceeds fixed maximum message size")
+            )
+        wire = wire_body(receiver.body)
+        envelope = self.envelope
+        policy = self.runtime.policy
+        if policy.has("smtp_data"):
+            envelope.content = unstuff(wire)
+            verdict = await policy.run("smtp_data", self.session, envelope, message=envelope.content)
+            if verdict.action.is_refusal:
+                return await self._refuse_message(verdict)
+        parts = [wire, b".\r\n"]
+        if envelope.added_headers:
+            parts.insert(0, header_block(envelope.added_headers))
+        try:
+            reply = await self._upstream.send(parts, "DATA_END")
+        except UpstreamError as exc:
+            # The message is not acknowledged; the client keeps it and retries.
+            log.warning("upstream failed at end of data: %s", exc)
+            self._upstream = None
+            metrics.messages.labels(settings.name, "tempfailed").inc()
+            self._set_rset_state()
+            await self._say(451, "4.3.0", "Upstream failure, message not accepted, try again later")
+            return None
+        outcome = "delivered" if reply.code == 250 else "rejected" if reply.code >= 500 else "tempfailed"
+        metrics.messages.labels(settings.name, outcome).inc()
+        if reply.code == 250:
+            self.session.transactions += 1
+        log.info(
+            "message from <%s> to %d recipient(s), %d bytes: upstream %s",
+            envelope.mail_from, len(envelope.rcpt_tos), receiver.size, reply,
+        )
+        self._set_rset_state()
+        await self._relay(reply)
+        return None
+
+    async def _refuse_message(self, verdict: Verdict) -> object | None:
+        """Answer end-of-data with a refusal. The upstream is mid-DATA and SMTP cannot
+        take a message back, so that connection is dropped before the end marker (the
+        upstream discards the message) and reopened for the next transaction."""
+        if self._upstream is not None:
+            self._upstream.abort()
+            self._upstream = None
+        outcome = "rejected" if verdict.action is Action.REJECT else "tempfailed"
+        metrics.messages.labels(self.runtime.name, outcome).inc()
+        await self._reset_transaction()
+        return await self._enforce(verdict)
+
+    async def smtp_RSET(self, argument: str) -> object | None:
+        await self._reset_transaction()
+        await self._relay(await self._forward(b"RSET", "RSET"))
+        return None
+
+    async def smtp_NOOP(self, argument: str) -> object | None:
+        await self._relay(await self._forward(b"NOOP", "NOOP"))
+        return None
+
+    async def _forward_as_is(self, verb: str, argument: str) -> object | None:
+        line = f"{verb} {argument}" if argument else verb
+        await self._relay(await self._forward(line.encode("utf-8", "surrogateescape"), verb))
+        return None
+
+    async def smtp_VRFY(self, argument: str) -> object | None:
+        if not argument:
+            return await self._error(501, "5.5.4", "Syntax: VRFY address")
+        return await self._forward_as_is("VRFY", argument)
+
+    async def smtp_EXPN(self, argument: str) -> object | None:
+        if not argument:
+            return await self._error(501, "5.5.4", "Syntax: EXPN list")
+        return await self._forward_as_is("EXPN", argument)
+
+    async def smtp_HELP(self, argument: str) -> object | None:
+        return await self._forward_as_is("HELP", argument)
+
+    async def smtp_QUIT(self, argument: str) -> object | None:
+        if self._upstream is not None and self._upstream.connected:
+            try:
+                reply = await self._upstream.command(b"QUIT\r\n", "QUIT")
+                self._upstream.abort()
+                self._upstream = None
+                await self._relay(reply)
+                return CLOSE_SESSION
+            except UpstreamError:
+                pass
+        await self._say(221, "2.0.0", "Bye")
+        return CLOSE_SESSION
+
+    async def smtp_STARTTLS(self, argument: str) -> object | None:
+        if self.tls_context is None or self.session.tls:
+            return await self._error(502, "5.5.1", "Command not recognized")
+        if argument:
+            return await self._error(501, "5.5.4", "Syntax: STARTTLS")
+        # Anything pipelined after STARTTLS arrived in plaintext and must not be
+        # answered inside TLS (the CVE-2011-0411 family): drop it.
+        self._take_pending_input()
+        await self._reset_transaction()
+        await super().smtp_STARTTLS(argument)
+        return None
+
+
+_HANDLERS = {
+    "EHLO": SmtpProxySession.smtp_EHLO,
+    "HELO": SmtpProxySession.smtp_HELO,
+    "MAIL": SmtpProxySession.smtp_MAIL,
+    "RCPT": SmtpProxySession.smtp_RCPT,
+    "DATA": SmtpProxySession.smtp_DATA,
+    "RSET": SmtpProxySession.smtp_RSET,
+    "NOOP": SmtpProxySession.smtp_NOOP,
+    "VRFY": SmtpProxySession.smtp_VRFY,
+    "EXPN": SmtpProxySession.smtp_EXPN,
+    "HELP": SmtpProxySession.smtp_HELP,
+    "QUIT": SmtpProxySession.smtp_QUIT,
+    "STARTTLS": SmtpProxySession.smtp_STARTTLS,
+    "AUTH": SmtpProxySession.smtp_AUTH,
+}

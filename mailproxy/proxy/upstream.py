@@ -1,0 +1,201 @@
+"""The proxy's SMTP client side: one connection to the upstream per client session.
+
+It owns the conversation details the client never sees: implicit TLS or STARTTLS towards
+the upstream, telling it who the real client is (XCLIENT), and the optional service
+credential. Every round trip is timed; every failure is an `UpstreamError`, which the
+client session turns into a 4xx reply.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+import ssl
+import time
+from dataclasses import dataclass
+
+from .. import metrics
+from ..config import UpstreamSettings
+from ..protocol.smtp import ProtocolError, ReplyParser, ServerReply, ehlo_keywords, xtext
+
+log = logging.getLogger("mailproxy.upstream")
+
+
+class UpstreamError(Exception):
+    """The upstream is unreachable, timed out, broke the protocol or went away."""
+
+    def __init__(self, stage: str, detail: str) -> None:
+        super().__init__(f"{stage}: {detail}")
+        self.stage = stage
+
+
+def client_tls_context(settings: UpstreamSettings) -> ssl.SSLContext | None:
+    if settings.tls == "none":
+        return None
+    context = ssl.create_default_context(cafile=str(settings.ca_file) if settings.ca_file else None)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    if not settings.verify:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+@dataclass(frozen=True, slots=True)
+class ClientFacts:
+    """What XCLIENT tells the upstream about the real client."""
+
+    address: str
+    port: int
+    helo: str | None
+    login: str | None
+    esmtp: bool
+
+
+class UpstreamConnection:
+    def __init__(self, name: str, settings: UpstreamSettings, tls: ssl.SSLContext | None) -> None:
+        self.name = name
+        self.settings = settings
+        self._tls = tls
+        self._reader: asyncio.StreamReader | None = None
+        self._writer: asyncio.StreamWriter | None = None
+        self._parser = ReplyParser()
+        self.keywords: dict[str, str] = {}
+        self.greeting: ServerReply | None = None
+
+    @property
+    def connected(self) -> bool:
+        return self._writer is not None and not self._writer.is_closing()
+
+    async def open(self) -> ServerReply:
+        """Connect and read the greeting (after the implicit TLS handshake, if any)."""
+        host, port = self.settings.address.host, self.settings.address.port
+        implicit = self._tls if self.settings.tls == "implicit" else None
+        try:
+            self._reader, self._writer = await asyncio.wait_for(
+                asyncio.open_connection(
+                    host, port, ssl=implicit, server_hostname=host if implicit else None
+                ),
+                self.settings.connect_timeout,
+            )
+        except (OSError, asyncio.TimeoutError, ssl.SSLError) as exc:
+            metrics.upstream_failures.labels(self.name, "connect").inc()
+            raise UpstreamError("connect", f"{host}:{port}: {exc or type(exc).__name__}") from None
+        self.greeting = await self._read_reply("greeting", self.settings.connect_timeout)
+        if self.settings.tls == "starttls" and self.greeting.code == 220:
+            await self._starttls()
+        return self.greeting
+
+    async def _starttls(self) -> None:
+        reply = await self.ehlo(f"[{self._writer.get_extra_info('sockname')[0]}]")
+        if "STARTTLS" not in self.keywords:
+            raise self._fail("tls", "upstream does not offer STARTTLS")
+        reply = await self.command(b"STARTTLS\r\n", "STARTTLS")
+        if reply.code != 220:
+            raise self._fail("tls", f"STARTTLS refused: {reply}")
+        try:
+            await asyncio.wait_for(
+                self._writer.start_tls(self._tls, server_hostname=self.settings.address.host),
+                self.settings.connect_timeout,
+            )
+        except (OSError, asyncio.TimeoutError, ssl.SSLError) as exc:
+            raise self._fail("tls", f"handshake failed: {exc}") from None
+        self.keywords = {}
+
+    async def ehlo(self, helo: str, extended: bool = True) -> ServerReply:
+        verb = "EHLO" if extended else "HELO"
+        reply = await self.command(f"{verb} {helo}\r\n".encode("utf-8", "surrogateescape"), verb)
+        if extended and reply.code == 250:
+            self.keywords = ehlo_keywords(reply)
+        return reply
+
+    async def announce(self, facts: ClientFacts) -> None:
+        """Pass the client's identity with XCLIENT, if the upstream takes it.
+
+        XCLIENT starts a new SMTP session at the upstream (Postfix greets again with 220,
+        smtp-sink answers 250), so the client's EHLO is repeated afterwards.
+        """
+        offered = self.keywords.get("XCLIENT")
+        if self.settings.client_identity != "xclient" or offered is None:
+            return
+        wanted = {
+            "ADDR": facts.address,
+            "PORT": str(facts.port),
+            "PROTO": "ESMTP" if facts.esmtp else "SMTP",
+            "HELO": facts.helo,
+            "LOGIN": facts.login,
+        }
+        names = set(offered.upper().split())
+        attrs = [f"{k}={xtext(v)}" for k, v in wanted.items() if k in names and v]
+        if not attrs:
+            return
+        reply = await self.command(f"XCLIENT {' '.join(attrs)}\r\n".encode(), "XCLIENT")
+        if not 200 <= reply.code < 300:
+            raise self._fail("xclient", f"XCLIENT refused: {reply}")
+        if facts.helo:
+            await self.ehlo(facts.helo, facts.esmtp)
+
+    async def authenticate(self, username: str, password: str) -> ServerReply:
+        token = base64.b64encode(f"\0{username}\0{password}".encode()).decode()
+        return await self.command(f"AUTH PLAIN {token}\r\n".encode(), "AUTH")
+
+    async def command(self, line: bytes, verb: str) -> ServerReply:
+        """Send one command line and return the upstream's complete reply."""
+        return await self.send([line], verb)
+
+    async def send(self, parts: list[bytes], verb: str) -> ServerReply:
+        """Write `parts` in one go (a command, or a whole message and its end marker)
+        and wait for one reply."""
+        if not self.connected:
+            raise UpstreamError("lost", "connection already closed")
+        started = time.perf_counter()
+        self._writer.writelines(parts)
+        try:
+            await self._writer.drain()
+        except OSError as exc:
+            raise self._fail("lost", f"write failed: {exc}") from None
+        reply = await self._read_reply(verb, self.settings.reply_timeout)
+        metrics.upstream_duration.labels(self.name, verb).observe(time.perf_counter() - started)
+        return reply
+
+    async def _read_reply(self, stage: str, timeout: float) -> ServerReply:
+        deadline = asyncio.get_running_loop().time() + timeout
+        while True:
+            try:
+                reply = self._parser.next_reply()
+            except ProtocolError as exc:
+                raise self._fail("protocol", str(exc)) from None
+            if reply is not None:
+                return reply
+            try:
+                async with asyncio.timeout_at(deadline):
+                    chunk = await self._reader.read(65536)
+            except TimeoutError:
+                raise self._fail("timeout", f"no reply to {stage} within {timeout}s") from None
+            except OSError as exc:
+                raise self._fail("lost", f"{stage}: {exc}") from None
+            if not chunk:
+                raise self._fail("lost", f"connection closed during {stage}")
+            self._parser.feed(chunk)
+
+    def _fail(self, stage: str, detail: str) -> UpstreamError:
+        metrics.upstream_failures.labels(self.name, stage).inc()
+        self.abort()
+        return UpstreamError(stage, detail)
+
+    async def quit(self) -> None:
+        """Say goodbye politely, but never wait long for it."""
+        if self.connected:
+            try:
+                self._writer.write(b"QUIT\r\n")
+                await asyncio.wait_for(self._read_reply("QUIT", 2.0), 2.0)
+            except (UpstreamError, asyncio.TimeoutError, OSError):
+                pass
+        self.abort()
+
+    def abort(self) -> None:
+        """Drop the connection now. A message whose end marker was not sent is discarded
+        by the upstream, which is how an unfinished DATA is cancelled."""
+        if self._writer is not None:
+            self._writer.transport.abort()
+            self._writer = None

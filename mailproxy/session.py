@@ -1,0 +1,78 @@
+"""What plugins see of a client connection (Session) and of one mail transaction (Envelope).
+
+Kept apart like aiosmtpd's Session/Envelope: a session lives as long as the connection,
+an envelope from MAIL to end-of-data or reset. `notes` dicts let plugins keep state with
+exactly that scope. The attribute names aiosmtpd's protocol code uses are kept, so these
+objects serve as its session and envelope too.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from typing import Any
+
+__all__ = ["Session", "Envelope"]
+
+
+class Session:
+    def __init__(self, protocol: str, listener: str, mode: str = "") -> None:
+        self.id = secrets.token_hex(5)
+        self.protocol = protocol
+        self.listener = listener
+        self.mode = mode  # "mx" or "submission" for SMTP listeners
+        self.started = time.monotonic()
+        self.peer: Any = None  # (address, port, ...) as the socket reports it
+        self.host_name: str | None = None  # HELO/EHLO argument
+        self.extended_smtp = False
+        self.ssl: dict[str, Any] | None = None  # set once TLS is up
+        self.authenticated = False
+        self.username: str | None = None
+        self.auth_data: Any = None
+        self.login_data: Any = None
+        self.proxy_data: Any = None
+        self.loop: Any = None
+        self.notes: dict[str, Any] = {}
+        self.transactions = 0  # messages the upstream accepted in this session
+
+    @property
+    def client_address(self) -> str:
+        return self.peer[0] if self.peer else ""
+
+    @property
+    def client_port(self) -> int:
+        return self.peer[1] if self.peer else 0
+
+    @property
+    def tls(self) -> bool:
+        return self.ssl is not None
+
+    def __repr__(self) -> str:
+        return f"<Session {self.id} {self.protocol}/{self.listener} {self.client_address}>"
+
+
+class Envelope:
+    def __init__(self) -> None:
+        self.mail_from: str | None = None
+        self.mail_options: list[str] = []
+        self.mail_params: dict[str, str | bool] = {}
+        self.smtp_utf8 = False
+        self.rcpt_tos: list[str] = []
+        self.rcpt_options: list[list[str]] = []
+        self.added_headers: list[tuple[str, str]] = []
+        self.score = 0.0
+        self.symbols: dict[str, float] = {}
+        self.notes: dict[str, Any] = {}
+        self.content: bytes | None = None  # the message, set after end-of-data
+
+    def add_header(self, name: str, value: str) -> None:
+        """Add `name: value` at the top of the message sent to the upstream."""
+        if not name or any(c in name for c in ": \t\r\n") or not name.isascii():
+            raise ValueError(f"bad header name {name!r}")
+        if "\r" in value or "\n" in value:
+            raise ValueError("header value must be a single line")
+        self.added_headers.append((name, value))
+
+    def add_score(self, symbol: str, points: float) -> None:
+        self.symbols[symbol] = self.symbols.get(symbol, 0.0) + points
+        self.score += points

@@ -1,0 +1,110 @@
+"""What a policy hook may answer, independent of the protocol it runs in.
+
+A `Verdict` says what to do with the command; its optional `Reply` says what to tell the
+client. The protocol session renders the reply in its own syntax (SMTP `550 5.7.1 text`,
+POP3 `-ERR text`, IMAP `NO text`), so plugins stay protocol-neutral.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from dataclasses import dataclass
+
+__all__ = ["Action", "Reply", "Verdict"]
+
+_ENHANCED = re.compile(r"^[245]\.\d{1,3}\.\d{1,3}$")
+
+
+class Action(enum.Enum):
+    CONTINUE = "continue"  # no opinion; the next plugin runs
+    ACCEPT = "accept"  # allow this command; later plugins of the phase are skipped
+    REJECT = "reject"  # permanent refusal (5xx)
+    TEMPFAIL = "tempfail"  # temporary refusal (4xx); the client retries
+    DISCONNECT = "disconnect"  # reply, then close the session
+    SCORE = "score"  # add points to the transaction's score; the next plugin runs
+
+    @property
+    def is_refusal(self) -> bool:
+        return self in (Action.REJECT, Action.TEMPFAIL, Action.DISCONNECT)
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """A reply to the client: SMTP code, optional enhanced status code, text lines."""
+
+    code: int
+    enhanced: str | None
+    text: str
+
+    def __post_init__(self) -> None:
+        if not 200 <= self.code <= 599:
+            raise ValueError(f"reply code must be 200..599, got {self.code}")
+        if self.enhanced is not None:
+            if not _ENHANCED.match(self.enhanced) or self.enhanced[0] != str(self.code)[0]:
+                raise ValueError(f"enhanced code {self.enhanced!r} does not fit {self.code}")
+        if "\r" in self.text or "\0" in self.text:
+            raise ValueError("reply text must not contain CR or NUL")
+
+    def lines(self) -> list[str]:
+        """The SMTP wire form, one string per line without CRLF."""
+        texts = self.text.split("\n") or [""]
+        prefix = f"{self.enhanced} " if self.enhanced else ""
+        last = len(texts) - 1
+        return [
+            f"{self.code}{' ' if i == last else '-'}{prefix}{line}".rstrip()
+            for i, line in enumerate(texts)
+        ]
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    action: Action
+    reply: Reply | None = None
+    symbol: str | None = None  # for SCORE: the rule that matched
+    points: float = 0.0  # for SCORE
+    reason: str = ""  # logged, never sent
+
+    # Constructors read like the decision they express.
+
+    @classmethod
+    def cont(cls) -> Verdict:
+        return _CONTINUE
+
+    @classmethod
+    def accept(cls, reason: str = "") -> Verdict:
+        return cls(Action.ACCEPT, reason=reason)
+
+    @classmethod
+    def reject(
+        cls, code: int = 550, enhanced: str | None = "5.7.1", text: str = "Rejected by policy"
+    ) -> Verdict:
+        return cls(Action.REJECT, Reply(code, enhanced, text), reason=text)
+
+    @classmethod
+    def tempfail(
+        cls,
+        code: int = 451,
+        enhanced: str | None = "4.7.1",
+        text: str = "Temporarily refused by policy, try again later",
+    ) -> Verdict:
+        return cls(Action.TEMPFAIL, Reply(code, enhanced, text), reason=text)
+
+    @classmethod
+    def disconnect(
+        cls, code: int = 421, enhanced: str | None = "4.7.0", text: str = "Closing connection"
+    ) -> Verdict:
+        return cls(Action.DISCONNECT, Reply(code, enhanced, text), reason=text)
+
+    @classmethod
+    def score(cls, symbol: str, points: float, reason: str = "") -> Verdict:
+        return cls(Action.SCORE, symbol=symbol, points=float(points), reason=reason)
+
+    def __post_init__(self) -> None:
+        if self.action is Action.REJECT and self.reply and self.reply.code < 500:
+            raise ValueError("a reject needs a 5xx reply")
+        if self.action is Action.TEMPFAIL and self.reply and not 400 <= self.reply.code < 500:
+            raise ValueError("a tempfail needs a 4xx reply")
+
+
+_CONTINUE = Verdict(Action.CONTINUE)
