@@ -1,0 +1,51 @@
+"""Start, stop and several worker processes."""
+
+import signal
+import smtplib
+import time
+
+import pytest
+
+from tests.support.clients import connect
+
+pytestmark = pytest.mark.integration
+
+
+def test_sigterm_lets_an_open_session_finish_then_exits_cleanly(proxy, sink):
+    client = connect(proxy)
+    client.ehlo("client.test")
+    client.mail("a@sender.example")
+    proxy.process.send_signal(signal.SIGTERM)
+    time.sleep(0.3)
+    # Not accepting any more ...
+    with pytest.raises(OSError):
+        smtplib.SMTP("127.0.0.1", proxy.port("mx"), timeout=2)
+    # ... but the open session finishes its message within the grace period.
+    client.rcpt("user@example.test")
+    assert client.data(b"Subject: late\r\n\r\nok\r\n")[0] == 250
+    client.quit()
+    assert proxy.process.wait(10) == 0
+    assert sink.bodies(expected=1) == [b"Subject: late\n\nok\n"]
+
+
+def test_sessions_left_open_are_closed_after_the_grace_period(proxy):
+    client = connect(proxy)
+    client.ehlo("client.test")
+    started = time.monotonic()
+    proxy.process.send_signal(signal.SIGTERM)
+    assert proxy.process.wait(10) == 0
+    assert time.monotonic() - started < 6  # grace is 2 s in the tests
+    with pytest.raises(smtplib.SMTPServerDisconnected):
+        client.noop()
+
+
+def test_two_workers_share_the_port_and_the_metrics_add_up(sink, make_proxy):
+    proxy = make_proxy(sink.address, proxy={"hostname": "proxy.test", "workers": 2})
+    for n in range(12):
+        with connect(proxy) as client:
+            client.sendmail("a@sender.example", ["user@example.test"], b"Subject: %d\r\n\r\nok\r\n" % n)
+    assert len(sink.bodies(expected=12)) == 12
+    assert proxy.metric("mailproxy_messages_total", outcome="delivered") == 12
+    assert proxy.metric("mailproxy_connections_total") == 12
+    workers = {line.split("pid ")[1] for line in proxy.log().splitlines() if "worker" in line and "started" in line}
+    assert len(workers) == 2

@@ -1,0 +1,88 @@
+"""Plugins on the wire: access and size refusals, a plugin that fails or hangs, observe mode."""
+
+import smtplib
+from pathlib import Path
+
+import pytest
+
+from tests.support.clients import connect
+
+DROPINS = Path(__file__).parent / "dropins"
+
+pytestmark = pytest.mark.integration
+
+FAULTY = {"enabled": ["access", "size", "faulty"], "directories": [str(DROPINS)]}
+
+
+def test_access_rejects_a_denied_sender(proxy, sink):
+    with connect(proxy) as client:
+        client.ehlo("client.test")
+        assert client.mail("bulk@spam.example") == (550, b"5.7.1 Sender address rejected")
+        assert client.mail("a@sender.example")[0] == 250  # the session goes on
+    assert proxy.metric("mailproxy_verdicts_total", plugin="access", action="reject", enforced="true") == 1
+
+
+def test_access_refuses_a_denied_client_network_at_connect(sink, make_proxy):
+    proxy = make_proxy(sink.address, plugin={"access": {"deny_clients": ["127.0.0.0/8"]}})
+    client = smtplib.SMTP(timeout=10)
+    code, text = client.connect("127.0.0.1", proxy.port("mx"))
+    client.close()
+    assert (code, text) == (554, b"5.7.1 Access denied")
+
+
+def test_size_rejects_a_big_message_and_nothing_is_delivered(proxy, sink):
+    big = b"Subject: big\r\n\r\n" + b"x" * 998 + b"\r\n"
+    with connect(proxy) as client:
+        client.ehlo("client.test")
+        client.mail("a@sender.example")
+        client.rcpt("user@example.test")
+        assert client.data(big * 25) == (552, b"5.3.4 Message size exceeds the limit")
+        # The upstream connection was dropped mid-DATA and reopened for the next message.
+        client.sendmail("a@sender.example", ["user@example.test"], b"Subject: small\r\n\r\nok\r\n")
+    assert sink.bodies(expected=1) == [b"Subject: small\n\nok\n"]
+
+
+def test_size_refuses_too_many_recipients(proxy):
+    with connect(proxy) as client:
+        client.ehlo("client.test")
+        client.mail("a@sender.example")
+        for n in range(5):
+            assert client.rcpt(f"user{n}@example.test")[0] == 250
+        assert client.rcpt("user5@example.test") == (452, b"4.5.3 Too many recipients")
+
+
+def test_a_plugin_that_raises_gives_4xx_and_the_session_survives(sink, make_proxy):
+    proxy = make_proxy(sink.address, plugins=FAULTY)
+    proxy.expected_tracebacks = 1  # the plugin's, logged for its author
+    with connect(proxy) as client:
+        client.ehlo("client.test")
+        assert client.mail("raise@test.example") == (451, b"4.3.0 Temporary local problem, try again later")
+        client.sendmail("a@sender.example", ["user@example.test"], b"Subject: after\r\n\r\nok\r\n")
+    [body] = sink.bodies(expected=1)
+    assert body.startswith(b"X-Faulty-Seen: ")  # the plugin's data hook added a header
+    assert proxy.metric("mailproxy_plugin_errors_total", plugin="faulty", kind="exception") == 1
+    assert "plugin faulty: smtp_mail raised" in proxy.log()
+
+
+def test_a_plugin_that_hangs_times_out_with_4xx(sink, make_proxy):
+    proxy = make_proxy(sink.address, plugins=FAULTY, plugin={"faulty": {"timeout": 0.5}})
+    with connect(proxy) as client:
+        client.ehlo("client.test")
+        assert client.mail("hang@test.example") == (451, b"4.3.0 Temporary local problem, try again later")
+        assert client.mail("a@sender.example")[0] == 250
+    assert proxy.metric("mailproxy_plugin_errors_total", plugin="faulty", kind="timeout") == 1
+
+
+def test_observe_mode_lets_mail_through_and_counts_the_reject(sink, make_proxy):
+    proxy = make_proxy(
+        sink.address,
+        plugins=FAULTY,
+        plugin={"faulty": {"observe": True}, "access": {"deny_senders": ["*@spam.example"], "observe": True}},
+    )
+    with connect(proxy) as client:
+        client.sendmail("bulk@spam.example", ["user@example.test"], b"Subject: trial\r\n\r\nok\r\n")
+        client.sendmail("reject@test.example", ["user@example.test"], b"Subject: trial 2\r\n\r\nok\r\n")
+    assert len(sink.bodies(expected=2)) == 2
+    assert proxy.metric("mailproxy_verdicts_total", plugin="access", action="reject", enforced="false") == 1
+    assert proxy.metric("mailproxy_verdicts_total", plugin="faulty", action="reject", enforced="false") == 1
+    assert proxy.metric("mailproxy_verdicts_total", enforced="true") == 0

@@ -1,0 +1,134 @@
+"""Run `mailproxy run` as a real process on free loopback ports, for integration tests.
+
+The test describes the configuration as nested dicts; `ProxyProcess` writes it as
+TOML, starts the proxy, waits until every listener and the metrics port accept, and
+stops it with SIGTERM (checking that it exits cleanly).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from tests.support.servers import free_port, wait_for_port
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, (str, Path)):
+        return json.dumps(str(value))  # a JSON string is a valid TOML basic string
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    raise TypeError(f"cannot write {value!r} as TOML")
+
+
+def to_toml(config: dict[str, Any]) -> str:
+    """Enough TOML for our configs: tables, one level of sub-tables, arrays of tables."""
+    lines: list[str] = []
+
+    def table(header: str, body: dict[str, Any]) -> None:
+        lines.append(header)
+        nested = []
+        for key, value in body.items():
+            if isinstance(value, dict):
+                nested.append((key, value))
+            else:
+                lines.append(f"{key} = {_toml_value(value)}")
+        lines.append("")
+        for key, value in nested:
+            table(f"[{header.strip('[]')}.{key}]", value)
+
+    for key, value in config.items():
+        if isinstance(value, list) and value and isinstance(value[0], dict):
+            for item in value:
+                table(f"[[{key}]]", item)
+        elif isinstance(value, dict):
+            table(f"[{key}]", value)
+        else:
+            raise TypeError(f"top-level key {key!r} must be a table")
+    return "\n".join(lines)
+
+
+class ProxyProcess:
+    def __init__(self, config: dict[str, Any], directory: Path | None = None) -> None:
+        self.config = config
+        self.directory = Path(directory or tempfile.mkdtemp(prefix="mailproxy-test-"))
+        self.path = self.directory / "mailproxy.toml"
+        self.log_path = self.directory / "mailproxy.log"
+        self.process: subprocess.Popen | None = None
+        self.expected_tracebacks = 0  # a test that makes a plugin raise expects its traceback
+        self.metrics_port = free_port()
+        config.setdefault("metrics", {})["listen"] = f"127.0.0.1:{self.metrics_port}"
+        config.setdefault("proxy", {}).setdefault("log_level", "debug")
+        config["proxy"].setdefault("shutdown_grace", 2.0)
+        self.ports: dict[str, int] = {}
+        for listener in config["listeners"]:
+            if "address" not in listener:
+                listener["address"] = f"127.0.0.1:{free_port()}"
+            self.ports[listener["name"]] = int(listener["address"].rsplit(":", 1)[1])
+
+    def start(self) -> ProxyProcess:
+        self.path.write_text(to_toml(self.config))
+        self._log = self.log_path.open("wb")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "mailproxy.cli", "run", "-c", str(self.path)],
+            stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+        try:
+            for port in [*self.ports.values(), self.metrics_port]:
+                wait_for_port("127.0.0.1", port, timeout=15, process=self.process)
+        except Exception as exc:
+            self.stop()
+            raise RuntimeError(f"{exc}\n--- proxy log ---\n{self.log()}") from None
+        return self
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def port(self, listener: str) -> int:
+        return self.ports[listener]
+
+    def scrape(self, path: str = "/metrics") -> str:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}{path}", timeout=5) as r:
+            return r.read().decode()
+
+    def metric(self, name: str, **labels: str) -> float:
+        """Sum of the samples of `name` whose labels include `labels` (0 if none)."""
+        from prometheus_client.parser import text_string_to_metric_families
+
+        total = 0.0
+        for family in text_string_to_metric_families(self.scrape()):
+            for sample in family.samples:
+                if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                    total += sample.value
+        return total
+
+    def stop(self, timeout: float = 15) -> int | None:
+        if self.process is None:
+            return None
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self._log.close()
+        return self.process.returncode
+
+    def __enter__(self) -> ProxyProcess:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
