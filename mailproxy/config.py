@@ -58,10 +58,11 @@ def _parse_endpoint(value: Any) -> Endpoint:
 def _parse_ip_endpoint(value: Any) -> Endpoint:
     endpoint = _parse_endpoint(value)
     try:
-        ipaddress.ip_address(endpoint.host)
+        ip = ipaddress.ip_address(endpoint.host)
     except ValueError:
         raise ValueError(f"{endpoint.host!r} is not an IP address to listen on") from None
-    return endpoint
+    # Canonical spelling, so that [::1] and [0:0::1] are seen as the same listen address.
+    return Endpoint(str(ip), endpoint.port)
 
 
 AnyEndpoint = Annotated[Endpoint, BeforeValidator(_parse_endpoint)]

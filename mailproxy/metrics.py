@@ -7,6 +7,8 @@ are counted as OTHER) so that a hostile client cannot grow the series count.
 
 from __future__ import annotations
 
+import functools
+
 from prometheus_client import Counter, Gauge, Histogram
 
 # Round trips to a local upstream take well under a millisecond; a remote one or a
@@ -90,3 +92,10 @@ def smtp_verb_label(verb: str) -> str:
 
 def reply_class(code: int) -> str:
     return f"{code // 100}xx"
+
+
+@functools.cache
+def child(metric, *label_values: str):
+    """`metric.labels(*label_values)`, memoised: label lookup is the costliest part of
+    counting on the hot path, and the label sets are small and closed."""
+    return metric.labels(*label_values)

@@ -85,17 +85,17 @@ class PolicyEngine:
                 return await asyncio.wait_for(result, impl.plugin.settings.timeout)
             return result
         except asyncio.TimeoutError:
-            metrics.plugin_errors.labels(name, hook, "timeout").inc()
+            metrics.child(metrics.plugin_errors, name, hook, "timeout").inc()
             log.warning("plugin %s: %s timed out after %ss", name, hook, impl.plugin.settings.timeout)
             raise _PluginFailed("timeout") from None
         except asyncio.CancelledError:
             raise
         except Exception:
-            metrics.plugin_errors.labels(name, hook, "exception").inc()
+            metrics.child(metrics.plugin_errors, name, hook, "exception").inc()
             log.exception("plugin %s: %s raised", name, hook)
             raise _PluginFailed("exception") from None
         finally:
-            metrics.plugin_duration.labels(name, hook).observe(time.perf_counter() - started)
+            metrics.child(metrics.plugin_duration, name, hook).observe(time.perf_counter() - started)
 
     def _on_failure(self, impl: _Impl) -> Verdict:
         mode = impl.plugin.settings.fail_mode
@@ -120,16 +120,18 @@ class PolicyEngine:
                 verdict = await self._call(impl, hook, kwargs)
             except _PluginFailed:
                 verdict = self._on_failure(impl)
-            if verdict is None or verdict.action is Action.CONTINUE:
+            if verdict is None:
                 continue
+            # Checked before `.action` is read: a plugin returning True or a string must be
+            # contained like one that raised, not crash the session with AttributeError.
             if not isinstance(verdict, Verdict):
-                metrics.plugin_errors.labels(plugin.name, hook, "bad_result").inc()
+                metrics.child(metrics.plugin_errors, plugin.name, hook, "bad_result").inc()
                 log.error("plugin %s: %s returned %r, not a Verdict", plugin.name, hook, verdict)
                 verdict = self._on_failure(impl)
-                if verdict.action is Action.CONTINUE:
-                    continue
+            if verdict.action is Action.CONTINUE:
+                continue
             enforced = not plugin.settings.observe
-            metrics.verdicts.labels(plugin.name, hook, verdict.action.value, str(enforced).lower()).inc()
+            metrics.child(metrics.verdicts, plugin.name, hook, verdict.action.value, str(enforced).lower()).inc()
             log.info(
                 "session %s: plugin %s %s: %s%s%s",
                 getattr(session, "id", "-"),

@@ -58,7 +58,7 @@ class AuthCommand:
         address = session.client_address
 
         def count(result: str) -> None:
-            metrics.auth_attempts.labels(runtime.name, mechanism, result).inc()
+            metrics.child(metrics.auth_attempts, runtime.name, mechanism, result).inc()
 
         if await runtime.throttle.blocked(address):
             count("throttled")

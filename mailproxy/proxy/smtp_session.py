@@ -102,7 +102,7 @@ class SmtpProxySession(AuthCommand, SMTP):
     # --- I/O -----------------------------------------------------------------------------
 
     async def _write(self, raw: bytes, code: int, origin: str) -> None:
-        metrics.replies.labels("smtp", metrics.reply_class(code), origin).inc()
+        metrics.child(metrics.replies, "smtp", metrics.reply_class(code), origin).inc()
         self._writer.write(raw)
         await self._writer.drain()
 
@@ -159,8 +159,8 @@ class SmtpProxySession(AuthCommand, SMTP):
         if runtime.settings.tls == "implicit":
             ssl_object = self.transport.get_extra_info("ssl_object")
             session.ssl = {"cipher": ssl_object.cipher() if ssl_object else None}
-        metrics.connections.labels("smtp", runtime.name).inc()
-        active = metrics.sessions_active.labels("smtp", runtime.name)
+        metrics.child(metrics.connections, "smtp", runtime.name).inc()
+        active = metrics.child(metrics.sessions_active, "smtp", runtime.name)
         active.inc()
         runtime.sessions.add(self)
         log.info("connect from %s port %s", session.client_address, session.client_port)
@@ -224,7 +224,7 @@ class SmtpProxySession(AuthCommand, SMTP):
 
     async def _command(self, line: bytes) -> object | None:
         verb, argument = split_command(line.rstrip(b"\r\n"))
-        metrics.commands.labels("smtp", metrics.smtp_verb_label(verb)).inc()
+        metrics.child(metrics.commands, "smtp", metrics.smtp_verb_label(verb)).inc()
         handler = _HANDLERS.get(verb)
         policy = self.runtime.policy
         if policy.has("smtp_command"):
@@ -329,7 +329,7 @@ class SmtpProxySession(AuthCommand, SMTP):
         reply = await upstream.ehlo(hostname, extended)
         if reply.code == 250:
             session.host_name = hostname
-            await upstream.announce(self._facts())
+            reply = await upstream.announce(self._facts()) or reply
             if upstream.keywords and extended:
                 settings = self.runtime.settings
                 starttls = settings.tls == "starttls" and not session.tls
@@ -417,7 +417,7 @@ class SmtpProxySession(AuthCommand, SMTP):
             self._reset_timeout()
             done = receiver.feed(chunk)
         self._inbuf = receiver.leftover
-        metrics.message_bytes.labels(settings.name).observe(receiver.size)
+        metrics.child(metrics.message_bytes, settings.name).observe(receiver.size)
         if receiver.overflow:
             return await self._refuse_message(
                 Verdict.reject(552, "5.3.4", "Message size exceeds fixed maximum message size")
@@ -439,12 +439,12 @@ class SmtpProxySession(AuthCommand, SMTP):
             # The message is not acknowledged; the client keeps it and retries.
             log.warning("upstream failed at end of data: %s", exc)
             self._upstream = None
-            metrics.messages.labels(settings.name, "tempfailed").inc()
+            metrics.child(metrics.messages, settings.name, "tempfailed").inc()
             self._set_rset_state()
             await self._say(451, "4.3.0", "Upstream failure, message not accepted, try again later")
             return None
         outcome = "delivered" if reply.code == 250 else "rejected" if reply.code >= 500 else "tempfailed"
-        metrics.messages.labels(settings.name, outcome).inc()
+        metrics.child(metrics.messages, settings.name, outcome).inc()
         if reply.code == 250:
             self.session.transactions += 1
         log.info(
@@ -463,7 +463,7 @@ class SmtpProxySession(AuthCommand, SMTP):
             self._upstream.abort()
             self._upstream = None
         outcome = "rejected" if verdict.action is Action.REJECT else "tempfailed"
-        metrics.messages.labels(self.runtime.name, outcome).inc()
+        metrics.child(metrics.messages, self.runtime.name, outcome).inc()
         await self._reset_transaction()
         return await self._enforce(verdict)
 

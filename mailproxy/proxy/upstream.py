@@ -79,7 +79,7 @@ class UpstreamConnection:
                 self.settings.connect_timeout,
             )
         except (OSError, asyncio.TimeoutError, ssl.SSLError) as exc:
-            metrics.upstream_failures.labels(self.name, "connect").inc()
+            metrics.child(metrics.upstream_failures, self.name, "connect").inc()
             raise UpstreamError("connect", f"{host}:{port}: {exc or type(exc).__name__}") from None
         self.greeting = await self._read_reply("greeting", self.settings.connect_timeout)
         if self.settings.tls == "starttls" and self.greeting.code == 220:
@@ -109,15 +109,16 @@ class UpstreamConnection:
             self.keywords = ehlo_keywords(reply)
         return reply
 
-    async def announce(self, facts: ClientFacts) -> None:
-        """Pass the client's identity with XCLIENT, if the upstream takes it.
+    async def announce(self, facts: ClientFacts) -> ServerReply | None:
+        """Pass the client's identity with XCLIENT, if the upstream takes it. Returns
+        the reply to the EHLO repeated after it, if one was needed.
 
-        XCLIENT starts a new SMTP session at the upstream (Postfix greets again with 220,
-        smtp-sink answers 250), so the client's EHLO is repeated afterwards.
+        Postfix answers 220 and starts a new SMTP session, so the client's EHLO is
+        repeated; an upstream that answers 250 (smtp-sink) keeps the session as it is.
         """
         offered = self.keywords.get("XCLIENT")
         if self.settings.client_identity != "xclient" or offered is None:
-            return
+            return None
         wanted = {
             "ADDR": facts.address,
             "PORT": str(facts.port),
@@ -128,12 +129,13 @@ class UpstreamConnection:
         names = set(offered.upper().split())
         attrs = [f"{k}={xtext(v)}" for k, v in wanted.items() if k in names and v]
         if not attrs:
-            return
+            return None
         reply = await self.command(f"XCLIENT {' '.join(attrs)}\r\n".encode(), "XCLIENT")
         if not 200 <= reply.code < 300:
             raise self._fail("xclient", f"XCLIENT refused: {reply}")
-        if facts.helo:
-            await self.ehlo(facts.helo, facts.esmtp)
+        if reply.code == 220 and facts.helo:  # a new session: greet it again
+            return await self.ehlo(facts.helo, facts.esmtp)
+        return None
 
     async def authenticate(self, username: str, password: str) -> ServerReply:
         token = base64.b64encode(f"\0{username}\0{password}".encode()).decode()
@@ -155,7 +157,7 @@ class UpstreamConnection:
         except OSError as exc:
             raise self._fail("lost", f"write failed: {exc}") from None
         reply = await self._read_reply(verb, self.settings.reply_timeout)
-        metrics.upstream_duration.labels(self.name, verb).observe(time.perf_counter() - started)
+        metrics.child(metrics.upstream_duration, self.name, verb).observe(time.perf_counter() - started)
         return reply
 
     async def _read_reply(self, stage: str, timeout: float) -> ServerReply:
@@ -179,7 +181,7 @@ class UpstreamConnection:
             self._parser.feed(chunk)
 
     def _fail(self, stage: str, detail: str) -> UpstreamError:
-        metrics.upstream_failures.labels(self.name, stage).inc()
+        metrics.child(metrics.upstream_failures, self.name, stage).inc()
         self.abort()
         return UpstreamError(stage, detail)
 
