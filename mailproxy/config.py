@@ -127,8 +127,17 @@ class UpstreamSettings(_Section):
     connect_timeout: float = Field(10.0, gt=0)
     reply_timeout: float = Field(120.0, gt=0)
     client_identity: Literal["xclient", "none"] = "xclient"
+    # A service credential: the proxy authenticates to the upstream as itself.
+    username: str | None = None
+    password: str | None = None
 
     _check_ca_file = field_validator("ca_file")(_existing_file)
+
+    @model_validator(mode="after")
+    def _credential_pair(self) -> UpstreamSettings:
+        if (self.username is None) != (self.password is None):
+            raise ValueError("username and password go together")
+        return self
 
 
 class ListenerSettings(_Section):

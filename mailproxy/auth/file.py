@@ -28,7 +28,12 @@ def verify_password(stored: str, password: str) -> bool:
     if stored.startswith("$argon2"):
         try:
             return _hasher.verify(stored, password)
-        except (argon2.exceptions.VerifyMismatchError, argon2.exceptions.InvalidHashError):
+        except argon2.exceptions.VerifyMismatchError:
+            return False
+        except (argon2.exceptions.VerificationError, argon2.exceptions.InvalidHashError) as exc:
+            # A damaged stored hash ("Decoding failed", "Output is too short", ...) matches
+            # no password; raising here would turn every attempt into a backend failure.
+            log.error("unusable argon2 hash in the users file: %s", exc)
             return False
     if stored.startswith(("$2a$", "$2b$", "$2y$")):
         try:

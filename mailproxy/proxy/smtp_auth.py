@@ -89,7 +89,7 @@ class AuthCommand:
             session.username = session.login_data = username
             log.info("authenticated as %s (%s)", username, mechanism)
             if self._upstream is not None and self._upstream.connected:
-                await self._upstream.announce(self._facts())
+                await self._upstream.identify(self._facts())
             await self._say(235, "2.7.0", "Authentication successful")
             return None
         if valid is None and failures:

@@ -277,10 +277,8 @@ class SmtpProxySession(AuthCommand, SMTP):
         greeting = await self._open_upstream()
         if greeting.code != 220:
             raise UpstreamError("greeting", f"upstream refused the new session: {greeting}")
-        session = self.session
-        if session.host_name:
-            await self._upstream.ehlo(session.host_name, session.extended_smtp)
-            await self._upstream.announce(self._facts())
+        if self.session.host_name:
+            await self._upstream.greet(self._facts())
         return self._upstream
 
     async def _forward(self, line: bytes, verb: str) -> ServerReply:
@@ -326,15 +324,15 @@ class SmtpProxySession(AuthCommand, SMTP):
         if verdict.action.is_refusal:
             return await self._enforce(verdict)
         upstream = await self._upstream_ready()
-        reply = await upstream.ehlo(hostname, extended)
-        if reply.code == 250:
-            session.host_name = hostname
-            reply = await upstream.announce(self._facts()) or reply
-            if upstream.keywords and extended:
-                settings = self.runtime.settings
-                starttls = settings.tls == "starttls" and not session.tls
-                auth = self.mechanisms() if self._auth_offered() else ()
-                reply = client_ehlo_reply(reply, settings.max_message_size, starttls, auth)
+        session.host_name = hostname
+        reply = await upstream.greet(self._facts())
+        if reply.code != 250:
+            session.host_name = None
+        elif extended:
+            settings = self.runtime.settings
+            starttls = settings.tls == "starttls" and not session.tls
+            auth = self.mechanisms() if self._auth_offered() else ()
+            reply = client_ehlo_reply(reply, settings.max_message_size, starttls, auth)
         await self._relay(reply)
         return None
 

@@ -62,6 +62,7 @@ class UpstreamConnection:
         self._parser = ReplyParser()
         self.keywords: dict[str, str] = {}
         self.greeting: ServerReply | None = None
+        self._logged_in = False  # with the service credential, in this upstream session
 
     @property
     def connected(self) -> bool:
@@ -109,6 +110,29 @@ class UpstreamConnection:
             self.keywords = ehlo_keywords(reply)
         return reply
 
+    async def greet(self, facts: ClientFacts) -> ServerReply:
+        """The client's HELO/EHLO, then who the client is; returns the EHLO reply the
+        client should see (the last one, if XCLIENT made the upstream start over)."""
+        reply = await self.ehlo(facts.helo, facts.esmtp)
+        if reply.code != 250:
+            return reply
+        return await self.identify(facts) or reply
+
+    async def identify(self, facts: ClientFacts) -> ServerReply | None:
+        """XCLIENT (if offered), then the service credential (if configured)."""
+        reply = await self.announce(facts)
+        await self._service_login()
+        return reply
+
+    async def _service_login(self) -> None:
+        settings = self.settings
+        if settings.username is None or self._logged_in:
+            return
+        reply = await self.authenticate(settings.username, settings.password or "")
+        if reply.code != 235:
+            raise self._fail("auth", f"service credential refused: {reply}")
+        self._logged_in = True
+
     async def announce(self, facts: ClientFacts) -> ServerReply | None:
         """Pass the client's identity with XCLIENT, if the upstream takes it. Returns
         the reply to the EHLO repeated after it, if one was needed.
@@ -134,6 +158,7 @@ class UpstreamConnection:
         if not 200 <= reply.code < 300:
             raise self._fail("xclient", f"XCLIENT refused: {reply}")
         if reply.code == 220 and facts.helo:  # a new session: greet it again
+            self._logged_in = False
             return await self.ehlo(facts.helo, facts.esmtp)
         return None
 
