@@ -87,7 +87,9 @@ def make_proxy(certs, users_file, tmp_path):
     started = []
 
     def make(upstream: str, **overrides) -> ProxyProcess:
-        proxy = ProxyProcess(base_config(upstream, certs, users_file, **overrides), tmp_path)
+        directory = tmp_path / f"proxy{len(started)}"
+        directory.mkdir()
+        proxy = ProxyProcess(base_config(upstream, certs, users_file, **overrides), directory)
         started.append(proxy)
         return proxy.start()
 
