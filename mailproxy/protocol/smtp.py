@@ -144,6 +144,8 @@ def parse_path(argument: str, keyword: str) -> tuple[str, dict[str, str | bool]]
     if head.upper() != keyword + ":":
         raise ValueError(f"Syntax: {keyword}:<address>")
     rest = argument[len(keyword) + 1 :].lstrip()
+    if not rest:
+        raise ValueError(f"Syntax: {keyword}:<address>")
     if rest.startswith("<"):
         close = _closing_bracket(rest)
         address, rest = rest[1:close], rest[close + 1 :]

@@ -1,0 +1,347 @@
+"""load_config: good configurations load; every problem is one `FILE: key: problem` line."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from mailproxy.config import ConfigError, Endpoint, load_config
+
+REPO = Path(__file__).resolve().parents[2]
+
+UPSTREAM = """
+[upstreams.local]
+address = "127.0.0.1:2526"
+"""
+
+MX = """
+[[listeners]]
+name = "mx"
+mode = "mx"
+address = "127.0.0.1:2525"
+upstream = "local"
+local_domains = ["Example.TEST."]
+"""
+
+MINIMAL = UPSTREAM + MX
+
+
+def write(tmp_path: Path, text: str, name: str = "mailproxy.toml") -> Path:
+    path = tmp_path / name
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def error_of(path: Path) -> str:
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    text = str(info.value)
+    assert "Traceback" not in text
+    # load_config raises "from None": no chained exception to print a traceback for.
+    assert info.value.__cause__ is None and info.value.__suppress_context__
+    return text
+
+
+# --- good configurations ----------------------------------------------------------------
+
+
+def test_minimal_config_loads_with_defaults(tmp_path):
+    path = write(tmp_path, MINIMAL)
+    config = load_config(path)
+    assert config.path == path
+    assert list(config.upstreams) == ["local"]
+    upstream = config.upstreams["local"]
+    assert upstream.address == Endpoint("127.0.0.1", 2526)
+    assert (upstream.tls, upstream.verify, upstream.client_identity) == ("none", True, "xclient")
+    [listener] = config.listeners
+    assert listener.address == Endpoint("127.0.0.1", 2525)
+    assert str(listener.address) == "127.0.0.1:2525"
+    assert (listener.protocol, listener.mode, listener.tls) == ("smtp", "mx", "none")
+    assert listener.local_domains == ["example.test"]  # lower-cased, trailing dot dropped
+    assert listener.max_message_size == 10 * 1024 * 1024
+    assert listener.max_recipients == 100
+    assert config.upstream_for(listener) is upstream
+    assert config.auth.backends == []
+    assert config.plugins.enabled == [] and config.plugin == {}
+    assert (config.policy.reject_score, config.policy.tempfail_score) == (None, None)
+    assert config.proxy.workers == 1
+    assert config.metrics.listen is None
+
+
+def test_tls_files_are_resolved_against_the_config_directory(tmp_path, cert_pair, monkeypatch):
+    confdir = tmp_path / "etc"
+    confdir.mkdir()
+    path = write(
+        confdir,
+        MINIMAL + 'tls = "starttls"\ncert_file = "../cert.pem"\nkey_file = "../key.pem"\n',
+    )
+    monkeypatch.chdir(REPO)  # the working directory must not matter
+    [listener] = load_config(path).listeners
+    assert listener.tls == "starttls"
+    assert listener.cert_file.resolve() == cert_pair[0].resolve()
+    assert listener.key_file.resolve() == cert_pair[1].resolve()
+
+
+def test_ipv6_listen_address_and_hostname_upstream(tmp_path):
+    path = write(
+        tmp_path,
+        MINIMAL.replace('"127.0.0.1:2525"', '"[::1]:2525"').replace(
+            '"127.0.0.1:2526"', '"mail.example.test:25"'
+        )
+        + '[metrics]\nlisten = "127.0.0.1:9325"\n',
+    )
+    config = load_config(path)
+    assert config.listeners[0].address == Endpoint("::1", 2525)
+    assert str(config.listeners[0].address) == "[::1]:2525"
+    assert config.upstreams["local"].address == Endpoint("mail.example.test", 25)
+    assert config.metrics.listen == Endpoint("127.0.0.1", 9325)
+
+
+def test_auth_users_file_and_plugin_sections(tmp_path):
+    (tmp_path / "users").write_text("")
+    path = write(
+        tmp_path,
+        '[auth]\nbackends = ["file"]\nusers_file = "users"\n'
+        + MINIMAL
+        + '[plugins]\nenabled = ["access", "size"]\n'
+        + "[plugin.size]\nmax_recipients = 5\n"
+        + "[policy]\nreject_score = 10\ntempfail_score = 5.5\n",
+    )
+    config = load_config(path)
+    assert config.auth.backends == ["file"]
+    assert config.auth.users_file == tmp_path.resolve() / "users"
+    assert config.plugins.enabled == ["access", "size"]
+    assert config.plugin == {"size": {"max_recipients": 5}}
+    assert (config.policy.reject_score, config.policy.tempfail_score) == (10.0, 5.5)
+
+
+def test_example_config_loads(tmp_path, cert_pair):
+    """config/mailproxy.toml as shipped, with the demo certificate it points at in place."""
+    confdir = tmp_path / "config"
+    confdir.mkdir()
+    shutil.copy(REPO / "config" / "mailproxy.toml", confdir)
+    shutil.copy(REPO / "config" / "users.example", confdir)
+    tlsdir = tmp_path / "var" / "demo-tls"
+    tlsdir.mkdir(parents=True)
+    shutil.copy(cert_pair[0], tlsdir / "cert.pem")
+    shutil.copy(cert_pair[1], tlsdir / "key.pem")
+
+    config = load_config(confdir / "mailproxy.toml")
+    assert config.proxy.hostname == "mailproxy.localdomain"
+    assert config.metrics.listen == Endpoint("127.0.0.1", 9325)
+    assert config.auth.backends == ["file"]
+    assert config.auth.users_file.resolve() == (confdir / "users.example").resolve()
+    assert config.upstreams["local"].address == Endpoint("127.0.0.1", 2526)
+    assert [(l.name, l.mode, str(l.address), l.tls, l.upstream) for l in config.listeners] == [
+        ("mx", "mx", "127.0.0.1:2525", "starttls", "local"),
+        ("submission", "submission", "127.0.0.1:2587", "starttls", "local"),
+    ]
+    for listener in config.listeners:
+        assert listener.cert_file.resolve() == (tlsdir / "cert.pem").resolve()
+        assert listener.key_file.resolve() == (tlsdir / "key.pem").resolve()
+    assert config.listeners[0].local_domains == ["example.test"]
+    assert config.plugins.enabled == ["access", "size"]
+    assert config.plugin["access"]["deny_clients"] == ["192.0.2.0/24"]
+    assert config.plugin["size"] == {"max_message_size": 5242880, "max_recipients": 50}
+
+
+def test_example_config_in_place(tmp_path):
+    """In the checkout it loads once the demo certificate exists; before that, the only
+    complaints are the four missing certificate files."""
+    path = REPO / "config" / "mailproxy.toml"
+    tls = REPO / "config" / ".." / "var" / "demo-tls"
+    if (tls / "cert.pem").is_file() and (tls / "key.pem").is_file():
+        assert [l.name for l in load_config(path).listeners] == ["mx", "submission"]
+        return
+    expected = []
+    for index in (0, 1):
+        for key, name in (("cert_file", "cert.pem"), ("key_file", "key.pem")):
+            if not (tls / name).is_file():
+                expected.append(f"{path}: listeners[{index}].{key}: file not found: {tls / name}")
+    assert error_of(path) == "\n".join(expected)
+
+
+# --- errors -----------------------------------------------------------------------------
+
+
+def test_unknown_top_level_key(tmp_path):
+    path = write(tmp_path, "bogus = 1\n" + MINIMAL)
+    assert error_of(path) == f"{path}: bogus: unknown key"
+
+
+def test_unknown_key_in_listener(tmp_path):
+    path = write(tmp_path, MINIMAL + "bogus = 2\n")
+    assert error_of(path) == f"{path}: listeners[0].bogus: unknown key"
+
+
+def test_unknown_key_in_upstream_names_the_upstream(tmp_path):
+    path = write(tmp_path, UPSTREAM + "tsl = 'none'\n" + MX)
+    assert error_of(path) == f"{path}: upstreams.local.tsl: unknown key"
+
+
+def test_wrong_type(tmp_path):
+    path = write(tmp_path, MINIMAL + 'max_recipients = "many"\n')
+    assert error_of(path) == (
+        f"{path}: listeners[0].max_recipients: "
+        "Input should be a valid integer, unable to parse string as an integer"
+    )
+
+
+def test_wrong_type_for_a_list(tmp_path):
+    path = write(tmp_path, MINIMAL.replace('["Example.TEST."]', '"example.test"'))
+    assert error_of(path) == f"{path}: listeners[0].local_domains: Input should be a valid list"
+
+
+def test_wrong_literal(tmp_path):
+    path = write(tmp_path, MINIMAL + 'tls = "ssl"\n')
+    assert error_of(path) == (
+        f"{path}: listeners[0].tls: Input should be 'none', 'starttls' or 'implicit'"
+    )
+
+
+def test_listen_address_must_be_an_ip(tmp_path):
+    path = write(tmp_path, MINIMAL.replace('"127.0.0.1:2525"', '"localhost:2525"'))
+    assert error_of(path) == (
+        f"{path}: listeners[0].address: 'localhost' is not an IP address to listen on"
+    )
+
+
+@pytest.mark.parametrize("address", ["127.0.0.1:99999", "127.0.0.1:0", "127.0.0.1:", "127.0.0.1", "127.0.0.1:smtp"])
+def test_listen_address_bad_port(tmp_path, address):
+    path = write(tmp_path, MINIMAL.replace('"127.0.0.1:2525"', f'"{address}"'))
+    assert error_of(path) == (
+        f"{path}: listeners[0].address: {address!r} is not HOST:PORT "
+        "(IPv6 as [addr]:port, port 1-65535)"
+    )
+
+
+def test_listen_address_not_a_string(tmp_path):
+    path = write(tmp_path, MINIMAL.replace('"127.0.0.1:2525"', "2525"))
+    assert error_of(path) == (
+        f"{path}: listeners[0].address: must be a string like 127.0.0.1:25 or [::1]:25"
+    )
+
+
+def test_metrics_listen_must_be_an_ip(tmp_path):
+    path = write(tmp_path, '[metrics]\nlisten = "localhost:9325"\n' + MINIMAL)
+    assert error_of(path) == f"{path}: metrics.listen: 'localhost' is not an IP address to listen on"
+
+
+def test_missing_certificate_file(tmp_path, cert_pair):
+    path = write(
+        tmp_path, MINIMAL + 'tls = "starttls"\ncert_file = "nope.pem"\nkey_file = "key.pem"\n'
+    )
+    assert error_of(path) == (
+        f"{path}: listeners[0].cert_file: file not found: {tmp_path.resolve() / 'nope.pem'}"
+    )
+
+
+def test_starttls_without_certificate(tmp_path):
+    path = write(tmp_path, MINIMAL + 'tls = "starttls"\n')
+    assert error_of(path) == f"{path}: listeners[0]: tls = 'starttls' needs cert_file and key_file"
+
+
+def test_implicit_tls_without_key(tmp_path, cert_pair):
+    path = write(tmp_path, MINIMAL + 'tls = "implicit"\ncert_file = "cert.pem"\n')
+    assert error_of(path) == f"{path}: listeners[0]: tls = 'implicit' needs cert_file and key_file"
+
+
+def test_upstream_that_does_not_exist(tmp_path):
+    path = write(tmp_path, MINIMAL.replace('upstream = "local"', 'upstream = "elsewhere"'))
+    assert error_of(path) == (
+        f"{path}: listeners[0].upstream: no upstream named 'elsewhere' (local)"
+    )
+
+
+def test_mx_listener_without_local_domains(tmp_path):
+    path = write(tmp_path, MINIMAL.replace('local_domains = ["Example.TEST."]', ""))
+    assert error_of(path) == (
+        f"{path}: listeners[0]: an mx listener needs local_domains (it refuses relaying)"
+    )
+
+
+def test_missing_required_sections(tmp_path):
+    path = write(tmp_path, "[proxy]\nworkers = 2\n")
+    assert error_of(path) == (
+        f"{path}: upstreams: required key is missing\n{path}: listeners: required key is missing"
+    )
+
+
+def test_invalid_toml(tmp_path):
+    path = write(tmp_path, MINIMAL + "x = [\n")
+    assert error_of(path) == f"{path}: not valid TOML: Invalid value (at end of document)"
+
+
+def test_missing_file(tmp_path):
+    path = tmp_path / "absent.toml"
+    assert error_of(path) == f"{path}: file not found"
+
+
+def test_not_utf8(tmp_path):
+    path = tmp_path / "latin1.toml"
+    path.write_bytes(b"# caf\xe9\n" + MINIMAL.encode())
+    assert error_of(path).startswith(f"{path}: cannot read: 'utf-8' codec can't decode byte 0xe9")
+
+
+def test_plugin_section_for_plugin_not_enabled(tmp_path):
+    path = write(tmp_path, MINIMAL + '[plugins]\nenabled = ["size"]\n[plugin.access]\nobserve = true\n')
+    assert error_of(path) == f"{path}: plugin.access: section for a plugin that is not enabled"
+
+
+def test_plugin_enabled_twice(tmp_path):
+    path = write(tmp_path, MINIMAL + '[plugins]\nenabled = ["size", "access", "size"]\n')
+    assert error_of(path) == f"{path}: plugins.enabled: listed twice: size"
+
+
+def test_plugin_directory_must_exist(tmp_path):
+    path = write(tmp_path, MINIMAL + '[plugins]\ndirectories = ["plugins.d"]\n')
+    assert error_of(path) == (
+        f"{path}: plugins.directories: directory not found: {tmp_path.resolve() / 'plugins.d'}"
+    )
+
+
+def test_file_backend_needs_users_file(tmp_path):
+    path = write(tmp_path, '[auth]\nbackends = ["file"]\n' + MINIMAL)
+    assert error_of(path) == f"{path}: auth: backend 'file' needs users_file"
+
+
+def test_unknown_auth_backend(tmp_path):
+    path = write(tmp_path, '[auth]\nbackends = ["ldap"]\n' + MINIMAL)
+    assert error_of(path) == f"{path}: auth.backends[0]: Input should be 'file' or 'upstream'"
+
+
+SECOND = """
+[[listeners]]
+name = "{name}"
+mode = "submission"
+address = "{address}"
+upstream = "local"
+"""
+
+
+def test_duplicate_listener_address(tmp_path):
+    path = write(tmp_path, MINIMAL + SECOND.format(name="sub", address="127.0.0.1:2525"))
+    assert error_of(path) == f"{path}: listeners[1].address: 127.0.0.1:2525 is used twice"
+
+
+def test_duplicate_listener_address_spelled_differently(tmp_path):
+    # The same IPv6 address in two spellings would only fail later, at bind time.
+    text = MINIMAL.replace('"127.0.0.1:2525"', '"[::1]:2525"')
+    path = write(tmp_path, text + SECOND.format(name="sub", address="[0:0::1]:2525"))
+    assert error_of(path) == f"{path}: listeners[1].address: [::1]:2525 is used twice"
+
+
+def test_duplicate_listener_name(tmp_path):
+    path = write(tmp_path, MINIMAL + SECOND.format(name="mx", address="127.0.0.1:2587"))
+    assert error_of(path) == f"{path}: listeners[1].name: 'mx' is used twice"
+
+
+def test_several_problems_are_all_reported(tmp_path):
+    path = write(tmp_path, "bogus = 1\n[proxy]\nworkers = 0\n" + MINIMAL + "extra = true\n")
+    assert error_of(path).splitlines() == [
+        f"{path}: proxy.workers: Input should be greater than or equal to 1",
+        f"{path}: listeners[0].extra: unknown key",
+        f"{path}: bogus: unknown key",
+    ]

@@ -1,0 +1,128 @@
+"""MemoryState with an injected clock: fixed-window counters, expiry, set/get/delete."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from mailproxy.config import StateSettings
+from mailproxy.state import MemoryState, SharedState, make_state
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def state(clock: Clock) -> MemoryState:
+    return MemoryState(clock=clock)
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+def test_incr_counts_within_a_fixed_window(state, clock):
+    assert run(state.incr("k", ttl=10)) == 1
+    assert run(state.incr("k", ttl=10)) == 2
+    assert run(state.incr("k", ttl=10, amount=5)) == 7
+    clock.now += 9.9
+    # Later increments do not extend the window (ttl is ignored once the counter exists).
+    assert run(state.incr("k", ttl=100)) == 8
+    assert run(state.get("k")) == "8"
+    clock.now += 0.1  # exactly at the expiry: gone
+    assert run(state.get("k")) is None
+    assert run(state.incr("k", ttl=10)) == 1
+    clock.now += 9.999
+    assert run(state.get("k")) == "1"
+
+
+def test_counters_are_independent(state, clock):
+    run(state.incr("a", ttl=5))
+    run(state.incr("a", ttl=5))
+    run(state.incr("b", ttl=50))
+    clock.now += 5
+    assert run(state.get("a")) is None
+    assert run(state.get("b")) == "1"
+
+
+def test_set_get_expire(state, clock):
+    assert run(state.get("missing")) is None
+    run(state.set("greylist:x", "seen", ttl=60))
+    assert run(state.get("greylist:x")) == "seen"
+    clock.now += 59.5
+    assert run(state.get("greylist:x")) == "seen"
+    clock.now += 0.5
+    assert run(state.get("greylist:x")) is None
+    assert len(state) == 0  # dropped when found expired
+
+
+def test_set_replaces_value_and_expiry(state, clock):
+    run(state.set("k", "1", ttl=5))
+    clock.now += 3
+    run(state.set("k", "2", ttl=5))  # now expires at +8
+    clock.now += 3  # +6: past the first expiry, whose heap entry is now stale
+    run(state.set("other", "x", ttl=100))  # a store runs the sweep
+    assert run(state.get("k")) == "2"
+    clock.now += 2  # +8
+    assert run(state.get("k")) is None
+
+
+def test_delete(state, clock):
+    run(state.set("k", "v", ttl=10))
+    run(state.incr("n", ttl=10))
+    run(state.delete("k"))
+    run(state.delete("n"))
+    run(state.delete("never-there"))
+    assert run(state.get("k")) is None
+    assert run(state.get("n")) is None
+    assert run(state.incr("n", ttl=10)) == 1  # a fresh counter after delete
+
+
+def test_stale_expiry_of_a_deleted_key_does_not_remove_its_successor(state, clock):
+    run(state.set("k", "old", ttl=1))
+    run(state.delete("k"))
+    run(state.set("k", "new", ttl=100))
+    clock.now += 2
+    run(state.set("trigger", "x", ttl=100))  # sweeps the stale (t+1, "k") entry
+    assert run(state.get("k")) == "new"
+
+
+def test_sweep_drops_expired_keys_without_reading_them(state, clock):
+    for i in range(10):
+        run(state.set(f"k{i}", "v", ttl=1))
+    assert len(state) == 10
+    clock.now += 1
+    run(state.set("fresh", "v", ttl=10))
+    assert len(state) == 1
+
+
+def test_sweep_is_bounded(state, clock):
+    for i in range(40):
+        run(state.set(f"k{i}", "v", ttl=1))
+    clock.now += 1
+    run(state.set("a", "v", ttl=10))  # at most 16 expired entries per store
+    assert len(state) == 40 - 16 + 1
+    run(state.set("b", "v", ttl=10))
+    assert len(state) == 40 - 32 + 2
+
+
+def test_close_and_interface(state):
+    assert isinstance(state, SharedState)
+    assert run(state.close()) is None
+
+
+def test_make_state():
+    assert isinstance(make_state(StateSettings()), MemoryState)
+    with pytest.raises(ValueError, match="^unknown state backend 'redis'$"):
+        make_state(type("S", (), {"backend": "redis"})())
