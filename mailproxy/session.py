@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import secrets
 import time
-from typing import Any
+from typing import Any, Awaitable, Callable
 
 __all__ = ["Session", "Envelope"]
 
@@ -33,6 +33,9 @@ class Session:
         self.proxy_data: Any = None
         self.loop: Any = None
         self.notes: dict[str, Any] = {}
+        # Set by proxies that pair the session with an upstream session: checks a
+        # username/password by authenticating that upstream session (True, False, None).
+        self.upstream_login: Callable[[str, str], Awaitable[bool | None]] | None = None
         self.transactions = 0  # messages the upstream accepted in this session
 
     @property

@@ -1,7 +1,10 @@
 """The `upstream` credential backend: the upstream server checks the password.
 
-For a session on listener L, the proxy opens a separate connection to L's upstream and
-tries AUTH PLAIN there. No user database is needed in front of an existing server.
+No user database is needed in front of an existing server. Where the session is paired
+with an upstream session (SMTP), that session authenticates, so the upstream also knows
+the user for what follows (Dovecot's submission requires it; XCLIENT LOGIN does not
+authenticate there). Otherwise a separate connection to the listener's upstream tries
+AUTH PLAIN and closes.
 """
 
 from __future__ import annotations
@@ -10,7 +13,8 @@ import logging
 
 from ..config import Config
 from ..plugins import hookimpl
-from ..proxy.upstream import UpstreamConnection, client_tls_context
+from ..protocol.smtp import ServerReply
+from ..proxy.upstream import UpstreamConnection, UpstreamError, client_tls_context
 
 log = logging.getLogger("mailproxy.auth.upstream")
 
@@ -23,6 +27,8 @@ class UpstreamBackend:
 
     @hookimpl
     async def authenticate(self, session, username: str, password: str) -> bool | None:
+        if session.upstream_login is not None:
+            return await session.upstream_login(username, password)
         name = self._listeners.get(session.listener)
         if name is None:
             return None
@@ -40,6 +46,16 @@ class UpstreamBackend:
             reply = await connection.authenticate(username, password)
         finally:
             await connection.quit()
-        if reply.code == 235:
-            return True
-        return False if reply.code == 535 or reply.code >= 500 else None
+        return auth_outcome(reply)
+
+
+def auth_outcome(reply: ServerReply) -> bool:
+    """An upstream's answer to AUTH as valid or not; a 4xx means it could not tell.
+
+    Any 2xx counts (RFC 4954 says 235; smtp-sink says 250).
+    """
+    if 200 <= reply.code < 300:
+        return True
+    if reply.code >= 500:
+        return False
+    raise UpstreamError("auth", f"upstream could not check the credentials: {reply}")

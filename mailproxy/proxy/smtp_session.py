@@ -33,6 +33,7 @@ from ..protocol.smtp import (
 )
 from ..session import Envelope, Session
 from ..verdict import Action, Verdict
+from ..auth.upstream import auth_outcome
 from .runtime import CLOSE_SESSION, ListenerRuntime
 from .smtp_auth import AuthCommand
 from .upstream import ClientFacts, UpstreamConnection, UpstreamError
@@ -77,6 +78,9 @@ class SmtpProxySession(AuthCommand, SMTP):
         self._inpos = 0
         self._errors = 0
         self._upstream: UpstreamConnection | None = None
+        # The client's credentials, once the upstream session accepted them: replayed
+        # if that session has to be reopened. Kept for the session's life only.
+        self._upstream_credentials: tuple[str, str] | None = None
 
     # --- aiosmtpd integration ------------------------------------------------------------
 
@@ -86,6 +90,7 @@ class SmtpProxySession(AuthCommand, SMTP):
             settings = self.runtime.settings
             session = Session("smtp", settings.name, settings.mode)
             session.loop = self.loop
+            session.upstream_login = self._login_upstream
         else:  # after STARTTLS the client starts over (RFC 3207 4.2); the id stays
             session.host_name = None
             session.extended_smtp = False
@@ -279,7 +284,21 @@ class SmtpProxySession(AuthCommand, SMTP):
             raise UpstreamError("greeting", f"upstream refused the new session: {greeting}")
         if self.session.host_name:
             await self._upstream.greet(self._facts())
+            if self._upstream_credentials is not None:
+                reply = await self._upstream.authenticate(*self._upstream_credentials)
+                if not auth_outcome(reply):
+                    raise UpstreamError("auth", f"credentials no longer accepted: {reply}")
         return self._upstream
+
+    async def _login_upstream(self, username: str, password: str) -> bool | None:
+        """The `upstream` credential backend's check, on this session's own upstream."""
+        upstream = await self._upstream_ready()
+        if "AUTH" not in upstream.keywords:
+            return None
+        valid = auth_outcome(await upstream.authenticate(username, password))
+        if valid:
+            self._upstream_credentials = (username, password)
+        return valid
 
     async def _forward(self, line: bytes, verb: str) -> ServerReply:
         upstream = await self._upstream_ready()
