@@ -99,6 +99,16 @@ class SmtpProxySession(AuthCommand, SMTP):
     def _create_envelope(self) -> Envelope:
         return Envelope()
 
+    def _timeout_cb(self) -> None:
+        """Idle for too long: say so before closing (aiosmtpd closes silently)."""
+        if self.transport is None:
+            return
+        log.info("idle for %.0fs, closing", self._timeout_duration)
+        reply = make_reply(421, f"4.4.2 {self.hostname} Idle timeout, closing connection")
+        metrics.child(metrics.replies, "smtp", "4xx", "proxy").inc()
+        self.transport.write(reply.raw)
+        self.transport.close()
+
     async def push(self, status: str | bytes) -> None:
         """aiosmtpd's own replies (the STARTTLS go-ahead) take the same path as ours."""
         line = status.encode() if isinstance(status, str) else status

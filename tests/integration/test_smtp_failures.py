@@ -1,6 +1,7 @@
 """When the upstream is down or dies: the client always hears a 4xx, never a false 250."""
 
 import smtplib
+import time
 import socket
 
 import pytest
@@ -77,3 +78,41 @@ def test_too_many_errors_end_the_session(proxy):
         assert replies == [502] * 9 + [421]
         with pytest.raises(smtplib.SMTPServerDisconnected):
             client.noop()
+
+
+def test_upstream_silent_at_end_of_data_gives_451_after_reply_timeout(make_proxy):
+    from tests.support.recorder import RecordingUpstream
+
+    with RecordingUpstream(silent_after_data=True) as upstream:
+        proxy = make_proxy(upstream.address, upstreams={"sink": {"address": upstream.address, "reply_timeout": 1.0}})
+        with connect(proxy) as client:
+            client.ehlo("client.test")
+            client.mail("a@sender.example")
+            client.rcpt("user@example.test")
+            started = time.monotonic()
+            assert client.data(b"Subject: waiting\r\n\r\nx\r\n") == (
+                451, b"4.3.0 Upstream failure, message not accepted, try again later"
+            )
+            assert 0.9 < time.monotonic() - started < 5
+    assert proxy.metric("mailproxy_upstream_failures_total", stage="timeout") == 1
+
+
+def test_idle_client_is_told_and_disconnected(sink, make_proxy):
+    proxy = make_proxy(sink.address, listeners=[
+        {"name": "mx", "mode": "mx", "upstream": "sink", "local_domains": ["example.test"], "idle_timeout": 0.5},
+    ])
+    with connect(proxy) as client:
+        client.ehlo("client.test")
+        time.sleep(1.0)
+        assert client.getreply() == (421, b"4.4.2 proxy.test Idle timeout, closing connection")
+
+
+def test_ipv6_listener(sink, make_proxy):
+    port = free_port("::1")
+    proxy = make_proxy(sink.address, listeners=[
+        {"name": "mx", "mode": "mx", "address": f"[::1]:{port}", "upstream": "sink", "local_domains": ["example.test"]},
+    ])
+    with smtplib.SMTP("::1", port, timeout=10) as client:
+        client.sendmail("a@sender.example", ["user@example.test"], b"Subject: v6\r\n\r\nok\r\n")
+    fields, _ = sink.transactions(expected=1)[0]
+    assert fields["X-Client-Addr"] == ["127.0.0.1"]  # the proxy's own side of it

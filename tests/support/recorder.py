@@ -48,6 +48,9 @@ class _Handler(socketserver.StreamRequestHandler):
             if end:
                 server.messages.append(buffer[: end.start()])
                 rest = buffer[end.end():]
+                if server.silent_after_data:
+                    self.rfile.read()  # never answer; wait for the proxy to give up
+                    return
                 self.wfile.write(b"250 queued\r\n")
                 for line in rest.splitlines(keepends=True):  # commands smuggled after the dot
                     server.smuggled.append(line)
@@ -56,7 +59,8 @@ class _Handler(socketserver.StreamRequestHandler):
 
 
 class RecordingUpstream:
-    def __init__(self) -> None:
+    def __init__(self, silent_after_data: bool = False) -> None:
+        self.silent_after_data = silent_after_data  # an upstream that hangs at end-of-data
         self.received = bytearray()
         self.messages: list[bytes] = []
         self.smuggled: list[bytes] = []

@@ -26,7 +26,8 @@ SINK_FIELDS = ("X-Client-Addr", "X-Client-Proto", "X-Helo-Args", "X-Mail-Args", 
 
 def free_port(host: str = "127.0.0.1") -> int:
     """A port that was free a moment ago (another process may still take it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
         s.bind((host, 0))
         return s.getsockname()[1]
 
