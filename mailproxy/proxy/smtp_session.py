@@ -76,6 +76,7 @@ class SmtpProxySession(AuthCommand, SMTP):
         self.transport = None
         self._inbuf = b""
         self._inpos = 0
+        self._outbox: list[bytes] = []
         self._errors = 0
         self._upstream: UpstreamConnection | None = None
         # The client's credentials, once the upstream session accepted them: replayed
@@ -106,20 +107,40 @@ class SmtpProxySession(AuthCommand, SMTP):
         log.info("idle for %.0fs, closing", self._timeout_duration)
         reply = make_reply(421, f"4.4.2 {self.hostname} Idle timeout, closing connection")
         metrics.child(metrics.replies, "smtp", "4xx", "proxy").inc()
-        self.transport.write(reply.raw)
+        self._outbox.append(reply.raw)
+        self._flush_now()
         self.transport.close()
 
     async def push(self, status: str | bytes) -> None:
         """aiosmtpd's own replies (the STARTTLS go-ahead) take the same path as ours."""
         line = status.encode() if isinstance(status, str) else status
         await self._write(line + b"\r\n", int(line[:3]), "proxy")
+        await self._flush()  # before aiosmtpd switches the transport to TLS
 
     # --- I/O -----------------------------------------------------------------------------
 
+    # Replies are queued and sent when the session next waits for the client, so the
+    # replies to a pipelined batch leave in one write (RFC 2920 allows holding them).
+
     async def _write(self, raw: bytes, code: int, origin: str) -> None:
         metrics.child(metrics.replies, "smtp", metrics.reply_class(code), origin).inc()
-        self._writer.write(raw)
-        await self._writer.drain()
+        self._outbox.append(raw)
+
+    def _flush_now(self) -> None:
+        if self._outbox:
+            if self.transport is not None and not self.transport.is_closing():
+                self.transport.write(b"".join(self._outbox))
+            self._outbox.clear()
+
+    async def _flush(self) -> None:
+        if self._outbox:
+            self._flush_now()
+            await self._writer.drain()
+
+    async def _receive(self) -> bytes:
+        """The next bytes from the client, after sending every reply owed to it."""
+        await self._flush()
+        return await self._reader.read(READ_SIZE)
 
     async def _relay(self, reply: ServerReply) -> None:
         await self._write(reply.raw, reply.code, "upstream")
@@ -151,7 +172,7 @@ class SmtpProxySession(AuthCommand, SMTP):
             if len(self._inbuf) - self._inpos > MAX_COMMAND_LINE:
                 discarding = True
                 self._inbuf, self._inpos = b"", 0
-            chunk = await self._reader.read(READ_SIZE)
+            chunk = await self._receive()
             if not chunk:
                 return None
             if self._inpos >= len(self._inbuf):
@@ -209,6 +230,7 @@ class SmtpProxySession(AuthCommand, SMTP):
             await self._upstream.quit()
             self._upstream = None
         if self.transport is not None:
+            self._flush_now()
             self.transport.close()
 
     async def _serve(self) -> None:
@@ -438,7 +460,7 @@ class SmtpProxySession(AuthCommand, SMTP):
         receiver = DataReceiver(settings.max_message_size)
         done = receiver.feed(self._take_pending_input())
         while not done:
-            chunk = await self._reader.read(READ_SIZE)
+            chunk = await self._receive()
             if not chunk:
                 raise ConnectionResetError("client left during DATA")
             self._reset_timeout()
