@@ -30,7 +30,7 @@ class Plugin:
     @hookimpl
     def smtp_mail(self, params: dict) -> Verdict | None:
         declared = params.get("SIZE")
-        if isinstance(declared, str) and declared.isdigit() and int(declared) > self._max_size:
+        if isinstance(declared, str) and declared.isascii() and declared.isdigit() and int(declared) > self._max_size:
             return TOO_BIG
         return None
 

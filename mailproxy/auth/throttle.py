@@ -29,6 +29,17 @@ class AuthThrottle:
                 return True
         return False
 
-    async def failed(self, address: str, username: str | None) -> None:
+    async def reserve(self, address: str, username: str) -> bool:
+        """Count this attempt as a failure before the password is checked; False if
+        that goes over the limit. Checking first and counting after would let an
+        attacker with many parallel sessions try far more than the limit."""
+        over = False
         for key in self._keys(address, username):
-            await self._state.incr(key, self._settings.failure_window)
+            count = await self._state.incr(key, self._settings.failure_window)
+            over = over or count > self._settings.max_failures
+        return not over
+
+    async def release(self, address: str, username: str) -> None:
+        """The attempt did not fail (valid, or could not be checked): take it back."""
+        for key in self._keys(address, username):
+            await self._state.incr(key, self._settings.failure_window, amount=-1)

@@ -188,7 +188,9 @@ def _closing_bracket(text: str) -> int:
 def xtext(value: str) -> str:
     """RFC 3461 xtext, as XCLIENT attribute values need."""
     return "".join(
-        c if "!" <= c <= "~" and c not in "+=" else "".join(f"+{b:02X}" for b in c.encode())
+        c
+        if "!" <= c <= "~" and c not in "+="
+        else "".join(f"+{b:02X}" for b in c.encode("utf-8", "surrogateescape"))
         for c in value
     )
 

@@ -1,7 +1,8 @@
 """The SMTP AUTH command (RFC 4954) as the proxy enforces it.
 
 Order of checks: offered at all -> TLS -> throttle (by client address) -> credentials
-read -> throttle (by account) -> `smtp_auth` policy hook -> `authenticate` backends.
+read -> `smtp_auth` policy hook -> throttle slot reserved (address and account) ->
+`authenticate` backends -> the slot released unless the attempt failed.
 Every outcome is counted in mailproxy_auth_attempts_total.
 """
 
@@ -72,17 +73,19 @@ class AuthCommand:
         except SaslError as exc:
             count("failure")
             return await self._error(501, "5.5.2", str(exc))
-        if await runtime.throttle.blocked(address, username):
-            count("throttled")
-            return await self._throttled()
         policy = runtime.policy
         verdict = await policy.run("smtp_auth", session, self.envelope, mechanism=mechanism, username=username)
         if verdict.action.is_refusal:
             count("refused")
             return await self._enforce(verdict)
+        if not await runtime.throttle.reserve(address, username):
+            count("throttled")
+            return await self._throttled()
         valid, failures = await policy.first_result(
             "authenticate", session=session, mechanism=mechanism, username=username, password=password
         )
+        if valid is True or (valid is None and failures):
+            await runtime.throttle.release(address, username)
         if valid is True:
             count("success")
             session.authenticated = True
@@ -99,7 +102,6 @@ class AuthCommand:
             await self._say(454, "4.7.0", "Temporary authentication failure")
             return None
         count("failure")
-        await runtime.throttle.failed(address, username)
         log.info("authentication failed for %s (%s)", username, mechanism)
         return await self._error(535, "5.7.8", "Authentication credentials invalid")
 

@@ -42,6 +42,8 @@ log = logging.getLogger("mailproxy.smtp")
 
 MAX_COMMAND_LINE = 4096  # RFC 5321 says 512, extensions (SIZE, DSN, SMTPUTF8) add more
 READ_SIZE = 65536
+ROUTING_CHARACTERS = frozenset("@%!:,()")
+ABORT_AFTER_CLOSE = 10.0  # seconds a closing connection may take to drain its last reply
 _TOO_LONG = object()
 
 
@@ -101,15 +103,34 @@ class SmtpProxySession(AuthCommand, SMTP):
         return Envelope()
 
     def _timeout_cb(self) -> None:
-        """Idle for too long: say so before closing (aiosmtpd closes silently)."""
-        if self.transport is None:
+        """Idle for too long: say so before closing (aiosmtpd closes silently). A client
+        that does not even read that gets the connection aborted shortly after."""
+        transport = self.transport
+        if transport is None:
             return
         log.info("idle for %.0fs, closing", self._timeout_duration)
         reply = make_reply(421, f"4.4.2 {self.hostname} Idle timeout, closing connection")
         metrics.child(metrics.replies, "smtp", "4xx", "proxy").inc()
         self._outbox.append(reply.raw)
         self._flush_now()
-        self.transport.close()
+        transport.close()
+        self.loop.call_later(ABORT_AFTER_CLOSE, transport.abort)
+
+    # aiosmtpd cancels the session task at end of input and when the connection drops;
+    # then a half-closed client never hears the replies to what it sent, and cleanup is
+    # skipped. Here the task sees end of input and finishes on its own.
+
+    def eof_received(self) -> bool:
+        self._reader.feed_eof()
+        # Keep the socket open for our replies, which TLS cannot do after the peer's EOF.
+        return self.transport is not None and self.transport.get_extra_info("sslcontext") is None
+
+    def connection_lost(self, error: Exception | None) -> None:
+        self._stop_idle_timer()
+        if self._original_transport is not None:
+            self._original_transport.close()
+        asyncio.StreamReaderProtocol.connection_lost(self, error)
+        self.transport = None
 
     async def push(self, status: str | bytes) -> None:
         """aiosmtpd's own replies (the STARTTLS go-ahead) take the same path as ours."""
@@ -138,9 +159,22 @@ class SmtpProxySession(AuthCommand, SMTP):
             await self._writer.drain()
 
     async def _receive(self) -> bytes:
-        """The next bytes from the client, after sending every reply owed to it."""
-        await self._flush()
-        return await self._reader.read(READ_SIZE)
+        """The next bytes from the client, after sending every reply owed to it.
+
+        The idle timer runs only here: time spent waiting on the upstream or a plugin
+        (each with its own timeout) is not the client's idleness.
+        """
+        self._reset_timeout()
+        try:
+            await self._flush()
+            return await self._reader.read(READ_SIZE)
+        finally:
+            self._stop_idle_timer()
+
+    def _stop_idle_timer(self) -> None:
+        if self._timeout_handle is not None:
+            self._timeout_handle.cancel()
+            self._timeout_handle = None
 
     async def _relay(self, reply: ServerReply) -> None:
         await self._write(reply.raw, reply.code, "upstream")
@@ -208,30 +242,33 @@ class SmtpProxySession(AuthCommand, SMTP):
             log.info("TLS handshake with the client failed")
         except Exception:
             log.exception("internal error")
-            await self._try_say(421, "4.3.0", f"{self.hostname} Internal error, closing connection")
+            await self._say(421, "4.3.0", f"{self.hostname} Internal error, closing connection")
         finally:
-            await self._finish()
-            active.dec()
-            runtime.sessions.discard(self)
-            log.info("disconnect after %.3fs", time.monotonic() - session.started)
+            # The client hears what it is owed first; nothing below may be skipped,
+            # even if the task is cancelled while saying goodbye to the upstream.
+            self._flush_now()
+            if self.transport is not None:
+                self.transport.close()
+            try:
+                await self._goodbye()
+            except (Exception, asyncio.CancelledError):
+                log.debug("cleanup interrupted", exc_info=True)
+            finally:
+                if self._upstream is not None:
+                    self._upstream.abort()
+                    self._upstream = None
+                self._stop_idle_timer()
+                active.dec()
+                runtime.sessions.discard(self)
+                log.info("disconnect after %.3fs", time.monotonic() - session.started)
 
-    async def _try_say(self, code: int, enhanced: str, text: str) -> None:
-        try:
-            await self._say(code, enhanced, text)
-        except Exception:  # the client may already be gone
-            pass
-
-    async def _finish(self) -> None:
+    async def _goodbye(self) -> None:
         policy = self.runtime.policy
         if self._in_transaction():
             await policy.notify("smtp_reset", session=self.session, envelope=self.envelope)
         await policy.notify("smtp_disconnect", session=self.session)
         if self._upstream is not None:
             await self._upstream.quit()
-            self._upstream = None
-        if self.transport is not None:
-            self._flush_now()
-            self.transport.close()
 
     async def _serve(self) -> None:
         verdict = await self.runtime.policy.run("smtp_connect", self.session, self.envelope)
@@ -251,7 +288,6 @@ class SmtpProxySession(AuthCommand, SMTP):
             line = await self._read_line()
             if line is None:
                 return
-            self._reset_timeout()
             if line is _TOO_LONG:
                 outcome = await self._error(500, "5.5.2", "Line too long")
             else:
@@ -260,7 +296,11 @@ class SmtpProxySession(AuthCommand, SMTP):
                 return
 
     async def _command(self, line: bytes) -> object | None:
-        verb, argument = split_command(line.rstrip(b"\r\n"))
+        body = line.rstrip(b"\r\n")
+        if b"\r" in body or b"\0" in body:
+            # An upstream that takes a bare CR as a line end would see two commands.
+            return await self._error(501, "5.5.2", "Bare CR or NUL in command")
+        verb, argument = split_command(body)
         metrics.child(metrics.commands, "smtp", metrics.smtp_verb_label(verb)).inc()
         handler = _HANDLERS.get(verb)
         policy = self.runtime.policy
@@ -350,6 +390,10 @@ class SmtpProxySession(AuthCommand, SMTP):
         local, at, domain = address.rpartition("@")
         if not at:  # RFC 5321 4.5.1: <postmaster> with no domain is always accepted
             return address.lower() == "postmaster"
+        # Source routes (@a:b@c), the percent hack (b%c@a), bang paths and comments in
+        # the local part make some upstreams relay onwards: not a local recipient.
+        if not local or any(c in local for c in ROUTING_CHARACTERS):
+            return False
         return domain.lower().rstrip(".") in self.runtime.settings.local_domains
 
     def _auth_offered(self) -> bool:
@@ -400,7 +444,7 @@ class SmtpProxySession(AuthCommand, SMTP):
         except ValueError as exc:
             return await self._error(501, "5.5.4", str(exc))
         size = params.get("SIZE")
-        if isinstance(size, str) and size.isdigit() and int(size) > self.runtime.settings.max_message_size:
+        if isinstance(size, str) and size.isascii() and size.isdigit() and int(size) > self.runtime.settings.max_message_size:
             await self._say(552, "5.3.4", "Message size exceeds fixed maximum message size")
             return None
         verdict = await self.runtime.policy.run(
@@ -463,7 +507,6 @@ class SmtpProxySession(AuthCommand, SMTP):
             chunk = await self._receive()
             if not chunk:
                 raise ConnectionResetError("client left during DATA")
-            self._reset_timeout()
             done = receiver.feed(chunk)
         self._inbuf = receiver.leftover
         metrics.child(metrics.message_bytes, settings.name).observe(receiver.size)

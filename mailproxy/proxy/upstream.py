@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import ipaddress
 import logging
 import ssl
 import time
@@ -50,6 +51,17 @@ class ClientFacts:
     helo: str | None
     login: str | None
     esmtp: bool
+
+
+def xclient_address(address: str) -> str:
+    """XCLIENT's ADDR form: IPv4 as is, IPv6 with the IPV6: prefix Postfix requires."""
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return address
+    if ip.version == 6 and ip.ipv4_mapped is not None:
+        return str(ip.ipv4_mapped)
+    return f"IPV6:{ip}" if ip.version == 6 else str(ip)
 
 
 class UpstreamConnection:
@@ -111,12 +123,22 @@ class UpstreamConnection:
         return reply
 
     async def greet(self, facts: ClientFacts) -> ServerReply:
-        """The client's HELO/EHLO, then who the client is; returns the EHLO reply the
-        client should see (the last one, if XCLIENT made the upstream start over)."""
-        reply = await self.ehlo(facts.helo, facts.esmtp)
+        """Greet with the client's name, then say who the client is; return the reply
+        to show the client.
+
+        The upstream is always greeted with EHLO first, even for a HELO client: only
+        that reveals XCLIENT, and without it the upstream would take the proxy's
+        address for the client's (and may trust it).
+        """
+        reply = await self.ehlo(facts.helo, True)
         if reply.code != 250:
-            return reply
-        return await self.identify(facts) or reply
+            return await self.ehlo(facts.helo, False) if not facts.esmtp else reply
+        again = await self.identify(facts)
+        if again is not None:
+            return again
+        if not facts.esmtp:  # no new session was started: greet as the client did
+            return await self.ehlo(facts.helo, False)
+        return reply
 
     async def identify(self, facts: ClientFacts) -> ServerReply | None:
         """XCLIENT (if offered), then the service credential (if configured)."""
@@ -144,7 +166,7 @@ class UpstreamConnection:
         if self.settings.client_identity != "xclient" or offered is None:
             return None
         wanted = {
-            "ADDR": facts.address,
+            "ADDR": xclient_address(facts.address),
             "PORT": str(facts.port),
             "PROTO": "ESMTP" if facts.esmtp else "SMTP",
             "HELO": facts.helo,

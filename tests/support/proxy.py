@@ -17,7 +17,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from tests.support.servers import free_port, wait_for_port
+from tests.support.servers import free_port, wait_for_listen
 
 
 def _toml_value(value: Any) -> str:
@@ -72,13 +72,10 @@ class ProxyProcess:
         config.setdefault("proxy", {}).setdefault("log_level", "debug")
         config["proxy"].setdefault("shutdown_grace", 2.0)
         self.ports: dict[str, int] = {}
-        self.hosts: dict[str, str] = {}
         for listener in config["listeners"]:
             if "address" not in listener:
                 listener["address"] = f"127.0.0.1:{free_port()}"
-            host, _, port = listener["address"].rpartition(":")
-            self.hosts[listener["name"]] = host.strip("[]")
-            self.ports[listener["name"]] = int(port)
+            self.ports[listener["name"]] = int(listener["address"].rpartition(":")[2])
 
     def start(self) -> ProxyProcess:
         self.path.write_text(to_toml(self.config))
@@ -89,9 +86,8 @@ class ProxyProcess:
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )
         try:
-            for name, port in self.ports.items():
-                wait_for_port(self.hosts[name], port, timeout=15, process=self.process)
-            wait_for_port("127.0.0.1", self.metrics_port, timeout=15, process=self.process)
+            for port in [*self.ports.values(), self.metrics_port]:
+                wait_for_listen(port, timeout=15, process=self.process)
         except Exception as exc:
             self.stop()
             raise RuntimeError(f"{exc}\n--- proxy log ---\n{self.log()}") from None

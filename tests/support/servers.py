@@ -51,6 +51,34 @@ def wait_for_port(host: str, port: int, timeout: float = 10.0,
             time.sleep(0.05)
 
 
+def listening_inodes(port: int) -> set[str]:
+    """Inodes of the sockets listening on `port` (IPv4 or IPv6), from /proc/net."""
+    inodes = set()
+    for table_path in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(table_path) as table:
+                next(table)
+                for line in table:
+                    local, state, inode = (line.split()[i] for i in (1, 3, 9))
+                    if local.endswith(f":{port:04X}") and state == "0A":
+                        inodes.add(inode)
+        except FileNotFoundError:
+            pass
+    return inodes
+
+
+def wait_for_listen(port: int, timeout: float = 10.0, process: subprocess.Popen | None = None) -> None:
+    """Like wait_for_port, without connecting: a probe connection would be a session
+    to a proxy, and would show in its metrics."""
+    deadline = time.monotonic() + timeout
+    while not listening_inodes(port):
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"{process.args!r} exited with {process.returncode} before listening on {port}")
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"nothing listened on port {port} within {timeout}s")
+        time.sleep(0.02)
+
+
 def split_dump(raw: bytes) -> tuple[dict[str, list[str]], bytes]:
     """Split one smtp-sink dump into its own fields and the message as received.
 
@@ -147,13 +175,7 @@ class SmtpSink:
 
     def _listening(self) -> bool:
         sockets = {t[len("socket:["):-1] for t in self._open_files() if t.startswith("socket:[")}
-        with open("/proc/net/tcp") as table:
-            next(table)
-            for line in table:
-                local, state, inode = (line.split()[i] for i in (1, 3, 9))
-                if local.endswith(f":{self.port:04X}") and state == "0A" and inode in sockets:
-                    return True
-        return False
+        return bool(listening_inodes(self.port) & sockets)
 
     def log(self) -> str:
         """What smtp-sink wrote to stdout/stderr so far."""

@@ -229,15 +229,32 @@ def test_throttle_counts_per_address_and_per_account():
 
     async def scenario():
         for _ in range(2):
-            await throttle.failed("192.0.2.1", "Alice")
+            assert await throttle.reserve("192.0.2.1", "Alice") is True
         assert await throttle.blocked("192.0.2.1") is False
-        await throttle.failed("192.0.2.1", None)
+        assert await throttle.reserve("192.0.2.1", "bob") is True
         assert await throttle.blocked("192.0.2.1") is True  # 3 from this address
         assert await throttle.blocked("192.0.2.9", "alice") is False  # 2 for the account
-        await throttle.failed("192.0.2.9", "ALICE")
+        assert await throttle.reserve("192.0.2.9", "ALICE") is True
         assert await throttle.blocked("192.0.2.9", "alice") is True  # 3 for the account
+        assert await throttle.reserve("192.0.2.9", "alice") is False  # a 4th is over
         assert await throttle.blocked("192.0.2.9") is False
         now[0] = 60.0
         assert await throttle.blocked("192.0.2.1", "alice") is False  # window over
+
+    asyncio.run(scenario())
+
+
+def test_throttle_reservations_hold_against_parallel_attempts():
+    state = MemoryState()
+    throttle = AuthThrottle(AuthSettings(backends=[], max_failures=3, failure_window=60), state)
+
+    async def scenario():
+        # Twenty attempts reserve before any is checked: only three get through.
+        granted = await asyncio.gather(*(throttle.reserve("192.0.2.1", "eve") for _ in range(20)))
+        assert granted.count(True) == 3
+        # A valid login gives its slot back.
+        assert await throttle.reserve("192.0.2.7", "carol") is True
+        await throttle.release("192.0.2.7", "carol")
+        assert await state.get("authfail:addr:192.0.2.7") == "0"
 
     asyncio.run(scenario())
