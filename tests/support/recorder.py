@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 import socketserver
 import threading
+import time
 
 _END = re.compile(rb"(?:^|\r\n|\n|\r)\.(?:\r\n|\n|\r)")
 
@@ -26,7 +27,10 @@ class _Handler(socketserver.StreamRequestHandler):
             server.record(line)
             verb = line[:4].upper()
             if verb == b"EHLO":
-                self.wfile.write(b"250-recorder\r\n250-PIPELINING\r\n250 8BITMIME\r\n")
+                xclient = b"250-XCLIENT ADDR PORT PROTO HELO LOGIN\r\n" if server.xclient else b""
+                self.wfile.write(b"250-recorder\r\n" + xclient + b"250-PIPELINING\r\n250 8BITMIME\r\n")
+            elif verb == b"XCLI" and server.xclient:
+                self.wfile.write(b"220 recorder ESMTP, as a new session\r\n")
             elif verb == b"DATA":
                 self.wfile.write(b"354 go ahead\r\n")
                 self._data(server)
@@ -51,6 +55,7 @@ class _Handler(socketserver.StreamRequestHandler):
                 if server.silent_after_data:
                     self.rfile.read()  # never answer; wait for the proxy to give up
                     return
+                time.sleep(server.delay_after_data)
                 self.wfile.write(b"250 queued\r\n")
                 for line in rest.splitlines(keepends=True):  # commands smuggled after the dot
                     server.smuggled.append(line)
@@ -59,8 +64,12 @@ class _Handler(socketserver.StreamRequestHandler):
 
 
 class RecordingUpstream:
-    def __init__(self, silent_after_data: bool = False) -> None:
+    def __init__(
+        self, silent_after_data: bool = False, delay_after_data: float = 0.0, xclient: bool = False
+    ) -> None:
         self.silent_after_data = silent_after_data  # an upstream that hangs at end-of-data
+        self.delay_after_data = delay_after_data  # a slow one
+        self.xclient = xclient  # offers XCLIENT and starts over after it, as Postfix does
         self.received = bytearray()
         self.messages: list[bytes] = []
         self.smuggled: list[bytes] = []
