@@ -126,6 +126,9 @@ class UpstreamSettings(_Section):
     ca_file: Path | None = None
     connect_timeout: float = Field(10.0, gt=0)
     reply_timeout: float = Field(120.0, gt=0)
+    # While a client uploads a message, a NOOP this often keeps the upstream session
+    # from timing out (Postfix allows 300 s, and only 10 s under stress).
+    keepalive: float = Field(5.0, gt=0)
     client_identity: Literal["xclient", "none"] = "xclient"
     # A service credential: the proxy authenticates to the upstream as itself.
     username: str | None = None

@@ -2,12 +2,13 @@
 
 Built on aiosmtpd's `SMTP` protocol class for the transport, idle timeout and STARTTLS
 upgrade; the command loop, the commands and DATA are the proxy's own, because a proxy
-must relay the upstream's replies (greeting, 354, end-of-data) rather than write its own,
-and must copy a message at most once.
+must relay the upstream's replies (greeting, commands, end-of-data) rather than write
+its own, and must copy a message at most once.
 
 Every command: bounded read -> `smtp_command` hook -> the command's own checks and hook
 -> forwarded -> the upstream's reply relayed. What the proxy answers itself: protocol
-errors, policy refusals, AUTH, STARTTLS, and 4xx when the upstream fails.
+errors, policy refusals, AUTH, STARTTLS, the 354 (see docs/architecture.md), and 4xx
+when the upstream fails.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ log = logging.getLogger("mailproxy.smtp")
 MAX_COMMAND_LINE = 4096  # RFC 5321 says 512, extensions (SIZE, DSN, SMTPUTF8) add more
 READ_SIZE = 65536
 ROUTING_CHARACTERS = frozenset("@%!:,()")
+GO_AHEAD = make_reply(354, "End data with <CR><LF>.<CR><LF>")
 ABORT_AFTER_CLOSE = 10.0  # seconds a closing connection may take to drain its last reply
 _TOO_LONG = object()
 
@@ -493,21 +495,25 @@ class SmtpProxySession(AuthCommand, SMTP):
             return await self._error(503, "5.5.1", "Error: need MAIL command")
         if not self.envelope.rcpt_tos:
             return await self._error(554, "5.5.1", "Error: no valid recipients")
-        reply = await self._forward(b"DATA", "DATA")
-        await self._relay(reply)
-        if reply.code != 354:
-            return None
+        # The message is taken whole before the upstream hears DATA: the data hooks can
+        # refuse it without the upstream ever receiving part of it, and a slow client
+        # cannot run into the upstream's timeout in the middle of its DATA.
+        await self._write(GO_AHEAD.raw, 354, "proxy")
         return await self._receive_message()
 
     async def _receive_message(self) -> object | None:
         settings = self.runtime.settings
         receiver = DataReceiver(settings.max_message_size)
         done = receiver.feed(self._take_pending_input())
+        keepalive = self.loop.time() + self.runtime.upstream.keepalive
         while not done:
             chunk = await self._receive()
             if not chunk:
                 raise ConnectionResetError("client left during DATA")
             done = receiver.feed(chunk)
+            if not done and self.loop.time() >= keepalive:
+                await self._keep_upstream_alive()
+                keepalive = self.loop.time() + self.runtime.upstream.keepalive
         self._inbuf = receiver.leftover
         metrics.child(metrics.message_bytes, settings.name).observe(receiver.size)
         if receiver.overflow:
@@ -526,10 +532,10 @@ class SmtpProxySession(AuthCommand, SMTP):
         if envelope.added_headers:
             parts.insert(0, header_block(envelope.added_headers))
         try:
-            reply = await self._upstream.send(parts, "DATA_END")
+            reply = await self._deliver(parts)
         except UpstreamError as exc:
             # The message is not acknowledged; the client keeps it and retries.
-            log.warning("upstream failed at end of data: %s", exc)
+            log.warning("upstream failed during DATA: %s", exc)
             self._upstream = None
             metrics.child(metrics.messages, settings.name, "tempfailed").inc()
             self._set_rset_state()
@@ -547,16 +553,30 @@ class SmtpProxySession(AuthCommand, SMTP):
         await self._relay(reply)
         return None
 
+    async def _deliver(self, parts: list[bytes]) -> ServerReply:
+        """DATA to the upstream, then the message with its end marker. Returns the
+        upstream's reply to end-of-data, or its refusal of DATA itself."""
+        upstream = await self._upstream_ready()
+        reply = await upstream.command(b"DATA\r\n", "DATA")
+        if reply.code != 354:
+            await upstream.command(b"RSET\r\n", "RSET")  # whatever state it kept
+            return reply
+        return await upstream.send(parts, "DATA_END")
+
+    async def _keep_upstream_alive(self) -> None:
+        """A NOOP while a slow client uploads, so the upstream's command timeout does
+        not end the session it holds for us."""
+        if self._upstream is not None and self._upstream.connected:
+            await self._upstream.command(b"NOOP\r\n", "NOOP")
+
     async def _refuse_message(self, verdict: Verdict) -> object | None:
-        """Answer end-of-data with a refusal. The upstream is mid-DATA and SMTP cannot
-        take a message back, so that connection is dropped before the end marker (the
-        upstream discards the message) and reopened for the next transaction."""
-        if self._upstream is not None:
-            self._upstream.abort()
-            self._upstream = None
+        """Answer end-of-data with a refusal. The upstream never heard DATA; its
+        transaction is reset so the next one starts clean."""
         outcome = "rejected" if verdict.action is Action.REJECT else "tempfailed"
         metrics.child(metrics.messages, self.runtime.name, outcome).inc()
         await self._reset_transaction()
+        if self._upstream is not None and self._upstream.connected:
+            await self._upstream.command(b"RSET\r\n", "RSET")
         return await self._enforce(verdict)
 
     async def smtp_RSET(self, argument: str) -> object | None:

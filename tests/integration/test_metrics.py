@@ -23,7 +23,7 @@ def test_metrics_reflect_traffic(proxy, sink):
     assert m("mailproxy_commands_total", verb="DATA") == 1
     assert m("mailproxy_messages_total", listener="mx", outcome="delivered") == 1
     assert m("mailproxy_replies_total", **{"class": "5xx", "origin": "proxy"}) == 1
-    assert m("mailproxy_replies_total", **{"class": "3xx", "origin": "upstream"}) == 1  # the 354
+    assert m("mailproxy_replies_total", **{"class": "3xx", "origin": "proxy"}) == 1  # the 354
     assert m("mailproxy_verdicts_total", plugin="access", action="reject") == 1
     assert m("mailproxy_upstream_duration_seconds_count", upstream="sink", command="DATA_END") == 1
     assert m("mailproxy_plugin_duration_seconds_count", plugin="size", hook="smtp_data") == 1

@@ -3,6 +3,7 @@ HELO clients and XCLIENT, and malformed command lines."""
 
 import smtplib
 import socket
+import time
 
 import pytest
 
@@ -104,3 +105,22 @@ def test_malformed_command_lines_get_replies_not_crashes(proxy, sink):
         client.send(b"EHLO c\xff.test\r\n")
         assert client.getreply()[0] == 250
         assert client.noop()[0] == 250
+
+
+def test_slow_upload_keeps_the_upstream_alive_with_noop(make_proxy):
+    with RecordingUpstream() as upstream:
+        proxy = make_proxy(upstream.address, upstreams={"sink": {"address": upstream.address, "keepalive": 0.25}})
+        with connect(proxy) as client:
+            client.ehlo("client.test")
+            client.mail("a@sender.example")
+            client.rcpt("user@example.test")
+            assert client.docmd("DATA")[0] == 354
+            for n in range(8):  # a trickle: one line every 0.2 s
+                client.send(b"line %d\r\n" % n)
+                time.sleep(0.2)
+            client.send(b".\r\n")
+            assert client.getreply() == (250, b"queued")
+    commands = [line for line in bytes(upstream.received).split(b"\r\n") if line in (b"NOOP", b"DATA")]
+    assert commands[-1] == b"DATA" and commands.count(b"NOOP") >= 2
+    # The recorder keeps a message without the CRLF that belongs to its end marker.
+    assert upstream.messages == [b"\r\n".join(b"line %d" % n for n in range(8))]

@@ -37,7 +37,7 @@ def test_size_rejects_a_big_message_and_nothing_is_delivered(proxy, sink):
         client.mail("a@sender.example")
         client.rcpt("user@example.test")
         assert client.data(big * 25) == (552, b"5.3.4 Message size exceeds the limit")
-        # The upstream connection was dropped mid-DATA and reopened for the next message.
+        # The upstream never heard DATA for it; the next message goes through.
         client.sendmail("a@sender.example", ["user@example.test"], b"Subject: small\r\n\r\nok\r\n")
     assert sink.bodies(expected=1) == [b"Subject: small\n\nok\n"]
 
