@@ -100,8 +100,10 @@ def cmd_run(args) -> int:
         if workers == 1:
             run_process(app)
             return 0
+        from .proxy.server import check_listen_addresses
         from .proxy.workers import supervise
 
+        check_listen_addresses(app)
         return supervise(workers, lambda: run_process(app, reuse_port=True), config.proxy.shutdown_grace)
     finally:
         if metrics_server is not None:

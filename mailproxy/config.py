@@ -66,6 +66,9 @@ def _parse_ip_endpoint(value: Any) -> Endpoint:
 
 
 AnyEndpoint = Annotated[Endpoint, BeforeValidator(_parse_endpoint)]
+# Sections are strict (`workers = true` is an error, not 1), except that paths come
+# from TOML as strings.
+FilePath = Annotated[Path, Field(strict=False)]
 ListenEndpoint = Annotated[Endpoint, BeforeValidator(_parse_ip_endpoint)]
 
 
@@ -84,7 +87,7 @@ def _existing_file(path: Path | None, info: ValidationInfo) -> Path | None:
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
 class ProxySettings(_Section):
@@ -104,7 +107,7 @@ class StateSettings(_Section):
 
 class AuthSettings(_Section):
     backends: list[Literal["file", "upstream"]] = ["file"]
-    users_file: Path | None = None
+    users_file: FilePath | None = None
     max_failures: int = Field(5, ge=1)
     failure_window: float = Field(300.0, gt=0)
     throttle: Literal["delay", "disconnect"] = "delay"
@@ -123,7 +126,7 @@ class UpstreamSettings(_Section):
     address: AnyEndpoint
     tls: TlsMode = "none"
     verify: bool = True
-    ca_file: Path | None = None
+    ca_file: FilePath | None = None
     connect_timeout: float = Field(10.0, gt=0)
     reply_timeout: float = Field(120.0, gt=0)
     # While a client uploads a message, a NOOP this often keeps the upstream session
@@ -149,8 +152,8 @@ class ListenerSettings(_Section):
     mode: Literal["mx", "submission"]
     address: ListenEndpoint
     tls: TlsMode = "none"
-    cert_file: Path | None = None
-    key_file: Path | None = None
+    cert_file: FilePath | None = None
+    key_file: FilePath | None = None
     upstream: str
     local_domains: list[str] = []
     allow_plaintext_auth: bool = False
@@ -177,7 +180,7 @@ class ListenerSettings(_Section):
 
 class PluginsSettings(_Section):
     enabled: list[str] = []
-    directories: list[Path] = []
+    directories: list[FilePath] = []
 
     @field_validator("directories")
     @classmethod

@@ -76,6 +76,11 @@ class ReplyParser:
     def feed(self, data: bytes) -> None:
         self._buffer += data
 
+    @property
+    def pending(self) -> bool:
+        """Bytes received beyond the last complete reply."""
+        return bool(self._buffer or self._lines)
+
     def next_reply(self) -> ServerReply | None:
         while True:
             end = self._buffer.find(b"\n")

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
+import socket
 
 from ..app import Application
 from ..config import ConfigError
@@ -42,9 +44,7 @@ async def _open_listeners(app: Application, reuse_port: bool) -> list[asyncio.Se
         except OSError as exc:
             for opened in servers:
                 opened.close()
-            raise ConfigError(
-                f"listener {settings.name}: cannot listen on {settings.address}: {exc.strerror or exc}"
-            ) from None
+            raise _cannot_listen(settings, exc) from None
         servers.append(server)
         log.info(
             "listener %s: %s %s on %s (tls %s) -> upstream %s at %s",
@@ -52,6 +52,25 @@ async def _open_listeners(app: Application, reuse_port: bool) -> list[asyncio.Se
             settings.tls, runtime.upstream_name, runtime.upstream.address,
         )
     return servers
+
+
+def _cannot_listen(settings, exc: OSError) -> ConfigError:
+    reason = os.strerror(exc.errno) if exc.errno else str(exc)
+    return ConfigError(f"listener {settings.name}: cannot listen on {settings.address}: {reason}")
+
+
+def check_listen_addresses(app: Application) -> None:
+    """Bind each listening address once, as the workers will (SO_REUSEPORT), so that a
+    port held by another program is one clear error before any worker starts."""
+    for runtime in app.listeners:
+        address = runtime.settings.address
+        family = socket.AF_INET6 if ":" in address.host else socket.AF_INET
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            try:
+                probe.bind((address.host, address.port))
+            except OSError as exc:
+                raise _cannot_listen(runtime.settings, exc) from None
 
 
 async def _drain_sessions(app: Application, grace: float) -> None:

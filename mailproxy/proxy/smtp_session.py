@@ -414,11 +414,14 @@ class SmtpProxySession(AuthCommand, SMTP):
         verb = "EHLO" if extended else "HELO"
         if not hostname or " " in hostname:
             return await self._error(501, "5.5.4", f"Syntax: {verb} hostname")
+        had_transaction = self._in_transaction()
         await self._reset_transaction()
         session = self.session
         session.extended_smtp = extended
         verdict = await self.runtime.policy.run("smtp_helo", session, self.envelope, hostname=hostname)
         if verdict.action.is_refusal:
+            if had_transaction and self._upstream is not None and self._upstream.connected:
+                await self._upstream.command(b"RSET\r\n", "RSET")  # forget it there too
             return await self._enforce(verdict)
         upstream = await self._upstream_ready()
         session.host_name = hostname

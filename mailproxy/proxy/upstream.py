@@ -106,6 +106,12 @@ class UpstreamConnection:
         reply = await self.command(b"STARTTLS\r\n", "STARTTLS")
         if reply.code != 220:
             raise self._fail("tls", f"STARTTLS refused: {reply}")
+        # (The reader's buffer has no public accessor; it holds what arrived after the
+        # last read.)
+        if self._parser.pending or getattr(self._reader, "_buffer", b""):
+            # Plaintext after the 220 would be read as if it came through TLS: someone
+            # on the path could inject replies (the CVE-2011-0411 family, reversed).
+            raise self._fail("tls", "upstream sent data after its STARTTLS reply")
         try:
             await asyncio.wait_for(
                 self._writer.start_tls(self._tls, server_hostname=self.settings.address.host),

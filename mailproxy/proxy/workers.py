@@ -13,9 +13,12 @@ import signal
 import time
 from typing import Callable
 
+from ..config import ConfigError
+
 log = logging.getLogger("mailproxy.workers")
 
 RESTARTS_PER_MINUTE = 10  # beyond this a crashing worker is not restarted again
+EXIT_CANNOT_START = 2  # a worker's configuration problem: same as `mailproxy`'s own
 
 
 class _Stop(Exception):
@@ -40,6 +43,9 @@ def supervise(count: int, run_worker: Callable[[], None], grace: float) -> int:
             code = 0
             try:
                 run_worker()
+            except ConfigError as exc:
+                log.error("worker %d cannot start: %s", number, exc)
+                code = EXIT_CANNOT_START
             except BaseException:
                 log.exception("worker %d failed", number)
                 code = 1
@@ -60,6 +66,9 @@ def supervise(count: int, run_worker: Callable[[], None], grace: float) -> int:
             if number is None:
                 continue
             multiprocess.mark_process_dead(pid)
+            if os.WIFEXITED(code) and os.WEXITSTATUS(code) == EXIT_CANNOT_START:
+                status = EXIT_CANNOT_START  # restarting would fail the same way
+                raise _Stop()
             now = time.monotonic()
             restarts[:] = [t for t in restarts if now - t < 60] + [now]
             if len(restarts) > RESTARTS_PER_MINUTE:

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from mailproxy.auth.file import hash_password
+from tests.support.configs import base_config
 from tests.support.proxy import ProxyProcess
 from tests.support.servers import SmtpSink
 from tests.support.tls import make_ca_and_cert
@@ -33,52 +34,6 @@ def users_file(tmp_path_factory):
 def sink():
     with SmtpSink() as server:
         yield server
-
-
-def base_config(sink_address: str, certs, users_file, **overrides) -> dict:
-    """An mx and a submission listener (both STARTTLS) in front of one upstream."""
-    _, cert, key = certs
-    config = {
-        "proxy": {"hostname": "proxy.test"},
-        "auth": {
-            "backends": ["file"],
-            "users_file": str(users_file),
-            "max_failures": 3,
-            "throttle": "delay",
-            "throttle_delay": 0.0,
-        },
-        "upstreams": {"sink": {"address": sink_address, "connect_timeout": 3.0, "reply_timeout": 5.0}},
-        "listeners": [
-            {
-                "name": "mx",
-                "mode": "mx",
-                "tls": "starttls",
-                "cert_file": str(cert),
-                "key_file": str(key),
-                "upstream": "sink",
-                "local_domains": ["example.test"],
-            },
-            {
-                "name": "submission",
-                "mode": "submission",
-                "tls": "starttls",
-                "cert_file": str(cert),
-                "key_file": str(key),
-                "upstream": "sink",
-            },
-        ],
-        "plugins": {"enabled": ["access", "size"]},
-        "plugin": {
-            "access": {"deny_senders": ["*@spam.example"]},
-            "size": {"max_message_size": 20000, "max_recipients": 5},
-        },
-    }
-    for key, value in overrides.items():
-        if isinstance(value, dict) and isinstance(config.get(key), dict):
-            config[key] = {**config[key], **value}
-        else:
-            config[key] = value
-    return config
 
 
 @pytest.fixture

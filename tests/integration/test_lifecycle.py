@@ -2,11 +2,16 @@
 
 import signal
 import smtplib
+import socket
+import subprocess
+import sys
 import time
 
 import pytest
 
 from tests.support.clients import connect
+from tests.support.configs import base_config
+from tests.support.proxy import to_toml
 
 pytestmark = pytest.mark.integration
 
@@ -49,3 +54,22 @@ def test_two_workers_share_the_port_and_the_metrics_add_up(sink, make_proxy):
     assert proxy.metric("mailproxy_connections_total") == 12
     workers = {line.split("pid ")[1] for line in proxy.log().splitlines() if "worker" in line and "started" in line}
     assert len(workers) == 2
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_port_in_use_is_one_clear_error(sink, certs, users_file, tmp_path, workers):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        config = base_config(sink.address, certs, users_file, proxy={"hostname": "proxy.test", "workers": workers})
+        config["listeners"] = [{**config["listeners"][0], "address": f"127.0.0.1:{port}"}]
+        path = tmp_path / "mailproxy.toml"
+        path.write_text(to_toml(config))
+        result = subprocess.run(
+            [sys.executable, "-m", "mailproxy.cli", "run", "-c", str(path)],
+            capture_output=True, text=True, timeout=30,
+        )
+    assert result.returncode == 2
+    assert f"listener mx: cannot listen on 127.0.0.1:{port}: Address already in use" in result.stderr
+    assert "Traceback" not in result.stderr

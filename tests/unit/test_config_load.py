@@ -183,10 +183,17 @@ def test_unknown_key_in_upstream_names_the_upstream(tmp_path):
 
 def test_wrong_type(tmp_path):
     path = write(tmp_path, MINIMAL + 'max_recipients = "many"\n')
-    assert error_of(path) == (
-        f"{path}: listeners[0].max_recipients: "
-        "Input should be a valid integer, unable to parse string as an integer"
-    )
+    assert error_of(path) == f"{path}: listeners[0].max_recipients: Input should be a valid integer"
+
+
+@pytest.mark.parametrize("line, key, problem", [
+    ("workers = true", "proxy.workers", "Input should be a valid integer"),
+    ('workers = "2"', "proxy.workers", "Input should be a valid integer"),
+    ('shutdown_grace = "10"', "proxy.shutdown_grace", "Input should be a valid number"),
+])
+def test_no_silent_type_conversion(tmp_path, line, key, problem):
+    path = write(tmp_path, f"[proxy]\n{line}\n" + MINIMAL)
+    assert error_of(path) == f"{path}: {key}: {problem}"
 
 
 def test_wrong_type_for_a_list(tmp_path):

@@ -1,0 +1,49 @@
+"""The configuration most integration tests start from, as nested dicts."""
+
+from __future__ import annotations
+
+
+def base_config(sink_address: str, certs, users_file, **overrides) -> dict:
+    """An mx and a submission listener (both STARTTLS) in front of one upstream."""
+    _, cert, key = certs
+    config = {
+        "proxy": {"hostname": "proxy.test"},
+        "auth": {
+            "backends": ["file"],
+            "users_file": str(users_file),
+            "max_failures": 3,
+            "throttle": "delay",
+            "throttle_delay": 0.0,
+        },
+        "upstreams": {"sink": {"address": sink_address, "connect_timeout": 3.0, "reply_timeout": 5.0}},
+        "listeners": [
+            {
+                "name": "mx",
+                "mode": "mx",
+                "tls": "starttls",
+                "cert_file": str(cert),
+                "key_file": str(key),
+                "upstream": "sink",
+                "local_domains": ["example.test"],
+            },
+            {
+                "name": "submission",
+                "mode": "submission",
+                "tls": "starttls",
+                "cert_file": str(cert),
+                "key_file": str(key),
+                "upstream": "sink",
+            },
+        ],
+        "plugins": {"enabled": ["access", "size"]},
+        "plugin": {
+            "access": {"deny_senders": ["*@spam.example"]},
+            "size": {"max_message_size": 20000, "max_recipients": 5},
+        },
+    }
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(config.get(key), dict):
+            config[key] = {**config[key], **value}
+        else:
+            config[key] = value
+    return config
