@@ -14,6 +14,7 @@ from .auth.file import FileBackend
 from .auth.throttle import AuthThrottle
 from .auth.upstream import UpstreamBackend
 from .config import Config, ConfigError
+from .dns import Resolver
 from .plugins import LoadedPlugin, PluginContext, PluginSettings, load_plugins, new_plugin_manager, register
 from .policy import PolicyEngine
 from .proxy.runtime import ListenerRuntime, server_tls_context
@@ -54,6 +55,7 @@ def build(config: Config) -> Application:
     loaded += load_plugins(config, context, manager)
     policy = PolicyEngine(manager, loaded, config.policy)
     throttle = AuthThrottle(config.auth, state)
+    resolver = Resolver(config.dns) if config.proxy.resolve_client_names else None
     listeners = []
     for index, settings in enumerate(config.listeners):
         upstream = config.upstream_for(settings)
@@ -73,6 +75,7 @@ def build(config: Config) -> Application:
                 policy=policy,
                 auth=config.auth,
                 throttle=throttle,
+                resolver=resolver,
             )
         )
     return Application(config, state, loaded, policy, listeners)

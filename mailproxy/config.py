@@ -65,7 +65,18 @@ def _parse_ip_endpoint(value: Any) -> Endpoint:
     return Endpoint(str(ip), endpoint.port)
 
 
+def _parse_dns_server(value: Any) -> Endpoint:
+    if isinstance(value, str):
+        try:  # a bare address means the standard port
+            ipaddress.ip_address(value)
+            value = f"[{value}]:53" if ":" in value else f"{value}:53"
+        except ValueError:
+            pass
+    return _parse_ip_endpoint(value)
+
+
 AnyEndpoint = Annotated[Endpoint, BeforeValidator(_parse_endpoint)]
+DnsServer = Annotated[Endpoint, BeforeValidator(_parse_dns_server)]
 # Sections are strict (`workers = true` is an error, not 1), except that paths come
 # from TOML as strings.
 FilePath = Annotated[Path, Field(strict=False)]
@@ -95,6 +106,14 @@ class ProxySettings(_Section):
     workers: int = Field(1, ge=1, le=64)
     shutdown_grace: float = Field(10.0, ge=0)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    # Look up each client's verified (forward-confirmed) host name at connect: plugins
+    # see it as session.client_name and XCLIENT passes it as NAME.
+    resolve_client_names: bool = False
+
+
+class DnsSettings(_Section):
+    servers: list[DnsServer] = []  # empty: the system's resolv.conf
+    timeout: float = Field(3.0, gt=0, le=30)
 
 
 class MetricsSettings(_Section):
@@ -210,6 +229,7 @@ class PolicySettings(_Section):
 class Config(_Section):
     proxy: ProxySettings = ProxySettings()
     metrics: MetricsSettings = MetricsSettings()
+    dns: DnsSettings = DnsSettings()
     state: StateSettings = StateSettings()
     auth: AuthSettings = AuthSettings(backends=[])
     upstreams: dict[str, UpstreamSettings]

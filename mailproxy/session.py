@@ -23,6 +23,7 @@ class Session:
         self.mode = mode  # "mx" or "submission" for SMTP listeners
         self.started = time.monotonic()
         self.peer: Any = None  # (address, port, ...) as the socket reports it
+        self.client_name: str | None = None  # verified host name, if looked up
         self.host_name: str | None = None  # HELO/EHLO argument
         self.extended_smtp = False
         self.ssl: dict[str, Any] | None = None  # set once TLS is up

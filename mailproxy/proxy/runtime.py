@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..auth.throttle import AuthThrottle
+from ..dns import Resolver
 from ..config import AuthSettings, ListenerSettings, UpstreamSettings
 from ..policy import PolicyEngine
 
@@ -35,6 +36,7 @@ class ListenerRuntime:
     policy: PolicyEngine
     auth: AuthSettings
     throttle: AuthThrottle
+    resolver: Resolver | None = None  # set when client names are looked up
     sessions: set[Any] = field(default_factory=set)  # open sessions, for shutdown
 
     @property

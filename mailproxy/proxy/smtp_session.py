@@ -273,6 +273,8 @@ class SmtpProxySession(AuthCommand, SMTP):
             await self._upstream.quit()
 
     async def _serve(self) -> None:
+        if self.runtime.resolver is not None:
+            self.session.client_name = await self.runtime.resolver.client_name(self.session.client_address)
         verdict = await self.runtime.policy.run("smtp_connect", self.session, self.envelope)
         if verdict.action.is_refusal:
             await self._enforce(verdict)
@@ -341,6 +343,7 @@ class SmtpProxySession(AuthCommand, SMTP):
             session.host_name,
             session.username,
             session.extended_smtp,
+            session.client_name,
         )
 
     async def _open_upstream(self) -> ServerReply:

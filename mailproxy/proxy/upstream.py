@@ -51,6 +51,7 @@ class ClientFacts:
     helo: str | None
     login: str | None
     esmtp: bool
+    name: str | None = None  # verified host name, or XCLIENT's [UNAVAILABLE]/[TEMPUNAVAIL]
 
 
 def xclient_address(address: str) -> str:
@@ -172,6 +173,7 @@ class UpstreamConnection:
         if self.settings.client_identity != "xclient" or offered is None:
             return None
         wanted = {
+            "NAME": facts.name or "[UNAVAILABLE]",
             "ADDR": xclient_address(facts.address),
             "PORT": str(facts.port),
             "PROTO": "ESMTP" if facts.esmtp else "SMTP",

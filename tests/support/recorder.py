@@ -27,7 +27,7 @@ class _Handler(socketserver.StreamRequestHandler):
             server.record(line)
             verb = line[:4].upper()
             if verb == b"EHLO":
-                xclient = b"250-XCLIENT ADDR PORT PROTO HELO LOGIN\r\n" if server.xclient else b""
+                xclient = b"250-XCLIENT NAME ADDR PORT PROTO HELO LOGIN\r\n" if server.xclient else b""
                 self.wfile.write(b"250-recorder\r\n" + xclient + b"250-PIPELINING\r\n250 8BITMIME\r\n")
             elif verb == b"XCLI" and server.xclient:
                 self.wfile.write(b"220 recorder ESMTP, as a new session\r\n")

@@ -352,3 +352,14 @@ def test_several_problems_are_all_reported(tmp_path):
         f"{path}: listeners[0].extra: unknown key",
         f"{path}: bogus: unknown key",
     ]
+
+
+def test_dns_servers_take_a_bare_address_or_a_port(tmp_path):
+    path = write(tmp_path, '[dns]\nservers = ["192.0.2.53", "[2001:db8::53]:5353", "127.0.0.1:5300"]\n' + MINIMAL)
+    servers = load_config(path).dns.servers
+    assert [str(s) for s in servers] == ["192.0.2.53:53", "[2001:db8::53]:5353", "127.0.0.1:5300"]
+
+
+def test_dns_server_must_be_an_address(tmp_path):
+    path = write(tmp_path, '[dns]\nservers = ["ns.example"]\n' + MINIMAL)
+    assert error_of(path).startswith(f"{path}: dns.servers[0]: ")

@@ -1,0 +1,63 @@
+"""DNS lookups the proxy and its plugins share, with one configured resolver.
+
+`client_name` is forward-confirmed reverse DNS (FCrDNS): the PTR name of the client's
+address counts only if that name resolves back to the address. That is what Postfix
+means by a client's verified name, and what XCLIENT's NAME attribute carries.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+
+import dns.asyncresolver
+import dns.exception
+import dns.nameserver
+import dns.resolver
+import dns.reversename
+
+from .config import DnsSettings
+
+log = logging.getLogger("mailproxy.dns")
+
+UNAVAILABLE = "[UNAVAILABLE]"  # no name, for certain (XCLIENT's spelling)
+TEMPUNAVAIL = "[TEMPUNAVAIL]"  # could not find out now
+MAX_PTR_NAMES = 10  # a hostile PTR set must not cost unbounded lookups
+
+
+class Resolver:
+    def __init__(self, settings: DnsSettings) -> None:
+        if settings.servers:
+            self._resolver = dns.asyncresolver.Resolver(configure=False)
+            self._resolver.nameservers = [
+                dns.nameserver.Do53Nameserver(server.host, server.port) for server in settings.servers
+            ]
+        else:
+            self._resolver = dns.asyncresolver.Resolver()
+        self._resolver.lifetime = settings.timeout
+
+    async def client_name(self, address: str) -> str:
+        """The verified host name of `address`, or UNAVAILABLE / TEMPUNAVAIL."""
+        try:
+            ip = ipaddress.ip_address(address)
+            answer = await self._resolver.resolve(dns.reversename.from_address(str(ip)), "PTR")
+            names = [r.target.to_text(omit_final_dot=True) for r in answer][:MAX_PTR_NAMES]
+            for name in names:
+                if await self._resolves_to(name, ip):
+                    return name.lower()
+            return UNAVAILABLE
+        except ValueError:
+            return UNAVAILABLE
+        except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer):
+            return UNAVAILABLE
+        except dns.exception.DNSException as exc:
+            log.info("reverse lookup of %s failed: %s", address, exc)
+            return TEMPUNAVAIL
+
+    async def _resolves_to(self, name: str, ip) -> bool:
+        rdtype = "AAAA" if ip.version == 6 else "A"
+        try:
+            answer = await self._resolver.resolve(name, rdtype)
+        except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer):
+            return False
+        return any(ipaddress.ip_address(r.address) == ip for r in answer)
