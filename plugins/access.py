@@ -66,23 +66,23 @@ class Plugin:
             return Verdict.reject(554, "5.7.1", "Access denied")
         return None
 
+    @staticmethod
+    def _refuse(session: Session, pattern: re.Pattern | None, value: str, text: str) -> Verdict | None:
+        if pattern is not None and not session.notes.get(_ALLOWED) and pattern.match(value):
+            return Verdict.reject(550, "5.7.1", text)
+        return None
+
     @hookimpl
     def smtp_helo(self, session: Session, hostname: str) -> Verdict | None:
-        if self._helo and not session.notes.get(_ALLOWED) and self._helo.match(hostname):
-            return Verdict.reject(550, "5.7.1", "HELO name rejected")
-        return None
+        return self._refuse(session, self._helo, hostname, "HELO name rejected")
 
     @hookimpl
     def smtp_mail(self, session: Session, address: str) -> Verdict | None:
-        if self._senders and not session.notes.get(_ALLOWED) and self._senders.match(address):
-            return Verdict.reject(550, "5.7.1", "Sender address rejected")
-        return None
+        return self._refuse(session, self._senders, address, "Sender address rejected")
 
     @hookimpl
     def smtp_rcpt(self, session: Session, address: str) -> Verdict | None:
-        if self._recipients and not session.notes.get(_ALLOWED) and self._recipients.match(address):
-            return Verdict.reject(550, "5.7.1", "Recipient address rejected")
-        return None
+        return self._refuse(session, self._recipients, address, "Recipient address rejected")
 
 
 def _globs(patterns: list[str]) -> re.Pattern | None:

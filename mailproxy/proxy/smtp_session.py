@@ -447,50 +447,58 @@ class SmtpProxySession(AuthCommand, SMTP):
             return await self._error(530, "5.7.0", "Authentication required")
         if envelope.mail_from is not None:
             return await self._error(503, "5.5.1", "Error: nested MAIL command")
-        try:
-            address, params = parse_path(argument, "FROM")
-        except ValueError as exc:
-            return await self._error(501, "5.5.4", str(exc))
+        return await self._path_command("MAIL", "FROM", argument, self._mail_refusal, self._mail_accepted)
+
+    def _mail_refusal(self, address: str, params: dict) -> tuple[int, str, str] | None:
         size = params.get("SIZE")
-        if isinstance(size, str) and size.isascii() and size.isdigit() and int(size) > self.runtime.settings.max_message_size:
-            await self._say(552, "5.3.4", "Message size exceeds fixed maximum message size")
-            return None
-        verdict = await self.runtime.policy.run(
-            "smtp_mail", session, envelope, address=address, params=params
-        )
-        if verdict.action.is_refusal:
-            return await self._enforce(verdict)
-        reply = await self._forward(b"MAIL " + argument.encode("utf-8", "surrogateescape"), "MAIL")
-        if 200 <= reply.code < 300:
-            envelope.mail_from = address
-            envelope.mail_params = params
-            envelope.smtp_utf8 = "SMTPUTF8" in params
-        await self._relay(reply)
+        if isinstance(size, str) and size.isascii() and size.isdigit():
+            if int(size) > self.runtime.settings.max_message_size:
+                return 552, "5.3.4", "Message size exceeds fixed maximum message size"
         return None
 
+    def _mail_accepted(self, address: str, params: dict) -> None:
+        envelope = self.envelope
+        envelope.mail_from = address
+        envelope.mail_params = params
+        envelope.smtp_utf8 = "SMTPUTF8" in params
+
     async def smtp_RCPT(self, argument: str) -> object | None:
-        session, envelope = self.session, self.envelope
-        if envelope.mail_from is None:
+        if self.envelope.mail_from is None:
             return await self._error(503, "5.5.1", "Error: need MAIL command")
+        return await self._path_command("RCPT", "TO", argument, self._rcpt_refusal, self._rcpt_accepted)
+
+    def _rcpt_refusal(self, address: str, params: dict) -> tuple[int, str, str] | None:
+        session = self.session
+        if len(self.envelope.rcpt_tos) >= self.runtime.settings.max_recipients:
+            return 452, "4.5.3", "Too many recipients"
+        if session.mode == "mx" and not session.authenticated and not self._is_local(address):
+            return 554, "5.7.1", f"<{address}>: Relay access denied"
+        return None
+
+    def _rcpt_accepted(self, address: str, params: dict) -> None:
+        self.envelope.rcpt_tos.append(address)
+        self.envelope.rcpt_options.append([k if v is True else f"{k}={v}" for k, v in params.items()])
+
+    async def _path_command(self, verb: str, keyword: str, argument: str, refusal, accepted) -> object | None:
+        """MAIL and RCPT: parse, the proxy's own rules, the policy hook, forward, and
+        record what the upstream accepted."""
         try:
-            address, params = parse_path(argument, "TO")
+            address, params = parse_path(argument, keyword)
         except ValueError as exc:
             return await self._error(501, "5.5.4", str(exc))
-        if len(envelope.rcpt_tos) >= self.runtime.settings.max_recipients:
-            await self._say(452, "4.5.3", "Too many recipients")
-            return None
-        if session.mode == "mx" and not session.authenticated and not self._is_local(address):
-            await self._say(554, "5.7.1", f"<{address}>: Relay access denied")
+        refused = refusal(address, params)
+        if refused is not None:
+            await self._say(*refused)
             return None
         verdict = await self.runtime.policy.run(
-            "smtp_rcpt", session, envelope, address=address, params=params
+            f"smtp_{verb.lower()}", self.session, self.envelope, address=address, params=params
         )
         if verdict.action.is_refusal:
             return await self._enforce(verdict)
-        reply = await self._forward(b"RCPT " + argument.encode("utf-8", "surrogateescape"), "RCPT")
+        line = f"{verb} {argument}".encode("utf-8", "surrogateescape")
+        reply = await self._forward(line, verb)
         if 200 <= reply.code < 300:
-            envelope.rcpt_tos.append(address)
-            envelope.rcpt_options.append([f"{k}={v}" if v is not True else k for k, v in params.items()])
+            accepted(address, params)
         await self._relay(reply)
         return None
 
