@@ -21,35 +21,22 @@ from aiosmtpd.smtp import SMTP, TLSSetupException
 
 from .. import metrics
 from ..logs import current_session
-from ..protocol.smtp import (
-    DataReceiver,
-    ServerReply,
-    client_ehlo_reply,
-    header_block,
-    make_reply,
-    parse_path,
-    split_command,
-    unstuff,
-    wire_body,
-)
+from ..protocol.smtp import ServerReply, client_ehlo_reply, parse_path, split_command
 from ..session import Envelope, Session
 from ..verdict import Action, Verdict
 from ..auth.upstream import auth_outcome
 from .runtime import CLOSE_SESSION, ListenerRuntime
 from .smtp_auth import AuthCommand
+from .smtp_data import DataCommand
+from .smtp_io import READ_SIZE, TOO_LONG, ClientIO
 from .upstream import ClientFacts, UpstreamConnection, UpstreamError
 
 log = logging.getLogger("mailproxy.smtp")
 
-MAX_COMMAND_LINE = 4096  # RFC 5321 says 512, extensions (SIZE, DSN, SMTPUTF8) add more
-READ_SIZE = 65536
 ROUTING_CHARACTERS = frozenset("@%!:,()")
-GO_AHEAD = make_reply(354, "End data with <CR><LF>.<CR><LF>")
-ABORT_AFTER_CLOSE = 10.0  # seconds a closing connection may take to drain its last reply
-_TOO_LONG = object()
 
 
-class SmtpProxySession(AuthCommand, SMTP):
+class SmtpProxySession(AuthCommand, DataCommand, ClientIO, SMTP):
     # aiosmtpd's SMTP.__init__ rediscovers handler hooks and AUTH methods with `inspect`
     # on every connection, a quarter of its per-connection cost. Only the attributes that
     # the inherited transport, timeout and STARTTLS code reads are set here.
@@ -103,124 +90,6 @@ class SmtpProxySession(AuthCommand, SMTP):
 
     def _create_envelope(self) -> Envelope:
         return Envelope()
-
-    def _timeout_cb(self) -> None:
-        """Idle for too long: say so before closing (aiosmtpd closes silently). A client
-        that does not even read that gets the connection aborted shortly after."""
-        transport = self.transport
-        if transport is None:
-            return
-        log.info("idle for %.0fs, closing", self._timeout_duration)
-        reply = make_reply(421, f"4.4.2 {self.hostname} Idle timeout, closing connection")
-        metrics.child(metrics.replies, "smtp", "4xx", "proxy").inc()
-        self._outbox.append(reply.raw)
-        self._flush_now()
-        transport.close()
-        self.loop.call_later(ABORT_AFTER_CLOSE, transport.abort)
-
-    # aiosmtpd cancels the session task at end of input and when the connection drops;
-    # then a half-closed client never hears the replies to what it sent, and cleanup is
-    # skipped. Here the task sees end of input and finishes on its own.
-
-    def eof_received(self) -> bool:
-        self._reader.feed_eof()
-        # Keep the socket open for our replies, which TLS cannot do after the peer's EOF.
-        return self.transport is not None and self.transport.get_extra_info("sslcontext") is None
-
-    def connection_lost(self, error: Exception | None) -> None:
-        self._stop_idle_timer()
-        if self._original_transport is not None:
-            self._original_transport.close()
-        asyncio.StreamReaderProtocol.connection_lost(self, error)
-        self.transport = None
-
-    async def push(self, status: str | bytes) -> None:
-        """aiosmtpd's own replies (the STARTTLS go-ahead) take the same path as ours."""
-        line = status.encode() if isinstance(status, str) else status
-        await self._write(line + b"\r\n", int(line[:3]), "proxy")
-        await self._flush()  # before aiosmtpd switches the transport to TLS
-
-    # --- I/O -----------------------------------------------------------------------------
-
-    # Replies are queued and sent when the session next waits for the client, so the
-    # replies to a pipelined batch leave in one write (RFC 2920 allows holding them).
-
-    async def _write(self, raw: bytes, code: int, origin: str) -> None:
-        metrics.child(metrics.replies, "smtp", metrics.reply_class(code), origin).inc()
-        self._outbox.append(raw)
-
-    def _flush_now(self) -> None:
-        if self._outbox:
-            if self.transport is not None and not self.transport.is_closing():
-                self.transport.write(b"".join(self._outbox))
-            self._outbox.clear()
-
-    async def _flush(self) -> None:
-        if self._outbox:
-            self._flush_now()
-            await self._writer.drain()
-
-    async def _receive(self) -> bytes:
-        """The next bytes from the client, after sending every reply owed to it.
-
-        The idle timer runs only here: time spent waiting on the upstream or a plugin
-        (each with its own timeout) is not the client's idleness.
-        """
-        self._reset_timeout()
-        try:
-            await self._flush()
-            return await self._reader.read(READ_SIZE)
-        finally:
-            self._stop_idle_timer()
-
-    def _stop_idle_timer(self) -> None:
-        if self._timeout_handle is not None:
-            self._timeout_handle.cancel()
-            self._timeout_handle = None
-
-    async def _relay(self, reply: ServerReply) -> None:
-        await self._write(reply.raw, reply.code, "upstream")
-
-    async def _say(self, code: int, enhanced: str, text: str) -> None:
-        await self._write(make_reply(code, f"{enhanced} {text}").raw, code, "proxy")
-
-    async def _error(self, code: int, enhanced: str, text: str) -> object | None:
-        """A client mistake. Too many of them end the session (a bounded budget)."""
-        self._errors += 1
-        if self._errors >= self.runtime.settings.max_errors:
-            await self._say(421, "4.7.0", f"{self.hostname} Too many errors, closing connection")
-            return CLOSE_SESSION
-        await self._say(code, enhanced, text)
-        return None
-
-    async def _read_line(self) -> bytes | object | None:
-        """The next command line; None at end of input; _TOO_LONG for an overlong line
-        (consumed up to its end, so the next command parses cleanly)."""
-        discarding = False
-        while True:
-            end = self._inbuf.find(b"\n", self._inpos)
-            if end >= 0:
-                line = self._inbuf[self._inpos : end + 1]
-                self._inpos = end + 1
-                if discarding or len(line) > MAX_COMMAND_LINE:
-                    return _TOO_LONG
-                return line
-            if len(self._inbuf) - self._inpos > MAX_COMMAND_LINE:
-                discarding = True
-                self._inbuf, self._inpos = b"", 0
-            chunk = await self._receive()
-            if not chunk:
-                return None
-            if self._inpos >= len(self._inbuf):
-                self._inbuf = chunk
-            else:
-                self._inbuf = self._inbuf[self._inpos :] + chunk
-            self._inpos = 0
-
-    def _take_pending_input(self) -> bytes:
-        pending = self._inbuf[self._inpos :]
-        self._inbuf, self._inpos = b"", 0
-        return pending
 
     # --- session -------------------------------------------------------------------------
 
@@ -292,7 +161,7 @@ class SmtpProxySession(AuthCommand, SMTP):
             line = await self._read_line()
             if line is None:
                 return
-            if line is _TOO_LONG:
+            if line is TOO_LONG:
                 outcome = await self._error(500, "5.5.2", "Line too long")
             else:
                 outcome = await self._command(line)
@@ -501,97 +370,6 @@ class SmtpProxySession(AuthCommand, SMTP):
             accepted(address, params)
         await self._relay(reply)
         return None
-
-    async def smtp_DATA(self, argument: str) -> object | None:
-        if argument:
-            return await self._error(501, "5.5.4", "Syntax: DATA")
-        if self.envelope.mail_from is None:
-            return await self._error(503, "5.5.1", "Error: need MAIL command")
-        if not self.envelope.rcpt_tos:
-            return await self._error(554, "5.5.1", "Error: no valid recipients")
-        # The message is taken whole before the upstream hears DATA: the data hooks can
-        # refuse it without the upstream ever receiving part of it, and a slow client
-        # cannot run into the upstream's timeout in the middle of its DATA.
-        await self._write(GO_AHEAD.raw, 354, "proxy")
-        return await self._receive_message()
-
-    async def _receive_message(self) -> object | None:
-        settings = self.runtime.settings
-        receiver = DataReceiver(settings.max_message_size)
-        done = receiver.feed(self._take_pending_input())
-        keepalive = self.loop.time() + self.runtime.upstream.keepalive
-        while not done:
-            chunk = await self._receive()
-            if not chunk:
-                raise ConnectionResetError("client left during DATA")
-            done = receiver.feed(chunk)
-            if not done and self.loop.time() >= keepalive:
-                await self._keep_upstream_alive()
-                keepalive = self.loop.time() + self.runtime.upstream.keepalive
-        self._inbuf = receiver.leftover
-        metrics.child(metrics.message_bytes, settings.name).observe(receiver.size)
-        if receiver.overflow:
-            return await self._refuse_message(
-                Verdict.reject(552, "5.3.4", "Message size exceeds fixed maximum message size")
-            )
-        wire = wire_body(receiver.body)
-        envelope = self.envelope
-        policy = self.runtime.policy
-        if policy.has("smtp_data"):
-            envelope.content = unstuff(wire)
-            verdict = await policy.run("smtp_data", self.session, envelope, message=envelope.content)
-            if verdict.action.is_refusal:
-                return await self._refuse_message(verdict)
-        parts = [wire, b".\r\n"]
-        if envelope.added_headers:
-            parts.insert(0, header_block(envelope.added_headers))
-        try:
-            reply = await self._deliver(parts)
-        except UpstreamError as exc:
-            # The message is not acknowledged; the client keeps it and retries.
-            log.warning("upstream failed during DATA: %s", exc)
-            self._upstream = None
-            metrics.child(metrics.messages, settings.name, "tempfailed").inc()
-            self._set_rset_state()
-            await self._say(451, "4.3.0", "Upstream failure, message not accepted, try again later")
-            return None
-        outcome = "delivered" if reply.code == 250 else "rejected" if reply.code >= 500 else "tempfailed"
-        metrics.child(metrics.messages, settings.name, outcome).inc()
-        if reply.code == 250:
-            self.session.transactions += 1
-        log.info(
-            "message from <%s> to %d recipient(s), %d bytes: upstream %s",
-            envelope.mail_from, len(envelope.rcpt_tos), receiver.size, reply,
-        )
-        self._set_rset_state()
-        await self._relay(reply)
-        return None
-
-    async def _deliver(self, parts: list[bytes]) -> ServerReply:
-        """DATA to the upstream, then the message with its end marker. Returns the
-        upstream's reply to end-of-data, or its refusal of DATA itself."""
-        upstream = await self._upstream_ready()
-        reply = await upstream.command(b"DATA\r\n", "DATA")
-        if reply.code != 354:
-            await upstream.command(b"RSET\r\n", "RSET")  # whatever state it kept
-            return reply
-        return await upstream.send(parts, "DATA_END")
-
-    async def _keep_upstream_alive(self) -> None:
-        """A NOOP while a slow client uploads, so the upstream's command timeout does
-        not end the session it holds for us."""
-        if self._upstream is not None and self._upstream.connected:
-            await self._upstream.command(b"NOOP\r\n", "NOOP")
-
-    async def _refuse_message(self, verdict: Verdict) -> object | None:
-        """Answer end-of-data with a refusal. The upstream never heard DATA; its
-        transaction is reset so the next one starts clean."""
-        outcome = "rejected" if verdict.action is Action.REJECT else "tempfailed"
-        metrics.child(metrics.messages, self.runtime.name, outcome).inc()
-        await self._reset_transaction()
-        if self._upstream is not None and self._upstream.connected:
-            await self._upstream.command(b"RSET\r\n", "RSET")
-        return await self._enforce(verdict)
 
     async def smtp_RSET(self, argument: str) -> object | None:
         await self._reset_transaction()

@@ -82,7 +82,7 @@ def test_xclient_sends_ipv6_addresses_with_their_prefix(make_proxy):
 
     port = free_port("::1")
     with RecordingUpstream(xclient=True) as upstream:
-        proxy = make_proxy(upstream.address, listeners=[
+        make_proxy(upstream.address, listeners=[
             {"name": "mx", "mode": "mx", "address": f"[::1]:{port}", "upstream": "sink", "local_domains": ["example.test"]},
         ])
         with smtplib.SMTP("::1", port, timeout=10) as client:

@@ -109,7 +109,7 @@ def test_idle_client_is_told_and_disconnected(sink, make_proxy):
 
 def test_ipv6_listener(sink, make_proxy):
     port = free_port("::1")
-    proxy = make_proxy(sink.address, listeners=[
+    make_proxy(sink.address, listeners=[
         {"name": "mx", "mode": "mx", "address": f"[::1]:{port}", "upstream": "sink", "local_domains": ["example.test"]},
     ])
     with smtplib.SMTP("::1", port, timeout=10) as client:

@@ -8,7 +8,6 @@ import smtplib
 import pytest
 
 from tests.support.dovecot import Dovecot
-from tests.support.servers import SmtpSink
 from tests.support.tls import client_context
 
 pytestmark = pytest.mark.integration

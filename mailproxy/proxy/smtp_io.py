@@ -1,0 +1,140 @@
+"""The client side of an SMTP session: bounded reads, queued replies, the idle timer,
+and the connection events aiosmtpd's protocol class would otherwise handle its way.
+
+Mixed into the session class; it uses the attributes the session sets up
+(`_inbuf`, `_inpos`, `_outbox`, `_errors`, `runtime`, and aiosmtpd's transport ones).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from .. import metrics
+from ..protocol.smtp import ServerReply, make_reply
+from .runtime import CLOSE_SESSION
+
+log = logging.getLogger("mailproxy.smtp")
+
+MAX_COMMAND_LINE = 4096  # RFC 5321 says 512, extensions (SIZE, DSN, SMTPUTF8) add more
+READ_SIZE = 65536
+ABORT_AFTER_CLOSE = 10.0  # seconds a closing connection may take to drain its last reply
+TOO_LONG = object()  # what _read_line returns for an overlong line
+
+
+class ClientIO:
+    def _timeout_cb(self) -> None:
+        """Idle for too long: say so before closing (aiosmtpd closes silently). A client
+        that does not even read that gets the connection aborted shortly after."""
+        transport = self.transport
+        if transport is None:
+            return
+        log.info("idle for %.0fs, closing", self._timeout_duration)
+        reply = make_reply(421, f"4.4.2 {self.hostname} Idle timeout, closing connection")
+        metrics.child(metrics.replies, "smtp", "4xx", "proxy").inc()
+        self._outbox.append(reply.raw)
+        self._flush_now()
+        transport.close()
+        self.loop.call_later(ABORT_AFTER_CLOSE, transport.abort)
+
+    # aiosmtpd cancels the session task at end of input and when the connection drops;
+    # then a half-closed client never hears the replies to what it sent, and cleanup is
+    # skipped. Here the task sees end of input and finishes on its own.
+
+    def eof_received(self) -> bool:
+        self._reader.feed_eof()
+        # Keep the socket open for our replies, which TLS cannot do after the peer's EOF.
+        return self.transport is not None and self.transport.get_extra_info("sslcontext") is None
+
+    def connection_lost(self, error: Exception | None) -> None:
+        self._stop_idle_timer()
+        if self._original_transport is not None:
+            self._original_transport.close()
+        asyncio.StreamReaderProtocol.connection_lost(self, error)
+        self.transport = None
+
+    async def push(self, status: str | bytes) -> None:
+        """aiosmtpd's own replies (the STARTTLS go-ahead) take the same path as ours."""
+        line = status.encode() if isinstance(status, str) else status
+        await self._write(line + b"\r\n", int(line[:3]), "proxy")
+        await self._flush()  # before aiosmtpd switches the transport to TLS
+
+    # Replies are queued and sent when the session next waits for the client, so the
+    # replies to a pipelined batch leave in one write (RFC 2920 allows holding them).
+
+    async def _write(self, raw: bytes, code: int, origin: str) -> None:
+        metrics.child(metrics.replies, "smtp", metrics.reply_class(code), origin).inc()
+        self._outbox.append(raw)
+
+    def _flush_now(self) -> None:
+        if self._outbox:
+            if self.transport is not None and not self.transport.is_closing():
+                self.transport.write(b"".join(self._outbox))
+            self._outbox.clear()
+
+    async def _flush(self) -> None:
+        if self._outbox:
+            self._flush_now()
+            await self._writer.drain()
+
+    async def _receive(self) -> bytes:
+        """The next bytes from the client, after sending every reply owed to it.
+
+        The idle timer runs only here: time spent waiting on the upstream or a plugin
+        (each with its own timeout) is not the client's idleness.
+        """
+        self._reset_timeout()
+        try:
+            await self._flush()
+            return await self._reader.read(READ_SIZE)
+        finally:
+            self._stop_idle_timer()
+
+    def _stop_idle_timer(self) -> None:
+        if self._timeout_handle is not None:
+            self._timeout_handle.cancel()
+            self._timeout_handle = None
+
+    async def _relay(self, reply: ServerReply) -> None:
+        await self._write(reply.raw, reply.code, "upstream")
+
+    async def _say(self, code: int, enhanced: str, text: str) -> None:
+        await self._write(make_reply(code, f"{enhanced} {text}").raw, code, "proxy")
+
+    async def _error(self, code: int, enhanced: str, text: str) -> object | None:
+        """A client mistake. Too many of them end the session (a bounded budget)."""
+        self._errors += 1
+        if self._errors >= self.runtime.settings.max_errors:
+            await self._say(421, "4.7.0", f"{self.hostname} Too many errors, closing connection")
+            return CLOSE_SESSION
+        await self._say(code, enhanced, text)
+        return None
+
+    async def _read_line(self) -> bytes | object | None:
+        """The next command line; None at end of input; TOO_LONG for an overlong line
+        (consumed up to its end, so the next command parses cleanly)."""
+        discarding = False
+        while True:
+            end = self._inbuf.find(b"\n", self._inpos)
+            if end >= 0:
+                line = self._inbuf[self._inpos : end + 1]
+                self._inpos = end + 1
+                if discarding or len(line) > MAX_COMMAND_LINE:
+                    return TOO_LONG
+                return line
+            if len(self._inbuf) - self._inpos > MAX_COMMAND_LINE:
+                discarding = True
+                self._inbuf, self._inpos = b"", 0
+            chunk = await self._receive()
+            if not chunk:
+                return None
+            if self._inpos >= len(self._inbuf):
+                self._inbuf = chunk
+            else:
+                self._inbuf = self._inbuf[self._inpos :] + chunk
+            self._inpos = 0
+
+    def _take_pending_input(self) -> bytes:
+        pending = self._inbuf[self._inpos :]
+        self._inbuf, self._inpos = b"", 0
+        return pending
