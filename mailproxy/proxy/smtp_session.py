@@ -21,22 +21,22 @@ from aiosmtpd.smtp import SMTP, TLSSetupException
 
 from .. import metrics
 from ..logs import current_session
-from ..protocol.smtp import ServerReply, client_ehlo_reply, parse_path, split_command
+from ..protocol.smtp import client_ehlo_reply, parse_path, split_command
 from ..session import Envelope, Session
 from ..verdict import Action, Verdict
-from ..auth.upstream import auth_outcome
 from .runtime import CLOSE_SESSION, ListenerRuntime
 from .smtp_auth import AuthCommand
 from .smtp_data import DataCommand
 from .smtp_io import READ_SIZE, TOO_LONG, ClientIO
-from .upstream import ClientFacts, UpstreamConnection, UpstreamError
+from .smtp_upstream import UpstreamPairing
+from .upstream import UpstreamConnection, UpstreamError
 
 log = logging.getLogger("mailproxy.smtp")
 
 ROUTING_CHARACTERS = frozenset("@%!:,()")
 
 
-class SmtpProxySession(AuthCommand, DataCommand, ClientIO, SMTP):
+class SmtpProxySession(AuthCommand, DataCommand, UpstreamPairing, ClientIO, SMTP):
     # aiosmtpd's SMTP.__init__ rediscovers handler hooks and AUTH methods with `inspect`
     # on every connection, a quarter of its per-connection cost. Only the attributes that
     # the inherited transport, timeout and STARTTLS code reads are set here.
@@ -201,54 +201,6 @@ class SmtpProxySession(AuthCommand, DataCommand, ClientIO, SMTP):
         if verdict.action is Action.DISCONNECT:
             return CLOSE_SESSION
         return None
-
-    # --- upstream ------------------------------------------------------------------------
-
-    def _facts(self) -> ClientFacts:
-        session = self.session
-        return ClientFacts(
-            session.client_address,
-            session.client_port,
-            session.host_name,
-            session.username,
-            session.extended_smtp,
-            session.client_name,
-        )
-
-    async def _open_upstream(self) -> ServerReply:
-        runtime = self.runtime
-        self._upstream = UpstreamConnection(runtime.upstream_name, runtime.upstream, runtime.upstream_tls)
-        return await self._upstream.open()
-
-    async def _upstream_ready(self) -> UpstreamConnection:
-        """The upstream session, reopened if an aborted message or a failure closed it:
-        greeting, the client's EHLO and XCLIENT are replayed, none of it shown."""
-        if self._upstream is not None and self._upstream.connected:
-            return self._upstream
-        greeting = await self._open_upstream()
-        if greeting.code != 220:
-            raise UpstreamError("greeting", f"upstream refused the new session: {greeting}")
-        if self.session.host_name:
-            await self._upstream.greet(self._facts())
-            if self._upstream_credentials is not None:
-                reply = await self._upstream.authenticate(*self._upstream_credentials)
-                if not auth_outcome(reply):
-                    raise UpstreamError("auth", f"credentials no longer accepted: {reply}")
-        return self._upstream
-
-    async def _login_upstream(self, username: str, password: str) -> bool | None:
-        """The `upstream` credential backend's check, on this session's own upstream."""
-        upstream = await self._upstream_ready()
-        if "AUTH" not in upstream.keywords:
-            return None
-        valid = auth_outcome(await upstream.authenticate(username, password))
-        if valid:
-            self._upstream_credentials = (username, password)
-        return valid
-
-    async def _forward(self, line: bytes, verb: str) -> ServerReply:
-        upstream = await self._upstream_ready()
-        return await upstream.command(line.rstrip(b"\r\n") + b"\r\n", verb)
 
     # --- transaction state ---------------------------------------------------------------
 
