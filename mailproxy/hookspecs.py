@@ -48,7 +48,9 @@ FIRST_RESULT_HOOKS = ("authenticate",)
 def smtp_connect(session: Session) -> Verdict | None:
     """A client connected; runs before the greeting is relayed.
 
-    `session.client_address` and `session.listener` are set; nothing has been said yet.
+    `session.client_address` and `session.listener` are set, and `session.client_name`
+    (the verified host name, or "[UNAVAILABLE]"/"[TEMPUNAVAIL]") when the proxy looks
+    names up; nothing has been said yet.
     A refusal is sent instead of the upstream's greeting and the session ends.
     """
 
