@@ -13,6 +13,7 @@ from __future__ import annotations
 from pydantic import Field
 
 from mailproxy import Envelope, PluginSettings, Verdict, hookimpl
+from mailproxy.protocol.smtp import parse_size
 
 TOO_BIG = Verdict.reject(552, "5.3.4", "Message size exceeds the limit")
 TOO_MANY = Verdict.tempfail(452, "4.5.3", "Too many recipients")
@@ -29,8 +30,8 @@ class Plugin:
 
     @hookimpl
     def smtp_mail(self, params: dict) -> Verdict | None:
-        declared = params.get("SIZE")
-        if isinstance(declared, str) and declared.isascii() and declared.isdigit() and int(declared) > self._max_size:
+        declared = parse_size(params.get("SIZE"))
+        if declared is not None and declared > self._max_size:
             return TOO_BIG
         return None
 

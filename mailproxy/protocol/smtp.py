@@ -116,6 +116,14 @@ class ReplyParser:
         return reply
 
 
+def parse_size(value: object) -> int | None:
+    """A SIZE value (MAIL parameter or EHLO keyword) as a number, or None if it is not
+    plain ASCII digits ("²".isdigit() is true, and int() of it raises)."""
+    if isinstance(value, str) and value.isascii() and value.isdigit():
+        return int(value)
+    return None
+
+
 def ehlo_keywords(reply: ServerReply) -> dict[str, str]:
     """The extensions an EHLO reply advertises: KEYWORD -> parameters ('' if none)."""
     keywords = {}
@@ -347,10 +355,8 @@ def client_ehlo_reply(
     for keyword in PASS_THROUGH_EXTENSIONS:
         if keyword in offered:
             lines.append(keyword.encode())
-    upstream_size = offered.get("SIZE", "")
-    limit = size_limit
-    if upstream_size.isdigit() and int(upstream_size) > 0:
-        limit = min(limit, int(upstream_size))
+    upstream_size = parse_size(offered.get("SIZE"))
+    limit = min(size_limit, upstream_size) if upstream_size else size_limit
     lines.append(b"SIZE %d" % limit)
     if starttls:
         lines.append(b"STARTTLS")

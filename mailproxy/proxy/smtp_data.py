@@ -94,7 +94,7 @@ class DataCommand:
         upstream = await self._upstream_ready()
         reply = await upstream.command(b"DATA\r\n", "DATA")
         if reply.code != 354:
-            await upstream.command(b"RSET\r\n", "RSET")  # whatever state it kept
+            await self._reset_upstream()  # whatever state it kept
             return reply
         return await upstream.send(parts, "DATA_END")
 
@@ -110,6 +110,5 @@ class DataCommand:
         outcome = "rejected" if verdict.action is Action.REJECT else "tempfailed"
         metrics.child(metrics.messages, self.runtime.name, outcome).inc()
         await self._reset_transaction()
-        if self._upstream is not None and self._upstream.connected:
-            await self._upstream.command(b"RSET\r\n", "RSET")
+        await self._reset_upstream()
         return await self._enforce(verdict)

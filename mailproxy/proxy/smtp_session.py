@@ -21,7 +21,7 @@ from aiosmtpd.smtp import SMTP, TLSSetupException
 
 from .. import metrics
 from ..logs import current_session
-from ..protocol.smtp import client_ehlo_reply, parse_path, split_command
+from ..protocol.smtp import client_ehlo_reply, parse_path, parse_size, split_command
 from ..session import Envelope, Session
 from ..verdict import Action, Verdict
 from .runtime import CLOSE_SESSION, ListenerRuntime
@@ -244,8 +244,8 @@ class SmtpProxySession(AuthCommand, DataCommand, UpstreamPairing, ClientIO, SMTP
         session.extended_smtp = extended
         verdict = await self.runtime.policy.run("smtp_helo", session, self.envelope, hostname=hostname)
         if verdict.action.is_refusal:
-            if had_transaction and self._upstream is not None and self._upstream.connected:
-                await self._upstream.command(b"RSET\r\n", "RSET")  # forget it there too
+            if had_transaction:
+                await self._reset_upstream()  # forget it there too
             return await self._enforce(verdict)
         upstream = await self._upstream_ready()
         session.host_name = hostname
@@ -271,10 +271,9 @@ class SmtpProxySession(AuthCommand, DataCommand, UpstreamPairing, ClientIO, SMTP
         return await self._path_command("MAIL", "FROM", argument, self._mail_refusal, self._mail_accepted)
 
     def _mail_refusal(self, address: str, params: dict) -> tuple[int, str, str] | None:
-        size = params.get("SIZE")
-        if isinstance(size, str) and size.isascii() and size.isdigit():
-            if int(size) > self.runtime.settings.max_message_size:
-                return 552, "5.3.4", "Message size exceeds fixed maximum message size"
+        size = parse_size(params.get("SIZE"))
+        if size is not None and size > self.runtime.settings.max_message_size:
+            return 552, "5.3.4", "Message size exceeds fixed maximum message size"
         return None
 
     def _mail_accepted(self, address: str, params: dict) -> None:

@@ -56,6 +56,12 @@ class UpstreamPairing:
             self._upstream_credentials = (username, password)
         return valid
 
+    async def _reset_upstream(self) -> None:
+        """RSET at the upstream alone, where the proxy ended a transaction the upstream
+        still holds; its reply is not the client's business."""
+        if self._upstream is not None and self._upstream.connected:
+            await self._upstream.command(b"RSET\r\n", "RSET")
+
     async def _forward(self, line: bytes, verb: str) -> ServerReply:
         upstream = await self._upstream_ready()
         return await upstream.command(line.rstrip(b"\r\n") + b"\r\n", verb)

@@ -18,6 +18,7 @@ from mailproxy.protocol.smtp import (
     header_block,
     make_reply,
     parse_path,
+    parse_size,
     split_command,
     unstuff,
     wire_body,
@@ -557,7 +558,7 @@ def test_client_ehlo_reply_adds_starttls_and_auth_when_asked():
     assert reply.raw.endswith(b"250-SIZE 5000\r\n250-STARTTLS\r\n250 AUTH PLAIN LOGIN\r\n")
 
 
-@pytest.mark.parametrize("size_line", [None, "SIZE", "SIZE 0", "SIZE lots"])
+@pytest.mark.parametrize("size_line", [None, "SIZE", "SIZE 0", "SIZE lots", "SIZE \u00b2"])
 def test_client_ehlo_reply_size_without_upstream_limit(size_line):
     lines = ["upstream.example.test", "PIPELINING"] + ([size_line] if size_line else [])
     reply = client_ehlo_reply(make_reply(250, *lines), 7777, starttls=False, auth=())
@@ -587,3 +588,10 @@ def test_lone_dot_line_in_a_clean_body_is_rewritten(body, wire):
 def test_parse_path_refuses_a_missing_path(argument):
     with pytest.raises(ValueError):
         parse_path(argument, argument.split(":")[0])
+
+
+@pytest.mark.parametrize("value, size", [
+    ("1024", 1024), ("0", 0), ("\u00b2", None), ("12a", None), ("", None), (True, None), (None, None),
+])
+def test_parse_size(value, size):
+    assert parse_size(value) == size
