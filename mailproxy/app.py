@@ -40,7 +40,7 @@ def _auth_backends(config: Config) -> list[tuple[str, object]]:
             except (OSError, ValueError) as exc:
                 raise ConfigError(f"{config.path}: auth.users_file: {exc}") from None
         else:
-            backends.append(("auth:upstream", UpstreamBackend(config)))
+            backends.append(("auth:upstream", UpstreamBackend()))
     return backends
 
 
