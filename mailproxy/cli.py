@@ -36,6 +36,20 @@ def _describe(app) -> list[str]:
     return lines
 
 
+def _warnings(config: Config) -> list[str]:
+    """What the configuration allows but an administrator should know."""
+    workers = config.proxy.workers
+    if workers > 1 and config.state.backend == "memory":
+        return [
+            f"{config.path}: proxy.workers = {workers} with state.backend = \"memory\": AUTH "
+            "failure counts and plugin counters are kept per worker process, so a client may "
+            f"get up to {workers} times auth.max_failures attempts per failure_window; they "
+            "are shared only by a networked state backend (none is available yet), so run "
+            "one worker where the limits must hold exactly"
+        ]
+    return []
+
+
 def _plugin_lines(app) -> str:
     if not app.plugins:
         return "plugins: none"
@@ -55,6 +69,8 @@ def _build(config: Config):
 def cmd_check(args) -> int:
     app = _build(load_config(args.config))
     print("\n".join(_describe(app)))
+    for warning in _warnings(app.config):
+        print(f"warning: {warning}", file=sys.stderr)
     return 0
 
 
@@ -79,6 +95,8 @@ def cmd_run(args) -> int:
     from .logs import setup_logging
 
     setup_logging(config.proxy.log_level)
+    for warning in _warnings(config):
+        logging.getLogger("mailproxy").warning("%s", warning)
     app = _build(config)
     from prometheus_client import REGISTRY, CollectorRegistry
 

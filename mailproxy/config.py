@@ -107,8 +107,10 @@ class ProxySettings(_Section):
     shutdown_grace: float = Field(10.0, ge=0)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     # Look up each client's verified (forward-confirmed) host name at connect: plugins
-    # see it as session.client_name and XCLIENT passes it as NAME.
-    resolve_client_names: bool = False
+    # see it as session.client_name and XCLIENT passes it as NAME. On by default, as
+    # Postfix itself does: without it the upstream can only be told [UNAVAILABLE], and
+    # its reject_unknown_client_hostname would then refuse every client.
+    resolve_client_names: bool = True
 
 
 class DnsSettings(_Section):
@@ -130,9 +132,25 @@ class AuthSettings(_Section):
     max_failures: int = Field(5, ge=1)
     failure_window: float = Field(300.0, gt=0)
     throttle: Literal["delay", "disconnect"] = "delay"
+    # The pause before an AUTH attempt is checked: throttle_delay after one failure from
+    # the client's network, doubling with each further one, at most throttle_delay_max
+    # (Dovecot's auth_penalty: 2 s doubling up to 15 s).
     throttle_delay: float = Field(2.0, ge=0, le=60)
+    throttle_delay_max: float = Field(15.0, ge=0, le=300)
+    # Failures are counted per network of this prefix length: one host in IPv4, one
+    # subnet (an end site's /64) in IPv6, where a client picks from many addresses.
+    ipv4_prefix: int = Field(32, ge=8, le=32)
+    ipv6_prefix: int = Field(64, ge=16, le=128)
 
     _check_users_file = field_validator("users_file")(_existing_file)
+
+    @field_validator("throttle_delay_max")
+    @classmethod
+    def _cap_not_below_start(cls, cap: float, info: ValidationInfo) -> float:
+        start = info.data.get("throttle_delay")
+        if start is not None and cap < start:
+            raise ValueError(f"must be at least throttle_delay ({start})")
+        return cap
 
     @model_validator(mode="after")
     def _file_backend_needs_users(self) -> AuthSettings:
@@ -148,6 +166,10 @@ class UpstreamSettings(_Section):
     ca_file: FilePath | None = None
     connect_timeout: float = Field(10.0, gt=0)
     reply_timeout: float = Field(120.0, gt=0)
+    # The reply to the end of a message has its own, longer limit (RFC 5321 4.5.3.2.6
+    # allows 10 minutes): giving up early on an upstream that has taken the message
+    # makes the client send it again, and it is delivered twice.
+    data_timeout: float = Field(600.0, gt=0)
     # While a client uploads a message, a NOOP this often keeps the upstream session
     # from timing out (Postfix allows 300 s, and only 10 s under stress).
     keepalive: float = Field(5.0, gt=0)
@@ -179,7 +201,24 @@ class ListenerSettings(_Section):
     max_message_size: int = Field(10 * 1024 * 1024, ge=1024)
     max_recipients: int = Field(100, ge=1)
     idle_timeout: float = Field(300.0, gt=0)
-    max_errors: int = Field(10, ge=1)
+    # A whole command line must arrive within this many seconds, however it trickles
+    # in (Postfix: smtpd_timeout as a per-record deadline).
+    command_timeout: float = Field(300.0, gt=0)
+    # DATA gets `command_timeout` plus one second per `min_data_rate` bytes received
+    # (Postfix: smtpd_min_data_rate); 0 turns the rate floor off.
+    min_data_rate: int = Field(500, ge=0)
+    # Errors (refused commands, bad syntax, cancelled AUTH, ...) per session: from
+    # `soft_error_limit` on, every reply waits `error_sleep` seconds; at `max_errors`
+    # the session ends with 421 (Postfix: smtpd_soft_error_limit, smtpd_error_sleep_time,
+    # smtpd_hard_error_limit).
+    soft_error_limit: int = Field(10, ge=1)
+    error_sleep: float = Field(1.0, ge=0, le=60)
+    max_errors: int = Field(20, ge=1)
+    # Admission: simultaneous sessions per client address and in all (Postfix:
+    # smtpd_client_connection_count_limit; behind a proxy Postfix sees one address, so
+    # the proxy has to count). Counted per worker process.
+    max_connections_per_client: int = Field(50, ge=1)
+    max_connections: int = Field(1000, ge=1)
 
     _check_files = field_validator("cert_file", "key_file")(_existing_file)
 

@@ -24,6 +24,12 @@ connections = Counter(
     "Client connections accepted.",
     ["protocol", "listener"],
 )
+connections_refused = Counter(
+    "mailproxy_connections_refused_total",
+    "Client connections turned away with 421 by an admission limit "
+    "(reason=per_client: too many from one address; total: the listener is full).",
+    ["protocol", "listener", "reason"],
+)
 sessions_active = Gauge(
     "mailproxy_sessions_active",
     "Client sessions open now.",
@@ -62,6 +68,13 @@ auth_attempts = Counter(
     "AUTH attempts by result (success, failure, throttled, refused, error).",
     ["listener", "mechanism", "result"],
 )
+auth_delay = Histogram(
+    "mailproxy_auth_delay_seconds",
+    "Pauses before AUTH answers earned by earlier failures (reason=network: of the "
+    "client's network, before checking; account: of the account, before a wrong answer).",
+    ["listener", "reason"],
+    buckets=(0.5, 1, 2, 4, 8, 15, 30, 60),
+)
 upstream_duration = Histogram(
     "mailproxy_upstream_duration_seconds",
     "Round trip of one command to the upstream, until its complete reply.",
@@ -73,9 +86,16 @@ upstream_failures = Counter(
     "Upstream connections that failed (stage=connect, greeting, tls, timeout, lost).",
     ["upstream", "stage"],
 )
+upstream_identity_missing = Counter(
+    "mailproxy_upstream_identity_missing_total",
+    "Upstream sessions that could not be told the client's identity: client_identity "
+    "is xclient but the upstream does not offer XCLIENT.",
+    ["upstream"],
+)
 messages = Counter(
     "mailproxy_messages_total",
-    "Messages at end-of-data, by outcome (delivered, rejected, tempfailed).",
+    "Messages at end-of-data, by outcome (delivered, rejected, tempfailed; unknown: the "
+    "upstream never answered the end of the message, it may have taken it).",
     ["listener", "outcome"],
 )
 message_bytes = Histogram(

@@ -1,13 +1,59 @@
-"""Counting failed AUTH attempts per client address and per account.
+"""Slowing down password guessing without letting anyone lock an account out.
 
-Counters live in the shared state, so every worker process (and every proxy instance
-with a shared backend) sees the same totals.
+Modelled on Dovecot's `auth_penalty`:
+
+- Failures are counted per client network (IPv4 /32 and IPv6 /64 by default). Every AUTH
+  attempt from a network that failed before waits `throttle_delay`, doubled for each
+  further failure, at most `throttle_delay_max`, before the password is even checked.
+  A network with `max_failures` failures within `failure_window` is refused outright
+  (454, or 421 and a disconnect): a delay alone does not bound a client that opens many
+  sessions at once, since each session waits out its own delay in parallel.
+- Failures are also counted per account, but that count only holds back the answer to a
+  wrong password. A correct password from a network that has not failed itself is
+  neither refused nor delayed, so a stranger cannot lock a user out.
+
+A slot is reserved (counted as a failure) before the password is checked and given back
+once it proves right, so parallel sessions cannot check more passwords than the limit.
+The price: while attempts from one network are being checked, each counts as a failure
+for the others, so their pauses grow too. A success does not clear earlier failures
+(Dovecot's does): otherwise anyone with one valid account could reset the count of the
+network they guess from.
+
+The counters live in the shared state. With the default in-memory state they are per
+worker process: with `workers = N` a client may get up to N times the limit, until a
+networked state backend is configured.
 """
 
 from __future__ import annotations
 
+import ipaddress
+from dataclasses import dataclass
+
 from ..config import AuthSettings
 from ..state import SharedState
+
+
+def account_key(username: str) -> str:
+    """The per-account counter's name for a login.
+
+    Backends map logins to accounts in their own ways (the file backend ignores case;
+    an upstream such as Dovecot may add a default domain or lower-case the name), so the
+    key takes the coarsest reading: surrounding spaces removed, case folded, and the
+    domain after the last '@' dropped. Logins that only one of these tells apart share a
+    counter; that can only slow down more wrong answers, never a correct one.
+    """
+    name = username.strip().casefold()
+    local, at, _domain = name.rpartition("@")
+    return f"authfail:user:{local if at else name}"
+
+
+@dataclass(frozen=True)
+class Reservation:
+    """One AUTH attempt's place in its network's failure count."""
+
+    key: str
+    delay: float  # seconds to wait before checking (or refusing) the attempt
+    allowed: bool  # False: the network is over max_failures, do not check at all
 
 
 class AuthThrottle:
@@ -15,31 +61,48 @@ class AuthThrottle:
         self._settings = settings
         self._state = state
 
-    @staticmethod
-    def _keys(address: str, username: str | None) -> list[str]:
-        keys = [f"authfail:addr:{address}"]
-        if username:
-            keys.append(f"authfail:user:{username.lower()}")
-        return keys
+    def network_key(self, address: str) -> str:
+        """The per-network counter's name: the client address masked to the prefix."""
+        try:
+            ip = ipaddress.ip_address(address.partition("%")[0])  # no IPv6 zone index
+        except ValueError:
+            return f"authfail:addr:{address}"
+        if ip.version == 6 and ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped
+        prefix = self._settings.ipv4_prefix if ip.version == 4 else self._settings.ipv6_prefix
+        return f"authfail:addr:{ipaddress.ip_network((ip, prefix), strict=False)}"
 
-    async def blocked(self, address: str, username: str | None = None) -> bool:
-        for key in self._keys(address, username):
-            count = await self._state.get(key)
-            if count is not None and int(count) >= self._settings.max_failures:
-                return True
-        return False
+    def delay(self, failures: int) -> float:
+        """Seconds to wait after `failures` earlier failures: none after none, then
+        `throttle_delay` doubling up to `throttle_delay_max`."""
+        if failures <= 0:
+            return 0.0
+        settings = self._settings
+        # Past the cap the exponent no longer matters; bounding it keeps the float finite.
+        return min(settings.throttle_delay * 2 ** min(failures - 1, 64), settings.throttle_delay_max)
 
-    async def reserve(self, address: str, username: str) -> bool:
-        """Count this attempt as a failure before the password is checked; False if
-        that goes over the limit. Checking first and counting after would let an
-        attacker with many parallel sessions try far more than the limit."""
-        over = False
-        for key in self._keys(address, username):
-            count = await self._state.incr(key, self._settings.failure_window)
-            over = over or count > self._settings.max_failures
-        return not over
+    async def network_failures(self, address: str) -> int:
+        count = await self._state.get(self.network_key(address))
+        return 0 if count is None else int(count)
 
-    async def release(self, address: str, username: str) -> None:
+    def over_limit(self, failures: int) -> bool:
+        return failures >= self._settings.max_failures
+
+    async def reserve(self, address: str) -> Reservation:
+        """Count this attempt as a failure of its network before the password is
+        checked. Checking first and counting after would let many parallel sessions
+        check far more passwords than the limit."""
+        key = self.network_key(address)
+        count = await self._state.incr(key, self._settings.failure_window)
+        earlier = count - 1  # including attempts still being checked in other sessions
+        return Reservation(key, self.delay(earlier), allowed=not self.over_limit(earlier))
+
+    async def release(self, reservation: Reservation) -> None:
         """The attempt did not fail (valid, or could not be checked): take it back."""
-        for key in self._keys(address, username):
-            await self._state.incr(key, self._settings.failure_window, amount=-1)
+        await self._state.incr(reservation.key, self._settings.failure_window, amount=-1)
+
+    async def account_failed(self, username: str) -> float:
+        """Count a wrong password for the account; the least time, counted from the
+        start of the attempt, before the client may hear that it was wrong."""
+        count = await self._state.incr(account_key(username), self._settings.failure_window)
+        return self.delay(count - 1)

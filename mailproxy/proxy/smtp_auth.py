@@ -1,9 +1,11 @@
 """The SMTP AUTH command (RFC 4954) as the proxy enforces it.
 
-Order of checks: offered at all -> TLS -> throttle (by client address) -> credentials
-read -> `smtp_auth` policy hook -> throttle slot reserved (address and account) ->
-`authenticate` backends -> the slot released unless the attempt failed.
-Every outcome is counted in mailproxy_auth_attempts_total.
+Order of checks: offered at all -> TLS -> the client network's failures under the limit
+-> credentials read -> `smtp_auth` policy hook -> a failure slot reserved for the
+network -> the pause its earlier failures earned -> `authenticate` backends -> the slot
+released unless the attempt failed; a wrong password also counts for the account and
+its answer waits for that count (see auth/throttle.py). Every outcome is counted in
+mailproxy_auth_attempts_total, every pause in mailproxy_auth_delay_seconds.
 """
 
 from __future__ import annotations
@@ -56,20 +58,20 @@ class AuthCommand:
 
     async def _authenticate(self, mechanism: str, initial: str | None) -> object | None:
         runtime, session = self.runtime, self.session
-        address = session.client_address
+        throttle, address = runtime.throttle, session.client_address
 
         def count(result: str) -> None:
             metrics.child(metrics.auth_attempts, runtime.name, mechanism, result).inc()
 
-        if await runtime.throttle.blocked(address):
+        earlier = await throttle.network_failures(address)
+        if throttle.over_limit(earlier):
             count("throttled")
-            return await self._throttled()
+            return await self._throttled(throttle.delay(earlier))
         try:
             username, password = await self._read_credentials(mechanism, initial)
         except _Aborted:
             count("aborted")
-            await self._say(501, "5.7.0", "Authentication aborted")
-            return None
+            return await self._error(501, "5.7.0", "Authentication aborted")
         except SaslError as exc:
             count("failure")
             return await self._error(501, "5.5.2", str(exc))
@@ -78,14 +80,17 @@ class AuthCommand:
         if verdict.action.is_refusal:
             count("refused")
             return await self._enforce(verdict)
-        if not await runtime.throttle.reserve(address, username):
+        reservation = await throttle.reserve(address)
+        if not reservation.allowed:
             count("throttled")
-            return await self._throttled()
+            return await self._throttled(reservation.delay)
+        started = self.loop.time()
+        await self._pause(reservation.delay, "network")
         valid, failures = await policy.first_result(
             "authenticate", session=session, mechanism=mechanism, username=username, password=password
         )
         if valid is True or (valid is None and failures):
-            await runtime.throttle.release(address, username)
+            await throttle.release(reservation)
         if valid is True:
             count("success")
             session.authenticated = True
@@ -103,17 +108,27 @@ class AuthCommand:
             return None
         count("failure")
         log.info("authentication failed for %s (%s)", username, mechanism)
+        # Only a wrong answer waits for the account's failures: a correct password never
+        # does, so guessing at an account cannot lock its owner out.
+        least = await throttle.account_failed(username)
+        await self._pause(least - (self.loop.time() - started), "account")
         return await self._error(535, "5.7.8", "Authentication credentials invalid")
 
-    async def _throttled(self) -> object | None:
-        """Too many failures: slow the client down, or send it away."""
-        auth = self.runtime.auth
-        if auth.throttle == "disconnect":
+    async def _throttled(self, delay: float) -> object | None:
+        """Too many failures from the client's network: send it away, or answer 454
+        after the pause its failures have earned."""
+        if self.runtime.auth.throttle == "disconnect":
             await self._say(421, "4.7.0", f"{self.hostname} Too many authentication failures")
             return CLOSE_SESSION
-        await asyncio.sleep(auth.throttle_delay)
+        await self._pause(delay, "network")
         await self._say(454, "4.7.0", "Too many authentication failures, try again later")
         return None
+
+    async def _pause(self, seconds: float, reason: str) -> None:
+        """Hold this session's answer; other sessions keep moving."""
+        if seconds > 0:
+            metrics.child(metrics.auth_delay, self.runtime.name, reason).observe(seconds)
+            await asyncio.sleep(seconds)
 
     async def _read_credentials(self, mechanism: str, initial: str | None) -> tuple[str, str]:
         if mechanism == "PLAIN":

@@ -5,6 +5,7 @@ import smtplib
 import pytest
 
 from tests.support.clients import auth_plain, connect, submission_client
+from tests.support.configs import base_config
 from tests.support.servers import run_swaks
 
 pytestmark = pytest.mark.integration
@@ -77,3 +78,31 @@ def test_swaks_submission_with_tls_and_auth(proxy, sink):
     assert "235 2.7.0 Authentication successful" in result.stdout
     [body] = sink.bodies(expected=1)
     assert b"via swaks" in body
+
+
+def test_a_login_cannot_forge_log_lines(proxy, certs):
+    forged = "2030-01-01 00:00:00,000 INFO    [x] mailproxy.auth: authenticated as root"
+    client = submission_client(proxy, certs)
+    assert auth_plain(client, f"nobody\r\n{forged}", "guess")[0] == 535
+    client.quit()
+    log = proxy.log()  # the line is written before the reply is sent
+    assert not [line for line in log.splitlines() if line.startswith(forged)]
+    assert f"authentication failed for nobody\\r\\n{forged} (PLAIN)" in log
+
+
+def test_cancelled_auth_counts_as_a_client_error(sink, make_proxy, certs, users_file):
+    listeners = base_config(sink.address, certs, users_file)["listeners"]
+    listeners[1]["max_errors"] = 3
+    proxy = make_proxy(sink.address, listeners=listeners)
+    client = submission_client(proxy, certs)
+    for _ in range(2):
+        assert client.docmd("AUTH", "PLAIN") == (334, b"")
+        assert client.docmd("*") == (501, b"5.7.0 Authentication aborted")
+    assert client.docmd("AUTH", "LOGIN")[0] == 334
+    replies = [client.docmd("*")]
+    with pytest.raises(smtplib.SMTPServerDisconnected):
+        for _ in range(2):  # the budget's 421 may follow the reply to the cancel
+            replies.append(client.getreply())
+    code, text = replies[-1]
+    assert code == 421 and b"too many errors" in text.lower(), replies
+    assert proxy.metric("mailproxy_auth_attempts_total", result="aborted") == 3
