@@ -2,15 +2,35 @@
 
 How results combine, for every policy hook (those returning `Verdict | None`):
 plugins run in the order of `[plugins] enabled`. `None` or `Verdict.cont()` passes to the
-next plugin; `Verdict.score(...)` adds points to the transaction and passes on;
-`Verdict.accept()` ends the phase, skipping the remaining plugins; `reject`, `tempfail`
-and `disconnect` end the phase and are sent to the client, unless the plugin runs in
-observe mode, in which case they are logged and counted only. If no plugin refuses, the
-command goes to the upstream, whose reply the client receives.
+next plugin; `Verdict.score(...)` adds points and passes on; `Verdict.accept()` ends the
+phase, skipping the remaining plugins; `reject`, `tempfail` and `disconnect` end the
+phase and are sent to the client, unless the plugin runs in observe mode, in which case
+they are logged and counted only. If no plugin refuses, the command goes to the
+upstream, whose reply the client receives.
+
+Scores: points given in `smtp_connect`, `smtp_helo`, `smtp_auth`, and in `smtp_command`
+outside a transaction, judge the client and stay on the Session for its whole life;
+points given in `smtp_mail`, `smtp_rcpt`, `smtp_data` (and `smtp_command` during a
+transaction) judge one message and go with its Envelope, which RSET, a new EHLO or the
+end of the message replaces. A repeated HELO/EHLO or MAIL replaces the points the last
+one gave. Each score is recorded as (plugin, hook, symbol, points) in `score_entries`;
+`score` and `symbols` sum them. `[policy] reject_score` and `tempfail_score` apply to the
+session's and the transaction's points together, after a phase that scored and at every
+MAIL, RCPT and DATA.
+
+A refusal at `smtp_connect` replaces the greeting: a temporary one is sent as
+`421 <hostname> text`, a permanent one as `554 text`, and the session ends.
 
 A hook may be a plain function or a coroutine function. Anything that waits on the
-network (DNS, Redis, HTTP) must be a coroutine function: the per-plugin timeout can only
-interrupt a coroutine, and a blocking call stalls every session of the process.
+network (DNS, Redis, HTTP) should be a coroutine function: the per-plugin timeout
+interrupts a coroutine, while a plain function runs inside the event loop and stalls
+every session of the process until it returns. A plugin whose plain hooks may block
+sets `blocking = true`: they then run in worker threads (at most 8 per plugin) under
+the same timeout. A call that times out cannot be stopped; it runs on in its thread
+until it returns, and holds that thread meanwhile.
+
+Whatever a hook raises, `SystemExit` and `CancelledError` included, counts as that
+plugin's failure and gets its `fail_mode`.
 
 Arguments are passed by name; an implementation may accept any subset of them.
 """
@@ -51,7 +71,9 @@ def smtp_connect(session: Session) -> Verdict | None:
     `session.client_address` and `session.listener` are set, and `session.client_name`
     (the verified host name, or "[UNAVAILABLE]"/"[TEMPUNAVAIL]") when the proxy looks
     names up; nothing has been said yet.
-    A refusal is sent instead of the upstream's greeting and the session ends.
+    A refusal is sent instead of the upstream's greeting, as `421 <hostname> text` if
+    temporary or `554 text` if permanent (the only codes a greeting may have), and the
+    session ends. Points scored here stay with the session.
     """
 
 

@@ -42,6 +42,10 @@ class PluginSettings(BaseModel):
     # What a failed call (exception or timeout) means: refuse for now, refuse for good,
     # or carry on as if the plugin had no opinion.
     fail_mode: Literal["tempfail", "reject", "continue"] = "tempfail"
+    # Run the plugin's plain (non-async) hooks in worker threads, so that one which
+    # blocks (a synchronous database or DNS client) cannot stall the other sessions
+    # past its timeout. Off by default: a fast plain hook is cheaper inline.
+    blocking: bool = False
 
 
 @dataclass(frozen=True)

@@ -2,20 +2,59 @@
 
 Kept apart like aiosmtpd's Session/Envelope: a session lives as long as the connection,
 an envelope from MAIL to end-of-data or reset. `notes` dicts let plugins keep state with
-exactly that scope. The attribute names aiosmtpd's protocol code uses are kept, so these
-objects serve as its session and envelope too.
+exactly that scope, and so do scores: what plugins said about the client stays on the
+Session, what they said about one message goes with its Envelope. The attribute names
+aiosmtpd's protocol code uses are kept, so these objects serve as its session and
+envelope too.
 """
 
 from __future__ import annotations
 
 import secrets
 import time
+from dataclasses import dataclass
 from typing import Any, Awaitable, Callable
 
-__all__ = ["Session", "Envelope"]
+__all__ = ["Session", "Envelope", "ScoreEntry"]
 
 
-class Session:
+@dataclass(frozen=True, slots=True)
+class ScoreEntry:
+    """One score a plugin gave: which plugin, in which hook, for which rule, how much."""
+
+    plugin: str
+    hook: str
+    symbol: str
+    points: float
+
+
+class Scored:
+    """The scores given within one scope, one entry each; `score` and `symbols` are
+    views of the entries."""
+
+    score_entries: list[ScoreEntry]
+
+    def add_score(self, symbol: str, points: float, plugin: str = "", hook: str = "") -> None:
+        self.score_entries.append(ScoreEntry(plugin, hook, symbol, float(points)))
+
+    def forget_scores(self, hook: str) -> None:
+        """Drop what `hook` scored: a repeated HELO or MAIL is judged anew."""
+        self.score_entries = [e for e in self.score_entries if e.hook != hook]
+
+    @property
+    def score(self) -> float:
+        return sum(e.points for e in self.score_entries)
+
+    @property
+    def symbols(self) -> dict[str, float]:
+        """Points per symbol (a copy: add scores with `add_score`)."""
+        totals: dict[str, float] = {}
+        for e in self.score_entries:
+            totals[e.symbol] = totals.get(e.symbol, 0.0) + e.points
+        return totals
+
+
+class Session(Scored):
     def __init__(self, protocol: str, listener: str, mode: str = "") -> None:
         self.id = secrets.token_hex(5)
         self.protocol = protocol
@@ -38,6 +77,9 @@ class Session:
         # username/password by authenticating that upstream session (True, False, None).
         self.upstream_login: Callable[[str, str], Awaitable[bool | None]] | None = None
         self.transactions = 0  # messages the upstream accepted in this session
+        # Scores about the client (connect, HELO, AUTH, commands outside a transaction),
+        # kept for the whole session; thresholds apply to these plus the envelope's.
+        self.score_entries: list[ScoreEntry] = []
 
     @property
     def client_address(self) -> str:
@@ -55,7 +97,7 @@ class Session:
         return f"<Session {self.id} {self.protocol}/{self.listener} {self.client_address}>"
 
 
-class Envelope:
+class Envelope(Scored):
     def __init__(self) -> None:
         self.mail_from: str | None = None
         self.mail_options: list[str] = []
@@ -64,8 +106,7 @@ class Envelope:
         self.rcpt_tos: list[str] = []
         self.rcpt_options: list[list[str]] = []
         self.added_headers: list[tuple[str, str]] = []
-        self.score = 0.0
-        self.symbols: dict[str, float] = {}
+        self.score_entries: list[ScoreEntry] = []  # scores about this transaction
         self.notes: dict[str, Any] = {}
         self.content: bytes | None = None  # the message, set after end-of-data
 
@@ -76,7 +117,3 @@ class Envelope:
         if "\r" in value or "\n" in value:
             raise ValueError("header value must be a single line")
         self.added_headers.append((name, value))
-
-    def add_score(self, symbol: str, points: float) -> None:
-        self.symbols[symbol] = self.symbols.get(symbol, 0.0) + points
-        self.score += points

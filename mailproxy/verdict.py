@@ -100,6 +100,20 @@ class Verdict:
     def score(cls, symbol: str, points: float, reason: str = "") -> Verdict:
         return cls(Action.SCORE, symbol=symbol, points=float(points), reason=reason)
 
+    def as_greeting(self, hostname: str) -> Verdict:
+        """This refusal in place of an SMTP greeting, where only 421 and 554 may stand
+        (RFC 5321 3.8, 4.3.2): a temporary refusal becomes `421 <hostname> text`, a
+        permanent one `554 text`; the plugin's enhanced code and text are kept. Either
+        way the session ends."""
+        reply = self.reply or (Verdict.reject() if self.action is Action.REJECT else Verdict.tempfail()).reply
+        if reply.code >= 500:
+            code, enhanced, text = 554, "5.3.0", reply.text
+        else:
+            code, enhanced, text = 421, "4.3.0", f"{hostname} {reply.text}"
+        if reply.enhanced and reply.enhanced[0] == enhanced[0]:
+            enhanced = reply.enhanced
+        return Verdict(Action.DISCONNECT, Reply(code, enhanced, text), reason=self.reason)
+
     def __post_init__(self) -> None:
         if self.action is Action.REJECT and self.reply and self.reply.code < 500:
             raise ValueError("a reject needs a 5xx reply")

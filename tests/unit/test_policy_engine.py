@@ -1,5 +1,6 @@
 """PolicyEngine on real pluggy plugin managers: order, short-circuits, containment,
-observe mode, scores, first_result and notify.
+blocking plugins in threads, observe mode, session and transaction scores, refusals at
+connect, first_result and notify.
 
 Plugin names are unique per test so that the process-wide Prometheus counters can be
 compared before and after.
@@ -8,14 +9,19 @@ compared before and after.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import itertools
+import threading
+import time
 
+import pytest
 from prometheus_client import REGISTRY
 
 from mailproxy import hookimpl
 from mailproxy.config import PolicySettings
 from mailproxy.plugins import LoadedPlugin, PluginSettings, new_plugin_manager
 from mailproxy.policy import (
+    BLOCKING_THREADS,
     FAILED_REJECT,
     FAILED_TEMPFAIL,
     SCORE_REJECT,
@@ -274,6 +280,247 @@ def test_non_verdict_result_with_fail_mode_continue():
     assert errors(name, "smtp_mail", "bad_result") == before + 1
 
 
+OWN_GOALS = [
+    SystemExit("plugin calls sys.exit"),
+    KeyboardInterrupt(),
+    GeneratorExit(),
+    asyncio.CancelledError("raised by the plugin itself"),
+]
+
+
+class RaisesBase:
+    """smtp_mail raises the given BaseException, as a plain or an async hook."""
+
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+
+    @hookimpl
+    def smtp_mail(self):
+        raise self.error
+
+
+class RaisesBaseAsync(RaisesBase):
+    @hookimpl
+    async def smtp_mail(self):
+        await asyncio.sleep(0)
+        raise self.error
+
+
+@pytest.mark.parametrize("plugin_class", [RaisesBase, RaisesBaseAsync])
+@pytest.mark.parametrize("error", OWN_GOALS, ids=lambda e: type(e).__name__)
+def test_every_base_exception_from_a_plugin_is_contained(plugin_class, error):
+    calls: list = []
+    name = unique("own-goal")
+    engine = build((name, plugin_class(error), None), (unique("later"), Returns(calls, "later"), None))
+    before = errors(name, "smtp_mail", "exception")
+    assert mail(engine) is FAILED_TEMPFAIL
+    assert calls == []
+    assert errors(name, "smtp_mail", "exception") == before + 1
+
+
+def test_a_timeout_error_of_the_plugin_is_an_exception_not_a_timeout():
+    name = unique("socket-timeout")
+    engine = build((name, RaisesBase(TimeoutError("LDAP server did not answer")), None))
+    before_timeout = errors(name, "smtp_mail", "timeout")
+    before_exception = errors(name, "smtp_mail", "exception")
+    assert mail(engine) is FAILED_TEMPFAIL
+    assert errors(name, "smtp_mail", "timeout") == before_timeout
+    assert errors(name, "smtp_mail", "exception") == before_exception + 1
+
+
+def test_cancelling_the_session_task_still_cancels_it():
+    name = unique("sleeps")
+    sleeper = Sleeps()
+    engine = build((name, sleeper, None))
+    before = errors(name, "smtp_mail", "exception")
+
+    async def scenario():
+        task = asyncio.create_task(
+            engine.run("smtp_mail", Session("smtp", "test"), None, address="a@example.test", params={})
+        )
+        await asyncio.sleep(0)  # the task runs until the plugin's sleep
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(scenario())
+    assert sleeper.cancelled is True
+    assert errors(name, "smtp_mail", "exception") == before
+
+
+# --- blocking plugins: plain hooks in threads ---------------------------------------------
+
+
+class Blocks:
+    """A plain smtp_mail that blocks until `release` is set, and counts its threads."""
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+        self.lock = threading.Lock()
+        self.entered = self.running = self.most = 0
+        self.threads: list[threading.Thread] = []
+
+    @hookimpl
+    def smtp_mail(self):
+        with self.lock:
+            self.entered += 1
+            self.running += 1
+            self.most = max(self.most, self.running)
+            self.threads.append(threading.current_thread())
+        try:
+            return Verdict.accept() if self.release.wait(10) else Verdict.reject()
+        finally:
+            with self.lock:
+                self.running -= 1
+
+    def wait_until_idle(self) -> None:
+        self.release.set()
+        deadline = time.monotonic() + 10
+        while self.running and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert self.running == 0
+
+
+def test_a_blocking_plugin_runs_in_a_thread_and_leaves_the_loop_free():
+    blocks = Blocks()
+    engine = build((unique("blocking"), blocks, PluginSettings(blocking=True)))
+
+    async def scenario():
+        call = asyncio.create_task(
+            engine.run("smtp_mail", Session("smtp", "test"), None, address="a@example.test", params={})
+        )
+        await asyncio.sleep(0)
+        # Only a loop that is not held by the plugin gets here while the call waits.
+        blocks.release.set()
+        return await call
+
+    try:
+        assert asyncio.run(scenario()) == Verdict.accept()
+    finally:
+        blocks.wait_until_idle()
+    assert blocks.threads[0] is not threading.main_thread()
+
+
+def test_plain_hooks_run_inline_by_default_and_async_hooks_always():
+    seen: list = []
+
+    class Both:
+        @hookimpl
+        def smtp_mail(self):
+            seen.append(threading.current_thread())
+
+        @hookimpl
+        async def smtp_rcpt(self):
+            seen.append(threading.current_thread())
+
+    inline = build((unique("inline"), Both(), None))
+    blocking = build((unique("blocking"), Both(), PluginSettings(blocking=True)))
+    mail(inline)
+    asyncio.run(blocking.run("smtp_rcpt", Session("smtp", "test"), Envelope(), address="b", params={}))
+    assert seen == [threading.main_thread(), threading.main_thread()]
+
+
+def test_a_blocking_call_sees_the_sessions_context():
+    tag = contextvars.ContextVar("tag", default="unset")
+    seen: list = []
+
+    class Reads:
+        @hookimpl
+        def smtp_mail(self):
+            seen.append(tag.get())
+
+    engine = build((unique("reads"), Reads(), PluginSettings(blocking=True)))
+
+    async def scenario():
+        tag.set("session 1")
+        await engine.run("smtp_mail", Session("smtp", "test"), None, address="a", params={})
+
+    asyncio.run(scenario())
+    assert seen == ["session 1"]
+
+
+def test_a_blocking_call_that_times_out_runs_on_in_its_thread():
+    name = unique("blocking")
+    blocks = Blocks()
+    engine = build((name, blocks, PluginSettings(blocking=True, timeout=0.1)))
+    before = errors(name, "smtp_mail", "timeout")
+    try:
+        assert mail(engine) is FAILED_TEMPFAIL
+        assert errors(name, "smtp_mail", "timeout") == before + 1
+        assert blocks.running == 1  # Python cannot stop it
+    finally:
+        blocks.wait_until_idle()
+
+
+def test_a_blocking_call_that_raises_system_exit_is_contained():
+    name = unique("blocking")
+    engine = build((name, RaisesBase(SystemExit("in a thread")), PluginSettings(blocking=True)))
+    before = errors(name, "smtp_mail", "exception")
+    assert mail(engine) is FAILED_TEMPFAIL
+    assert errors(name, "smtp_mail", "exception") == before + 1
+
+
+def test_a_hanging_blocking_plugin_holds_at_most_its_threads():
+    name = unique("hangs")
+    blocks = Blocks()
+    engine = build((name, blocks, PluginSettings(blocking=True, timeout=1.0)))
+    before = errors(name, "smtp_mail", "timeout")
+    session = Session("smtp", "test")
+
+    async def scenario():
+        calls = [
+            engine.run("smtp_mail", session, None, address="a@example.test", params={})
+            for _ in range(BLOCKING_THREADS + 2)
+        ]
+        verdicts = await asyncio.gather(*calls)
+        entered = blocks.entered
+        blocks.release.set()  # the plugin recovers: its threads come back
+        after = await engine.run("smtp_mail", session, None, address="a@example.test", params={})
+        return verdicts, entered, after
+
+    try:
+        verdicts, entered, after = asyncio.run(scenario())
+    finally:
+        blocks.wait_until_idle()
+    assert verdicts == [FAILED_TEMPFAIL] * (BLOCKING_THREADS + 2)
+    assert entered == blocks.most == BLOCKING_THREADS  # two calls timed out waiting for one
+    assert errors(name, "smtp_mail", "timeout") == before + BLOCKING_THREADS + 2
+    assert after == Verdict.accept()
+
+
+def test_cancelling_the_session_task_during_a_blocking_call_still_cancels_it():
+    blocks = Blocks()
+    engine = build((unique("blocking"), blocks, PluginSettings(blocking=True)))
+
+    async def scenario():
+        task = asyncio.create_task(
+            engine.run("smtp_mail", Session("smtp", "test"), None, address="a@example.test", params={})
+        )
+        while not blocks.entered:
+            await asyncio.sleep(0.01)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    try:
+        asyncio.run(asyncio.wait_for(scenario(), 10))
+    finally:
+        blocks.wait_until_idle()
+
+
+def test_a_slow_inline_hook_is_logged_with_the_remedy(caplog):
+    class Sleepy:
+        @hookimpl
+        def smtp_mail(self):
+            time.sleep(0.1)
+
+    name = unique("sleepy")
+    engine = build((name, Sleepy(), PluginSettings(timeout=0.01)))
+    assert mail(engine) is Verdict.cont()  # the answer came, late
+    assert f"plugin {name}: smtp_mail ran" in caplog.text
+    assert "set blocking = true for it" in caplog.text
+
+
 # --- observe mode ------------------------------------------------------------------------
 
 
@@ -329,10 +576,11 @@ def test_scores_accumulate_in_the_envelope():
     assert mail(engine, envelope) is Verdict.cont()  # no thresholds configured
     assert envelope.score == 5.5
     assert envelope.symbols == {"SYM_0": 3.0, "SYM_1": 4.0, "SYM_2": -1.5}
-    # A second phase adds to the same transaction.
+    # A second MAIL (the first was refused, say) is judged anew: its scores replace the
+    # first one's instead of adding to them.
     mail(engine, envelope)
-    assert envelope.score == 11.0
-    assert envelope.symbols == {"SYM_0": 6.0, "SYM_1": 8.0, "SYM_2": -3.0}
+    assert envelope.score == 5.5
+    assert envelope.symbols == {"SYM_0": 3.0, "SYM_1": 4.0, "SYM_2": -1.5}
 
 
 def test_score_without_symbol_is_booked_under_the_plugin_name():
@@ -369,9 +617,161 @@ def test_below_thresholds_continues():
     assert envelope.score == 7.0
 
 
-def test_scores_without_envelope_decide_nothing():
+def test_scores_without_envelope_are_the_sessions():
+    session = Session("smtp", "test")
     engine = build(*scorers(30), settings=PolicySettings(reject_score=1))
-    assert mail(engine, None) is Verdict.cont()
+    verdict = asyncio.run(engine.run("smtp_mail", session, None, address="a@example.test", params={}))
+    assert verdict is SCORE_REJECT
+    assert session.symbols == {"SYM_0": 30.0}
+
+
+class ScoresBy:
+    """Scores in the hooks named, `points` each, under the symbol HOOK_NAME."""
+
+    def __init__(self, **points: float) -> None:
+        self.points = points
+
+    def answer(self, hook: str) -> Verdict | None:
+        points = self.points.get(hook)
+        return None if points is None else Verdict.score(hook.upper(), points)
+
+    @hookimpl
+    def smtp_connect(self):
+        return self.answer("smtp_connect")
+
+    @hookimpl
+    def smtp_helo(self):
+        return self.answer("smtp_helo")
+
+    @hookimpl
+    def smtp_auth(self):
+        return self.answer("smtp_auth")
+
+    @hookimpl
+    def smtp_command(self):
+        return self.answer("smtp_command")
+
+    @hookimpl
+    def smtp_mail(self):
+        return self.answer("smtp_mail")
+
+    @hookimpl
+    def smtp_rcpt(self):
+        return self.answer("smtp_rcpt")
+
+
+def run(engine: PolicyEngine, hook: str, session: Session, envelope: Envelope | None) -> Verdict:
+    return asyncio.run(engine.run(hook, session, envelope))
+
+
+def test_client_scores_stay_on_the_session_and_message_scores_go_with_the_envelope():
+    name = unique("scores")
+    scores = ScoresBy(smtp_connect=1, smtp_helo=2, smtp_auth=4, smtp_mail=8, smtp_rcpt=16)
+    engine = build((name, scores, None))
+    session, envelope = Session("smtp", "test"), Envelope()
+    for hook in ("smtp_connect", "smtp_helo", "smtp_auth", "smtp_mail", "smtp_rcpt"):
+        run(engine, hook, session, envelope)
+    assert session.score == 7.0
+    assert envelope.score == 24.0
+    assert envelope.symbols == {"SMTP_MAIL": 8.0, "SMTP_RCPT": 16.0}
+    assert [(e.plugin, e.hook, e.symbol, e.points) for e in session.score_entries] == [
+        (name, "smtp_connect", "SMTP_CONNECT", 1.0),
+        (name, "smtp_helo", "SMTP_HELO", 2.0),
+        (name, "smtp_auth", "SMTP_AUTH", 4.0),
+    ]
+
+
+def test_smtp_command_scores_the_session_outside_a_transaction_and_the_envelope_inside():
+    engine = build((unique("commands"), ScoresBy(smtp_command=1), None))
+    session, envelope = Session("smtp", "test"), Envelope()
+    run(engine, "smtp_command", session, envelope)
+    envelope.mail_from = "a@example.test"
+    run(engine, "smtp_command", session, envelope)
+    assert (session.score, envelope.score) == (1.0, 1.0)
+
+
+def test_thresholds_apply_to_session_and_transaction_together_in_every_transaction():
+    engine = build(
+        (unique("scores"), ScoresBy(smtp_connect=3, smtp_mail=3), None),
+        settings=PolicySettings(reject_score=5),
+    )
+    session = Session("smtp", "test")
+    assert run(engine, "smtp_connect", session, Envelope()) is Verdict.cont()
+    assert run(engine, "smtp_mail", session, Envelope()) is SCORE_REJECT
+    # RSET, a new EHLO or STARTTLS start a fresh Envelope: the session's points remain.
+    assert run(engine, "smtp_mail", session, Envelope()) is SCORE_REJECT
+    assert session.score == 3.0
+
+
+def test_a_repeated_helo_replaces_the_points_of_the_last_one():
+    engine = build(
+        (unique("scores"), ScoresBy(smtp_connect=1, smtp_helo=3), None),
+        settings=PolicySettings(reject_score=5),
+    )
+    session = Session("smtp", "test")
+    run(engine, "smtp_connect", session, Envelope())
+    for _ in range(3):  # EHLO, STARTTLS, EHLO again, and once more
+        assert run(engine, "smtp_helo", session, Envelope()) is Verdict.cont()
+    assert session.symbols == {"SMTP_CONNECT": 1.0, "SMTP_HELO": 3.0}
+
+
+def test_an_old_score_refuses_the_next_message_but_no_other_command():
+    engine = build((unique("scores"), ScoresBy(smtp_auth=6), None), settings=PolicySettings(reject_score=5))
+    session = Session("smtp", "test")
+    assert run(engine, "smtp_auth", session, Envelope()) is SCORE_REJECT
+    # Its smtp_command hook scores nothing: RSET or QUIT are not refused for old points,
+    assert run(engine, "smtp_command", session, Envelope()) is Verdict.cont()
+    # but every message of the session is.
+    assert run(engine, "smtp_mail", session, Envelope()) is SCORE_REJECT
+
+
+def test_score_entries_and_their_views():
+    envelope = Envelope()
+    envelope.add_score("RBL", 2, "dnsbl", "smtp_rcpt")
+    envelope.add_score("RBL", 1.5, "dnsbl", "smtp_data")
+    envelope.add_score("BAYES", -1, "bayes", "smtp_data")
+    assert envelope.score == 2.5
+    assert envelope.symbols == {"RBL": 3.5, "BAYES": -1.0}
+    envelope.forget_scores("smtp_data")
+    assert envelope.symbols == {"RBL": 2.0}
+
+
+# --- refusals at connect -----------------------------------------------------------------
+
+
+class ConnectAnswers:
+    def __init__(self, answer) -> None:
+        self.answer = answer
+
+    @hookimpl
+    def smtp_connect(self):
+        if isinstance(self.answer, BaseException):
+            raise self.answer
+        return self.answer
+
+
+@pytest.mark.parametrize(
+    "answer, fail_mode, lines",
+    [
+        (RuntimeError("bug"), "tempfail", ["421 4.3.0 proxy.test Temporary local problem, try again later"]),
+        (SystemExit(), "reject", ["554 5.3.0 Rejected by local policy"]),
+        (Verdict.tempfail(450, "4.7.1", "Come back later"), "tempfail", ["421 4.7.1 proxy.test Come back later"]),
+        (Verdict.reject(550, "5.7.1", "Access denied"), "tempfail", ["554 5.7.1 Access denied"]),
+        (Verdict.disconnect(), "tempfail", ["421 4.7.0 proxy.test Closing connection"]),
+        (
+            Verdict.tempfail(451, None, "Busy\nTry later"),
+            "tempfail",
+            ["421-4.3.0 proxy.test Busy", "421 4.3.0 Try later"],
+        ),
+        (Verdict(Action.REJECT), "tempfail", ["554 5.7.1 Rejected by policy"]),
+    ],
+)
+def test_a_refusal_at_connect_becomes_a_421_or_554_greeting(answer, fail_mode, lines):
+    engine = build((unique("connect"), ConnectAnswers(answer), PluginSettings(fail_mode=fail_mode)))
+    verdict = run(engine, "smtp_connect", Session("smtp", "test"), None)
+    greeting = verdict.as_greeting("proxy.test")
+    assert greeting.action is Action.DISCONNECT
+    assert greeting.reply.lines() == lines
 
 
 # --- first_result and notify -------------------------------------------------------------
