@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 PYTEST_ARGS ?=
 
-.PHONY: venv system test run bench clean
+.PHONY: venv system test run bench bench-stall clean
 
 venv: $(VENV)/.stamp
 
@@ -25,6 +25,9 @@ run: system venv
 
 bench: system venv
 	$(VENV)/bin/python bench/smtp_throughput.py
+
+bench-stall: system venv
+	$(VENV)/bin/python bench/data_stall.py
 
 clean:
 	rm -rf $(VENV) var build *.egg-info .hypothesis .pytest_cache
