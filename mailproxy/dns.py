@@ -23,6 +23,7 @@ log = logging.getLogger("mailproxy.dns")
 UNAVAILABLE = "[UNAVAILABLE]"  # no name, for certain (XCLIENT's spelling)
 TEMPUNAVAIL = "[TEMPUNAVAIL]"  # could not find out now
 MAX_PTR_NAMES = 10  # a hostile PTR set must not cost unbounded lookups
+CACHE_ENTRIES = 10000
 
 
 class Resolver:
@@ -35,6 +36,9 @@ class Resolver:
         else:
             self._resolver = dns.asyncresolver.Resolver()
         self._resolver.lifetime = settings.timeout
+        # Answers are kept for their TTL (bounded in number): a client that connects
+        # again costs no lookup, and a DNS server that is slow costs it once.
+        self._resolver.cache = dns.resolver.LRUCache(CACHE_ENTRIES)
 
     async def client_name(self, address: str) -> str:
         """The verified host name of `address`, or UNAVAILABLE / TEMPUNAVAIL."""

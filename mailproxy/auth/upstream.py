@@ -9,8 +9,6 @@ that check as `session.upstream_login`; without it this backend has no opinion.
 from __future__ import annotations
 
 from ..plugins import hookimpl
-from ..protocol.smtp import ServerReply
-from ..proxy.upstream import UpstreamError
 
 
 class UpstreamBackend:
@@ -18,18 +16,6 @@ class UpstreamBackend:
     async def authenticate(self, session, username: str, password: str) -> bool | None:
         if session.upstream_login is None:
             return None
-        # An UpstreamError propagates: the policy engine counts it as a failed backend,
-        # and the client is told to retry (454) instead of being told it is wrong.
+        # An upstream failure propagates: the policy engine counts it as a failed
+        # backend, and the client is told to retry (454) instead of being told it is wrong.
         return await session.upstream_login(username, password)
-
-
-def auth_outcome(reply: ServerReply) -> bool:
-    """An upstream's answer to AUTH as valid or not; a 4xx means it could not tell.
-
-    Any 2xx counts (RFC 4954 says 235; smtp-sink says 250).
-    """
-    if 200 <= reply.code < 300:
-        return True
-    if reply.code >= 500:
-        return False
-    raise UpstreamError("auth", f"upstream could not check the credentials: {reply}")

@@ -4,9 +4,11 @@ policy engine and auth throttle. Built once at start-up."""
 from __future__ import annotations
 
 import ssl
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
+from .. import metrics
 from ..auth.throttle import AuthThrottle
 from ..dns import Resolver
 from ..config import AuthSettings, ListenerSettings, UpstreamSettings
@@ -38,7 +40,29 @@ class ListenerRuntime:
     throttle: AuthThrottle
     resolver: Resolver | None = None  # set when client names are looked up
     sessions: set[Any] = field(default_factory=set)  # open sessions, for shutdown
+    clients: Counter[str] = field(default_factory=Counter)  # open sessions per address
 
     @property
     def name(self) -> str:
         return self.settings.name
+
+    def admit(self, session: Any, address: str) -> str | None:
+        """Take a new session in, or say why not (the text of a 421 greeting).
+        Counted per process: each worker admits up to the limits."""
+        settings = self.settings
+        if len(self.sessions) >= settings.max_connections:
+            reason, text = "total", "Too many connections"
+        elif self.clients[address] >= settings.max_connections_per_client:
+            reason, text = "per_client", "Too many connections from your address"
+        else:
+            self.sessions.add(session)
+            self.clients[address] += 1
+            return None
+        metrics.child(metrics.connections_refused, settings.protocol, self.name, reason).inc()
+        return text
+
+    def release(self, session: Any, address: str) -> None:
+        self.sessions.discard(session)
+        self.clients[address] -= 1
+        if self.clients[address] <= 0:
+            del self.clients[address]

@@ -2,7 +2,8 @@
 and the connection events aiosmtpd's protocol class would otherwise handle its way.
 
 Mixed into the session class; it uses the attributes the session sets up
-(`_inbuf`, `_inpos`, `_outbox`, `_errors`, `runtime`, and aiosmtpd's transport ones).
+(`_inbuf`, `_inpos`, `_outbox`, `_errors`, `_last_code`, `runtime`, and aiosmtpd's
+transport ones).
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ import logging
 
 from .. import metrics
 from ..protocol.smtp import ServerReply, make_reply
-from .runtime import CLOSE_SESSION
 
 log = logging.getLogger("mailproxy.smtp")
 
@@ -20,6 +20,10 @@ MAX_COMMAND_LINE = 4096  # RFC 5321 says 512, extensions (SIZE, DSN, SMTPUTF8) a
 READ_SIZE = 65536
 ABORT_AFTER_CLOSE = 10.0  # seconds a closing connection may take to drain its last reply
 TOO_LONG = object()  # what _read_line returns for an overlong line
+
+
+class DeadlineExceeded(Exception):
+    """The client took longer than its deadline for a command line or a message."""
 
 
 class ClientIO:
@@ -64,6 +68,7 @@ class ClientIO:
 
     async def _write(self, raw: bytes, code: int, origin: str) -> None:
         metrics.child(metrics.replies, "smtp", metrics.reply_class(code), origin).inc()
+        self._last_code = code
         self._outbox.append(raw)
 
     def _flush_now(self) -> None:
@@ -77,16 +82,20 @@ class ClientIO:
             self._flush_now()
             await self._writer.drain()
 
-    async def _receive(self) -> bytes:
+    async def _receive(self, deadline: float | None) -> bytes:
         """The next bytes from the client, after sending every reply owed to it.
 
         The idle timer runs only here: time spent waiting on the upstream or a plugin
-        (each with its own timeout) is not the client's idleness.
+        (each with its own timeout) is not the client's idleness. `deadline` (loop
+        time) bounds the whole line or message being read, however slowly it trickles.
         """
         self._reset_timeout()
         try:
-            await self._flush()
-            return await self._reader.read(READ_SIZE)
+            async with asyncio.timeout_at(deadline):
+                await self._flush()
+                return await self._reader.read(READ_SIZE)
+        except TimeoutError:
+            raise DeadlineExceeded("deadline for the client's input passed") from None
         finally:
             self._stop_idle_timer()
 
@@ -102,18 +111,29 @@ class ClientIO:
         await self._write(make_reply(code, f"{enhanced} {text}").raw, code, "proxy")
 
     async def _error(self, code: int, enhanced: str, text: str) -> object | None:
-        """A client mistake. Too many of them end the session (a bounded budget)."""
-        self._errors += 1
-        if self._errors >= self.runtime.settings.max_errors:
-            await self._say(421, "4.7.0", f"{self.hostname} Too many errors, closing connection")
-            return CLOSE_SESSION
+        """A client mistake, answered; the command loop counts it (`_count_error`)."""
         await self._say(code, enhanced, text)
         return None
+
+    async def _count_error(self) -> bool:
+        """A command ended in a 4xx or 5xx: count it against the session's budget.
+        From the soft limit on the reply is held back `error_sleep` seconds; at the
+        hard limit the session ends (True)."""
+        settings = self.runtime.settings
+        self._errors += 1
+        if self._errors >= settings.max_errors:
+            log.info("%d errors, closing", self._errors)
+            await self._say(421, "4.7.0", f"{self.hostname} Error: too many errors, closing connection")
+            return True
+        if self._errors >= settings.soft_error_limit and settings.error_sleep:
+            await asyncio.sleep(settings.error_sleep)
+        return False
 
     async def _read_line(self) -> bytes | object | None:
         """The next command line; None at end of input; TOO_LONG for an overlong line
         (consumed up to its end, so the next command parses cleanly)."""
         discarding = False
+        deadline = self.loop.time() + self.runtime.settings.command_timeout
         while True:
             end = self._inbuf.find(b"\n", self._inpos)
             if end >= 0:
@@ -125,7 +145,7 @@ class ClientIO:
             if len(self._inbuf) - self._inpos > MAX_COMMAND_LINE:
                 discarding = True
                 self._inbuf, self._inpos = b"", 0
-            chunk = await self._receive()
+            chunk = await self._receive(deadline)
             if not chunk:
                 return None
             if self._inpos >= len(self._inbuf):

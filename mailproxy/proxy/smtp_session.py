@@ -21,13 +21,14 @@ from aiosmtpd.smtp import SMTP, TLSSetupException
 
 from .. import metrics
 from ..logs import current_session
-from ..protocol.smtp import client_ehlo_reply, parse_path, parse_size, split_command
+from ..protocol.esmtp import UnsupportedParameter, check_client_parameters
+from ..protocol.smtp import client_ehlo_reply, ehlo_keywords, parse_path, parse_size, split_command
 from ..session import Envelope, Session
 from ..verdict import Action, Verdict
 from .runtime import CLOSE_SESSION, ListenerRuntime
 from .smtp_auth import AuthCommand
 from .smtp_data import DataCommand
-from .smtp_io import READ_SIZE, TOO_LONG, ClientIO
+from .smtp_io import READ_SIZE, TOO_LONG, ClientIO, DeadlineExceeded
 from .smtp_upstream import UpstreamPairing
 from .upstream import UpstreamConnection, UpstreamError
 
@@ -69,6 +70,11 @@ class SmtpProxySession(AuthCommand, DataCommand, UpstreamPairing, ClientIO, SMTP
         self._inpos = 0
         self._outbox: list[bytes] = []
         self._errors = 0
+        self._last_code = 0  # of the last reply queued: the outcome of the command
+        self._offered: dict[str, str] = {}  # the extensions our EHLO reply offered
+        # The MAIL and RCPTs the upstream accepted in this transaction, as
+        # (verb, address, params): replayed if the upstream session must be reopened.
+        self._transaction: list[tuple[str, str, dict]] = []
         self._upstream: UpstreamConnection | None = None
         # The client's credentials, once the upstream session accepted them: replayed
         # if that session has to be reopened. Kept for the session's life only.
@@ -83,12 +89,29 @@ class SmtpProxySession(AuthCommand, DataCommand, UpstreamPairing, ClientIO, SMTP
             session = Session("smtp", settings.name, settings.mode)
             session.loop = self.loop
             session.upstream_login = self._login_upstream
-        else:  # after STARTTLS the client starts over (RFC 3207 4.2); the id stays
-            session.host_name = None
-            session.extended_smtp = False
+        else:
+            self._forget_before_tls(session)
         return session
 
+    def _forget_before_tls(self, session: Session) -> None:
+        """After STARTTLS the client starts over (RFC 3207 4.2): whatever it said in
+        plaintext, its EHLO and any login included, is forgotten. An upstream session
+        that knows the login (its own AUTH, or XCLIENT LOGIN) is dropped too; the next
+        command opens a fresh one. The session id stays."""
+        session.host_name = None
+        session.extended_smtp = False
+        self._offered = {}
+        if session.authenticated:
+            log.info("STARTTLS after AUTH: the login is discarded")
+            session.authenticated = False
+            session.username = session.login_data = session.auth_data = None
+            self._upstream_credentials = None
+            if self._upstream is not None:
+                self._upstream.abort()
+
     def _create_envelope(self) -> Envelope:
+        # aiosmtpd calls this for every new transaction (RSET, EHLO, end of DATA).
+        self._transaction = []
         return Envelope()
 
     # --- session -------------------------------------------------------------------------
@@ -97,18 +120,27 @@ class SmtpProxySession(AuthCommand, DataCommand, UpstreamPairing, ClientIO, SMTP
         session = self.session
         runtime = self.runtime
         current_session.set(session.id)
+        refusal = runtime.admit(self, session.client_address)
+        if refusal is not None:
+            log.info("connect from %s port %s refused: %s", session.client_address, session.client_port, refusal)
+            await self._say(421, "4.7.0", f"{self.hostname} {refusal}, try again later")
+            self._flush_now()
+            self.transport.close()
+            return
         if runtime.settings.tls == "implicit":
             ssl_object = self.transport.get_extra_info("ssl_object")
             session.ssl = {"cipher": ssl_object.cipher() if ssl_object else None}
         metrics.child(metrics.connections, "smtp", runtime.name).inc()
         active = metrics.child(metrics.sessions_active, "smtp", runtime.name)
         active.inc()
-        runtime.sessions.add(self)
         log.info("connect from %s port %s", session.client_address, session.client_port)
         try:
             await self._serve()
         except (ConnectionError, asyncio.CancelledError):
             pass
+        except DeadlineExceeded as exc:
+            log.info("%s, closing", exc)
+            await self._say(421, "4.4.2", f"{self.hostname} Timeout exceeded, closing connection")
         except TLSSetupException:
             log.info("TLS handshake with the client failed")
         except Exception:
@@ -130,7 +162,7 @@ class SmtpProxySession(AuthCommand, DataCommand, UpstreamPairing, ClientIO, SMTP
                     self._upstream = None
                 self._stop_idle_timer()
                 active.dec()
-                runtime.sessions.discard(self)
+                runtime.release(self, session.client_address)
                 log.info("disconnect after %.3fs", time.monotonic() - session.started)
 
     async def _goodbye(self) -> None:
@@ -146,7 +178,7 @@ class SmtpProxySession(AuthCommand, DataCommand, UpstreamPairing, ClientIO, SMTP
             self.session.client_name = await self.runtime.resolver.client_name(self.session.client_address)
         verdict = await self.runtime.policy.run("smtp_connect", self.session, self.envelope)
         if verdict.action.is_refusal:
-            await self._enforce(verdict)
+            await self._enforce(verdict.as_greeting(self.hostname))
             return
         try:
             greeting = await self._open_upstream()
@@ -161,11 +193,14 @@ class SmtpProxySession(AuthCommand, DataCommand, UpstreamPairing, ClientIO, SMTP
             line = await self._read_line()
             if line is None:
                 return
+            self._last_code = 0
             if line is TOO_LONG:
                 outcome = await self._error(500, "5.5.2", "Line too long")
             else:
                 outcome = await self._command(line)
             if outcome is CLOSE_SESSION:
+                return
+            if self._last_code >= 400 and await self._count_error():
                 return
 
     async def _command(self, line: bytes) -> object | None:
@@ -220,7 +255,10 @@ class SmtpProxySession(AuthCommand, DataCommand, UpstreamPairing, ClientIO, SMTP
         # the local part make some upstreams relay onwards: not a local recipient.
         if not local or any(c in local for c in ROUTING_CHARACTERS):
             return False
-        return domain.lower().rstrip(".") in self.runtime.settings.local_domains
+        domain = domain.lower().removesuffix(".")  # one final dot: a fully qualified name
+        if "" in domain.split("."):  # "example.test..", ".example.test": not a domain
+            return False
+        return domain in self.runtime.settings.local_domains
 
     def _auth_offered(self) -> bool:
         settings = self.runtime.settings
@@ -250,6 +288,7 @@ class SmtpProxySession(AuthCommand, DataCommand, UpstreamPairing, ClientIO, SMTP
         upstream = await self._upstream_ready()
         session.host_name = hostname
         reply = await upstream.greet(self._facts())
+        self._offered = {}
         if reply.code != 250:
             session.host_name = None
         elif extended:
@@ -257,6 +296,7 @@ class SmtpProxySession(AuthCommand, DataCommand, UpstreamPairing, ClientIO, SMTP
             starttls = settings.tls == "starttls" and not session.tls
             auth = self.mechanisms() if self._auth_offered() else ()
             reply = client_ehlo_reply(reply, settings.max_message_size, starttls, auth)
+            self._offered = ehlo_keywords(reply)
         await self._relay(reply)
         return None
 
@@ -304,6 +344,9 @@ class SmtpProxySession(AuthCommand, DataCommand, UpstreamPairing, ClientIO, SMTP
         record what the upstream accepted."""
         try:
             address, params = parse_path(argument, keyword)
+            check_client_parameters(verb, params, self._offered)
+        except UnsupportedParameter as exc:
+            return await self._error(555, "5.5.4", str(exc))
         except ValueError as exc:
             return await self._error(501, "5.5.4", str(exc))
         refused = refusal(address, params)
@@ -315,10 +358,10 @@ class SmtpProxySession(AuthCommand, DataCommand, UpstreamPairing, ClientIO, SMTP
         )
         if verdict.action.is_refusal:
             return await self._enforce(verdict)
-        line = f"{verb} {argument}".encode("utf-8", "surrogateescape")
-        reply = await self._forward(line, verb)
+        reply = await self._forward_path(verb, address, params)
         if 200 <= reply.code < 300:
             accepted(address, params)
+            self._transaction.append((verb, address, params))
         await self._relay(reply)
         return None
 

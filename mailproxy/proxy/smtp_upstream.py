@@ -1,16 +1,28 @@
 """The client session's side of its paired upstream session: opening it, reopening it
-(replaying EHLO, XCLIENT and accepted credentials) after a failure closed it, and
-forwarding commands to it.
+(replaying EHLO, XCLIENT, accepted credentials and the open transaction) after a
+failure closed it, and forwarding commands to it.
 
-Mixed into the SMTP session; uses its `session`, `runtime`, `_upstream` and
-`_upstream_credentials`.
+Mixed into the SMTP session; uses its `session`, `runtime`, `_upstream`,
+`_upstream_credentials` and `_transaction`.
 """
 
 from __future__ import annotations
 
-from ..auth.upstream import auth_outcome
+from ..protocol.esmtp import format_path_command, forwarded_parameters
 from ..protocol.smtp import ServerReply
 from .upstream import ClientFacts, UpstreamConnection, UpstreamError
+
+
+def auth_outcome(reply: ServerReply) -> bool:
+    """An upstream's answer to AUTH as valid or not; a 4xx means it could not tell.
+
+    Any 2xx counts (RFC 4954 says 235; smtp-sink says 250).
+    """
+    if 200 <= reply.code < 300:
+        return True
+    if reply.code >= 500:
+        return False
+    raise UpstreamError("auth", f"upstream could not check the credentials: {reply}")
 
 
 class UpstreamPairing:
@@ -32,19 +44,29 @@ class UpstreamPairing:
 
     async def _upstream_ready(self) -> UpstreamConnection:
         """The upstream session, reopened if an aborted message or a failure closed it:
-        greeting, the client's EHLO and XCLIENT are replayed, none of it shown."""
-        if self._upstream is not None and self._upstream.connected:
+        greeting, the client's EHLO, XCLIENT, credentials and the MAIL and RCPTs it
+        already accepted are replayed, none of it shown. Any of that refused is an
+        UpstreamError: the client was told those commands succeeded."""
+        if self._upstream is not None and await self._upstream.usable():
             return self._upstream
         greeting = await self._open_upstream()
         if greeting.code != 220:
             raise UpstreamError("greeting", f"upstream refused the new session: {greeting}")
+        upstream = self._upstream
         if self.session.host_name:
-            await self._upstream.greet(self._facts())
+            reply = await upstream.greet(self._facts())
+            if reply.code != 250:
+                raise UpstreamError("replay", f"upstream refused the replayed greeting: {reply}")
             if self._upstream_credentials is not None:
-                reply = await self._upstream.authenticate(*self._upstream_credentials)
+                reply = await upstream.authenticate(*self._upstream_credentials)
                 if not auth_outcome(reply):
                     raise UpstreamError("auth", f"credentials no longer accepted: {reply}")
-        return self._upstream
+        for verb, address, params in self._transaction:
+            reply = await self._send_path(upstream, verb, address, params)
+            if not 200 <= reply.code < 300:
+                upstream.abort()
+                raise UpstreamError("replay", f"upstream refused the replayed {verb}: {reply}")
+        return upstream
 
     async def _login_upstream(self, username: str, password: str) -> bool | None:
         """The `upstream` credential backend's check, on this session's own upstream."""
@@ -65,3 +87,12 @@ class UpstreamPairing:
     async def _forward(self, line: bytes, verb: str) -> ServerReply:
         upstream = await self._upstream_ready()
         return await upstream.command(line.rstrip(b"\r\n") + b"\r\n", verb)
+
+    async def _forward_path(self, verb: str, address: str, params: dict) -> ServerReply:
+        """MAIL or RCPT, with only the parameters the upstream advertised."""
+        return await self._send_path(await self._upstream_ready(), verb, address, params)
+
+    @staticmethod
+    async def _send_path(upstream: UpstreamConnection, verb: str, address: str, params: dict) -> ServerReply:
+        params = forwarded_parameters(verb, params, upstream.keywords)
+        return await upstream.command(format_path_command(verb, address, params) + b"\r\n", verb)

@@ -24,11 +24,22 @@ log = logging.getLogger("mailproxy.upstream")
 
 
 class UpstreamError(Exception):
-    """The upstream is unreachable, timed out, broke the protocol or went away."""
+    """The upstream is unreachable, timed out, broke the protocol or went away.
 
-    def __init__(self, stage: str, detail: str) -> None:
+    `unanswered` is true when a command went out whole and no reply came back: for the
+    end of a message, the upstream may or may not have taken it.
+    """
+
+    def __init__(self, stage: str, detail: str, unanswered: bool = False) -> None:
         super().__init__(f"{stage}: {detail}")
         self.stage = stage
+        self.unanswered = unanswered
+
+
+# After this many idle seconds, look whether the upstream hung up before using it.
+IDLE_CHECK_AFTER = 0.5
+# Upstreams already warned about (once per process): XCLIENT wanted, not offered.
+_warned_without_xclient: set[str] = set()
 
 
 def client_tls_context(settings: UpstreamSettings) -> ssl.SSLContext | None:
@@ -76,6 +87,7 @@ class UpstreamConnection:
         self.keywords: dict[str, str] = {}
         self.greeting: ServerReply | None = None
         self._logged_in = False  # with the service credential, in this upstream session
+        self._last_reply = 0.0  # loop time of the last complete reply
 
     @property
     def connected(self) -> bool:
@@ -107,20 +119,47 @@ class UpstreamConnection:
         reply = await self.command(b"STARTTLS\r\n", "STARTTLS")
         if reply.code != 220:
             raise self._fail("tls", f"STARTTLS refused: {reply}")
-        # (The reader's buffer has no public accessor; it holds what arrived after the
-        # last read.)
-        if self._parser.pending or getattr(self._reader, "_buffer", b""):
+        if self._parser.pending or await self._bytes_waiting():
             # Plaintext after the 220 would be read as if it came through TLS: someone
             # on the path could inject replies (the CVE-2011-0411 family, reversed).
             raise self._fail("tls", "upstream sent data after its STARTTLS reply")
+        # No await may come between that check and start_tls taking over the reading
+        # side, or more plaintext could slip in: asyncio.timeout runs start_tls in this
+        # task at once (wait_for would start it in a new task, a loop turn later).
         try:
-            await asyncio.wait_for(
-                self._writer.start_tls(self._tls, server_hostname=self.settings.address.host),
-                self.settings.connect_timeout,
-            )
-        except (OSError, asyncio.TimeoutError, ssl.SSLError) as exc:
+            async with asyncio.timeout(self.settings.connect_timeout):
+                await self._writer.start_tls(self._tls, server_hostname=self.settings.address.host)
+        except (OSError, TimeoutError, ssl.SSLError) as exc:
             raise self._fail("tls", f"handshake failed: {exc}") from None
         self.keywords = {}
+
+    async def _bytes_waiting(self) -> bool:
+        """Whether bytes (or the end of the stream) already wait in the reader, without
+        waiting for any: a read with a deadline of now returns at once if something is
+        there, and times out if not. What it reads is lost: call it only where anything
+        waiting means the session is unusable."""
+        try:
+            async with asyncio.timeout(0):
+                await self._reader.read(1)
+                return True
+        except TimeoutError:
+            return False
+
+    async def usable(self) -> bool:
+        """Connected, and not closed by the upstream while the proxy said nothing.
+
+        An idle upstream speaks only to go away (`421` after its timeout, then EOF),
+        and the transport does not show that until something is read. After a pause,
+        look before sending; a session that fails anyway turns into a 4xx."""
+        if not self.connected:
+            return False
+        if asyncio.get_running_loop().time() - self._last_reply < IDLE_CHECK_AFTER:
+            return True
+        if self._parser.pending or await self._bytes_waiting():
+            log.info("upstream %s closed the idle session", self.name)
+            self.abort()
+            return False
+        return True
 
     async def ehlo(self, helo: str, extended: bool = True) -> ServerReply:
         verb = "EHLO" if extended else "HELO"
@@ -170,7 +209,10 @@ class UpstreamConnection:
         repeated; an upstream that answers 250 (smtp-sink) keeps the session as it is.
         """
         offered = self.keywords.get("XCLIENT")
-        if self.settings.client_identity != "xclient" or offered is None:
+        if self.settings.client_identity != "xclient":
+            return None
+        if offered is None:
+            self._without_xclient()
             return None
         wanted = {
             "NAME": facts.name or "[UNAVAILABLE]",
@@ -192,17 +234,33 @@ class UpstreamConnection:
             return await self.ehlo(facts.helo, facts.esmtp)
         return None
 
+    def _without_xclient(self) -> None:
+        """The upstream will take the proxy's address for the client's: say so once
+        per upstream, and count every session it happens to."""
+        metrics.child(metrics.upstream_identity_missing, self.name).inc()
+        if self.name not in _warned_without_xclient:
+            _warned_without_xclient.add(self.name)
+            log.warning(
+                "upstream %s does not offer XCLIENT: it sees the proxy's address, not the "
+                "client's (set client_identity = \"none\" if that is intended)", self.name,
+            )
+
     async def authenticate(self, username: str, password: str) -> ServerReply:
+        """AUTH PLAIN with an initial response: the reply is final. A 334 would leave
+        the upstream waiting inside the exchange, so the session is dropped."""
         token = base64.b64encode(f"\0{username}\0{password}".encode()).decode()
-        return await self.command(f"AUTH PLAIN {token}\r\n".encode(), "AUTH")
+        reply = await self.command(f"AUTH PLAIN {token}\r\n".encode(), "AUTH")
+        if reply.code == 334:
+            raise self._fail("protocol", "upstream asked for more after a complete AUTH PLAIN")
+        return reply
 
     async def command(self, line: bytes, verb: str) -> ServerReply:
         """Send one command line and return the upstream's complete reply."""
         return await self.send([line], verb)
 
-    async def send(self, parts: list[bytes], verb: str) -> ServerReply:
+    async def send(self, parts: list[bytes], verb: str, timeout: float | None = None) -> ServerReply:
         """Write `parts` in one go (a command, or a whole message and its end marker)
-        and wait for one reply."""
+        and wait for one reply, `timeout` seconds at most (default: reply_timeout)."""
         if not self.connected:
             raise UpstreamError("lost", "connection already closed")
         started = time.perf_counter()
@@ -211,7 +269,11 @@ class UpstreamConnection:
             await self._writer.drain()
         except OSError as exc:
             raise self._fail("lost", f"write failed: {exc}") from None
-        reply = await self._read_reply(verb, self.settings.reply_timeout)
+        try:
+            reply = await self._read_reply(verb, timeout or self.settings.reply_timeout)
+        except UpstreamError as exc:
+            exc.unanswered = True
+            raise
         metrics.child(metrics.upstream_duration, self.name, verb).observe(time.perf_counter() - started)
         return reply
 
@@ -223,6 +285,7 @@ class UpstreamConnection:
             except ProtocolError as exc:
                 raise self._fail("protocol", str(exc)) from None
             if reply is not None:
+                self._last_reply = asyncio.get_running_loop().time()
                 return reply
             try:
                 async with asyncio.timeout_at(deadline):

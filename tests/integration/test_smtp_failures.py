@@ -72,19 +72,26 @@ def test_bad_input_gets_protocol_errors_not_a_crash(proxy):
         assert client.noop()[0] == 250
 
 
-def test_too_many_errors_end_the_session(proxy):
+def test_too_many_errors_end_the_session(sink, make_proxy):
+    proxy = make_proxy(sink.address, listeners=[
+        {"name": "mx", "mode": "mx", "upstream": "sink", "local_domains": ["example.test"],
+         "max_errors": 10, "soft_error_limit": 10},
+    ])
     with connect(proxy) as client:
         replies = [client.docmd("BOGUS")[0] for _ in range(10)]
-        assert replies == [502] * 9 + [421]
+        assert replies == [502] * 10  # each error is answered; the tenth is the last
+        assert client.getreply() == (421, b"4.7.0 proxy.test Error: too many errors, closing connection")
         with pytest.raises(smtplib.SMTPServerDisconnected):
             client.noop()
 
 
-def test_upstream_silent_at_end_of_data_gives_451_after_reply_timeout(make_proxy):
+def test_upstream_silent_at_end_of_data_gives_451_after_data_timeout(make_proxy):
     from tests.support.recorder import RecordingUpstream
 
     with RecordingUpstream(silent_after_data=True) as upstream:
-        proxy = make_proxy(upstream.address, upstreams={"sink": {"address": upstream.address, "reply_timeout": 1.0}})
+        proxy = make_proxy(upstream.address, upstreams={
+            "sink": {"address": upstream.address, "data_timeout": 1.0, "reply_timeout": 30.0},
+        })
         with connect(proxy) as client:
             client.ehlo("client.test")
             client.mail("a@sender.example")
@@ -93,7 +100,8 @@ def test_upstream_silent_at_end_of_data_gives_451_after_reply_timeout(make_proxy
             assert client.data(b"Subject: waiting\r\n\r\nx\r\n") == (
                 451, b"4.3.0 Upstream failure, message not accepted, try again later"
             )
-            assert 0.9 < time.monotonic() - started < 5
+            # Room for a loaded machine, and still far below reply_timeout.
+            assert 0.9 < time.monotonic() - started < 15
     assert proxy.metric("mailproxy_upstream_failures_total", stage="timeout") == 1
 
 
@@ -103,7 +111,7 @@ def test_idle_client_is_told_and_disconnected(sink, make_proxy):
     ])
     with connect(proxy) as client:
         client.ehlo("client.test")
-        time.sleep(1.0)
+        # Said nothing more: the reply arrives on its own (smtplib waits up to 10 s).
         assert client.getreply() == (421, b"4.4.2 proxy.test Idle timeout, closing connection")
 
 
