@@ -9,6 +9,8 @@ own limit, so a SIZE the upstream did not ask for is dropped, not refused.
 
 from __future__ import annotations
 
+from .smtp import parse_size
+
 # Parameter -> the EHLO keyword that allows it.
 PARAMETER_EXTENSION = {
     "MAIL": {
@@ -28,7 +30,8 @@ BODY_VALUES = frozenset({"7BIT", "8BITMIME"})  # BINARYMIME needs CHUNKING, not 
 
 
 class UnsupportedParameter(ValueError):
-    """A parameter the client was not offered; the text fits a 555 reply."""
+    """A parameter the client was not offered; the text fits a 555 reply. A plain
+    ValueError from the checks below is bad syntax (501)."""
 
 
 def check_client_parameters(verb: str, params: dict[str, str | bool], offered: set[str]) -> None:
@@ -41,6 +44,8 @@ def check_client_parameters(verb: str, params: dict[str, str | bool], offered: s
             raise UnsupportedParameter(f"Unsupported option: {name}")
         if name == "BODY" and (not isinstance(value, str) or value.upper() not in BODY_VALUES):
             raise UnsupportedParameter(f"Unsupported option: BODY={value}")
+        if name == "SIZE" and parse_size(value) is None:
+            raise ValueError("Bad message size syntax")  # RFC 1870: a 501
 
 
 def forwarded_parameters(

@@ -57,7 +57,11 @@ def test_relaying_to_a_foreign_domain_is_refused_on_mx(proxy, sink):
             554, b"5.7.1 <victim@elsewhere.example>: Relay access denied"
         )
         assert client.rcpt("user@EXAMPLE.test") == (250, b"2.1.5 Ok")
-    assert sink.messages() == []
+        assert client.data(b"Subject: relay?\r\n\r\nbody\r\n") == (250, b"2.0.0 Ok")
+    # The message went to the local recipient alone: the foreign one never reached
+    # the upstream's envelope.
+    fields, _ = sink.transactions(expected=1)[0]
+    assert fields["X-Rcpt-Args"] == ["<user@EXAMPLE.test>"]
 
 
 def test_upstream_5xx_on_rcpt_is_relayed_unchanged(make_proxy):

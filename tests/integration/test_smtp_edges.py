@@ -98,8 +98,10 @@ def test_malformed_command_lines_get_replies_not_crashes(proxy, sink):
         assert client.getreply() == (501, b"5.5.2 Bare CR or NUL in command")
         client.send(b"NOOP \0\r\n")
         assert client.getreply() == (501, b"5.5.2 Bare CR or NUL in command")
+        # "²".isdigit() is true and int() of it raises: a SIZE that is no number is a
+        # syntax error (RFC 1870), answered by the proxy, never passed on.
         client.send("MAIL FROM:<a@sender.example> SIZE=\u00b2\r\n".encode())
-        assert client.getreply()[0] in (250, 501, 555)  # the upstream's call; no crash
+        assert client.getreply() == (501, b"5.5.4 Bad message size syntax")
         client.rset()
     with connect(proxy) as client:
         client.send(b"EHLO c\xff.test\r\n")

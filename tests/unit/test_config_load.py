@@ -147,19 +147,19 @@ def test_example_config_loads(tmp_path, cert_pair):
     assert config.plugin["size"] == {"max_message_size": 5242880, "max_recipients": 50}
 
 
-def test_example_config_in_place(tmp_path):
-    """In the checkout it loads once the demo certificate exists; before that, the only
-    complaints are the four missing certificate files."""
-    path = REPO / "config" / "mailproxy.toml"
-    tls = REPO / "config" / ".." / "var" / "demo-tls"
-    if (tls / "cert.pem").is_file() and (tls / "key.pem").is_file():
-        assert [l.name for l in load_config(path).listeners] == ["mx", "submission"]
-        return
-    expected = []
-    for index in (0, 1):
-        for key, name in (("cert_file", "cert.pem"), ("key_file", "key.pem")):
-            if not (tls / name).is_file():
-                expected.append(f"{path}: listeners[{index}].{key}: file not found: {tls / name}")
+def test_example_config_before_the_demo_certificate_exists(tmp_path):
+    """config/ as shipped, in a checkout where `make run` has not yet made the demo
+    certificate: the only complaints are the four certificate paths. (With them in
+    place it loads: test_example_config_loads.)"""
+    confdir = tmp_path / "config"
+    shutil.copytree(REPO / "config", confdir)
+    path = confdir / "mailproxy.toml"
+    tls = confdir / ".." / "var" / "demo-tls"
+    expected = [
+        f"{path}: listeners[{index}].{key}: file not found: {tls / name}"
+        for index in (0, 1)
+        for key, name in (("cert_file", "cert.pem"), ("key_file", "key.pem"))
+    ]
     assert error_of(path) == "\n".join(expected)
 
 

@@ -169,22 +169,36 @@ def test_make_reply_matches_the_parsed_form():
     assert make_reply(221).raw == b"221 \r\n"
 
 
-@given(st.binary(max_size=600), st.lists(st.integers(0, 600), max_size=6))
-@example(b"250-a\r\n550 b\r\n", [])
-@example(b"250 ok\r\n" * 3 + b"garbage\r\n", [3])
+REPLY_TEXT = st.text(st.characters(min_codepoint=0x20, max_codepoint=0x7E), max_size=40)
+WELL_FORMED = st.builds(
+    lambda code, texts: make_reply(code, *texts), st.integers(200, 599), st.lists(REPLY_TEXT, min_size=1, max_size=8)
+)
+
+
+@given(st.lists(WELL_FORMED, max_size=4), st.binary(max_size=600), st.lists(st.integers(0, 1200), max_size=6))
+@example([], b"250-a\r\n550 b\r\n", [])
+@example([make_reply(250, "ok")] * 3, b"garbage\r\n", [3])
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-def test_reply_parser_never_raises_anything_else(data, cuts):
+def test_reply_parser_never_raises_anything_else(replies, junk, cuts):
+    """Well-formed replies, then arbitrary bytes, fed in arbitrary pieces: the replies
+    come out exactly as sent, and what follows is either more well-shaped replies or a
+    ProtocolError, never another exception."""
+    data = b"".join(reply.raw for reply in replies) + junk
     parser = ReplyParser(max_line=64, max_lines=8)
     bounds = sorted({0, len(data), *(c for c in cuts if c <= len(data))})
+    parsed = []
     try:
         for start, end in zip(bounds, bounds[1:]):
             parser.feed(data[start:end])
-            for reply in replies_of(parser):
-                assert 200 <= reply.code <= 599
-                assert reply.raw.endswith(b"\r\n")
-                assert len(reply.lines) == reply.raw.count(b"\r\n")
+            while (reply := parser.next_reply()) is not None:
+                parsed.append(reply)
     except ProtocolError:
         pass
+    assert parsed[: len(replies)] == replies
+    for reply in parsed[len(replies):]:
+        assert 200 <= reply.code <= 599
+        assert reply.raw.endswith(b"\r\n")
+        assert len(reply.lines) == reply.raw.count(b"\r\n")
 
 
 # --- DataReceiver ------------------------------------------------------------------------
