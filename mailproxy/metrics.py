@@ -65,7 +65,7 @@ plugin_duration = Histogram(
 )
 auth_attempts = Counter(
     "mailproxy_auth_attempts_total",
-    "AUTH attempts by result (success, failure, throttled, refused, error).",
+    "AUTH attempts by result (success, failure, throttled, refused, aborted, error).",
     ["listener", "mechanism", "result"],
 )
 auth_delay = Histogram(

@@ -363,3 +363,11 @@ def test_dns_servers_take_a_bare_address_or_a_port(tmp_path):
 def test_dns_server_must_be_an_address(tmp_path):
     path = write(tmp_path, '[dns]\nservers = ["ns.example"]\n' + MINIMAL)
     assert error_of(path).startswith(f"{path}: dns.servers[0]: ")
+
+
+def test_client_names_are_resolved_by_default():
+    # Without a verified name the upstream is told NAME=[UNAVAILABLE], and Postfix's
+    # reject_unknown_client_hostname would refuse every client behind the proxy.
+    from mailproxy.config import ProxySettings
+
+    assert ProxySettings().resolve_client_names is True
