@@ -70,6 +70,7 @@ def test_upstream_answering_data_with_250_is_no_delivery(make_proxy):
         upstream.wait_ended(1)
     assert b"Subject: guarantee" not in bytes(upstream.received)
     assert proxy.metric("mailproxy_messages_total", outcome="delivered") == 0
+    assert proxy.metric("mailproxy_upstream_failures_total", stage="protocol") == 1
 
 
 # --- no relay on mx --------------------------------------------------------------------

@@ -10,6 +10,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from mailproxy.protocol.smtp import END_OF_DATA, WireNormaliser, WireReceiver, unstuff, wire_body
+from tests.support.chunks import splits
 
 
 def reference_lines(body: bytes) -> list[bytes]:
@@ -60,18 +61,6 @@ def receive(chunks, limit: int = 1 << 20) -> tuple[bytes, bytes, int, bool]:
 def shown(chunks) -> str:
     """The chunks for a failure message, short even for a big message."""
     return repr(chunks) if sum(map(len, chunks)) < 500 else f"{len(chunks)} chunks, {b''.join(chunks)[:200]!r}..."
-
-
-def splits(stream: bytes):
-    """The stream whole, byte by byte, cut once anywhere, and (short ones) cut twice."""
-    yield [stream]
-    yield [stream[i : i + 1] for i in range(len(stream))]
-    for i in range(len(stream) + 1):
-        yield [stream[:i], stream[i:]]
-    if len(stream) <= 24:
-        for i in range(len(stream) + 1):
-            for j in range(i, len(stream) + 1):
-                yield [stream[:i], stream[i:j], stream[j:]]
 
 
 def chunked(stream: bytes, cuts: list[int]) -> list[bytes]:

@@ -24,6 +24,7 @@ from mailproxy.protocol.smtp import (
     wire_body,
     xtext,
 )
+from tests.support.chunks import splits
 
 
 def replies_of(parser: ReplyParser) -> list[ServerReply]:
@@ -237,17 +238,6 @@ def receive(chunks, limit: int = 1 << 20) -> tuple[bytes, bytes, int, bool]:
                 receiver.feed(b"more")
             return receiver.body, receiver.leftover + rest, receiver.size, receiver.overflow
     raise AssertionError(f"end of data not found in {chunks!r}")
-
-
-def splits(stream: bytes):
-    yield [stream]
-    yield [stream[i : i + 1] for i in range(len(stream))]
-    for i in range(len(stream) + 1):
-        yield [stream[:i], stream[i:]]
-    if len(stream) <= 24:
-        for i in range(len(stream) + 1):
-            for j in range(i, len(stream) + 1):
-                yield [stream[:i], stream[i:j], stream[j:]]
 
 
 @pytest.mark.parametrize("stream, body, leftover", DATA_TABLE)
