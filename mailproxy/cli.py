@@ -122,7 +122,9 @@ def cmd_run(args) -> int:
         from .proxy.workers import supervise
 
         check_listen_addresses(app)
-        return supervise(workers, lambda: run_process(app, reuse_port=True), config.proxy.shutdown_grace)
+        # A worker may wait past the grace for messages the upstream is taking.
+        limit = config.proxy.shutdown_grace + config.longest_delivery
+        return supervise(workers, lambda: run_process(app, reuse_port=True), limit)
     finally:
         if metrics_server is not None:
             metrics_server.stop()

@@ -304,6 +304,12 @@ class Config(_Section):
     def upstream_for(self, listener: ListenerSettings) -> UpstreamSettings:
         return self.upstreams[listener.upstream]
 
+    @property
+    def longest_delivery(self) -> float:
+        """The longest an upstream may take to answer a message: how long a shutdown
+        waits, past `shutdown_grace`, for messages already handed over."""
+        return max((u.data_timeout + u.reply_timeout for u in self.upstreams.values()), default=0.0)
+
 
 def format_location(loc: tuple[str | int, ...]) -> str:
     out = ""

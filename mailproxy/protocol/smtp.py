@@ -54,7 +54,8 @@ class ServerReply:
 
 def make_reply(code: int, *lines: str) -> ServerReply:
     """A reply the proxy writes itself, in the same form as a relayed one."""
-    texts = [line.encode("utf-8") for line in (lines or ("",))]
+    # "replace": text quoted from a client may hold undecodable bytes (surrogates).
+    texts = [line.encode("utf-8", "replace") for line in (lines or ("",))]
     last = len(texts) - 1
     raw = b"".join(
         b"%d%s%s\r\n" % (code, b" " if i == last else b"-", text) for i, text in enumerate(texts)

@@ -18,6 +18,8 @@ from .smtp_session import SmtpProxySession
 
 log = logging.getLogger("mailproxy.server")
 
+HANDSHAKE_TIMEOUT = 10.0  # seconds for a client's implicit TLS handshake
+
 
 def new_event_loop() -> asyncio.AbstractEventLoop:
     try:
@@ -38,6 +40,9 @@ async def _open_listeners(app: Application, reuse_port: bool) -> list[asyncio.Se
                 settings.address.host,
                 settings.address.port,
                 ssl=runtime.server_tls if settings.tls == "implicit" else None,
+                # Admission runs after the handshake on implicit TLS: keep a silent
+                # connection's wait for it short.
+                ssl_handshake_timeout=HANDSHAKE_TIMEOUT if settings.tls == "implicit" else None,
                 reuse_port=reuse_port or None,
                 backlog=1024,
             )
@@ -81,11 +86,24 @@ async def _drain_sessions(app: Application, grace: float) -> None:
     leftover = [s for r in app.listeners for s in list(r.sessions)]
     if leftover:
         log.info("closing %d session(s) still open after %.1fs", len(leftover), grace)
-    for session in leftover:
-        if session.transport is not None:
-            session.transport.close()
+    _close(s for s in leftover if not s.delivering)
+    # A session whose message is with the upstream gets the upstream's answer to the
+    # client first; it is bounded by the upstream's data_timeout.
+    delivering = [s for s in leftover if s.delivering]
+    if delivering:
+        log.info("waiting for %d message(s) the upstream is taking", len(delivering))
+    limit = loop.time() + app.config.longest_delivery
+    while any(s.delivering for s in delivering) and loop.time() < limit:
+        await asyncio.sleep(0.05)
+    _close(delivering)
     if leftover:
         await asyncio.sleep(0.1)  # let their tasks run their cleanup
+
+
+def _close(sessions) -> None:
+    for session in sessions:
+        if session.transport is not None:
+            session.transport.close()
 
 
 async def serve(app: Application, reuse_port: bool = False, ready=None) -> None:

@@ -98,8 +98,7 @@ class AuthCommand:
             log.info("authenticated as %s (%s)", username, mechanism)
             # Tell the upstream who logged in (XCLIENT LOGIN), unless the upstream
             # session itself authenticated: XCLIENT would start it over, logged out.
-            if self._upstream_credentials is None and self._upstream is not None and self._upstream.connected:
-                await self._upstream.identify(self._facts())
+            await self._announce_login()
             await self._say(235, "2.7.0", "Authentication successful")
             return None
         if valid is None and failures:

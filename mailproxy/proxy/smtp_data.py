@@ -124,11 +124,17 @@ class DataCommand:
         upstream = await self._upstream_ready()
         reply = await upstream.command(b"DATA\r\n", "DATA")
         if reply.code == 354:
+            self.delivering = True  # until the reply has gone to the client
             try:
                 return await upstream.send(parts, "DATA_END", self.runtime.upstream.data_timeout)
             except UpstreamError as exc:
                 if exc.unanswered:
                     raise OutcomeUnknown(exc.stage, str(exc)) from exc
+                raise
+            except asyncio.CancelledError:
+                log.warning("outcome unknown: stopped while the upstream had the message from <%s>",
+                            self.envelope.mail_from)
+                metrics.child(metrics.messages, self.runtime.name, "unknown").inc()
                 raise
         if reply.code >= 400:
             await self._reset_upstream()  # whatever state it kept

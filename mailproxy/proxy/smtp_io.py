@@ -61,7 +61,8 @@ class ClientIO:
         """aiosmtpd's own replies (the STARTTLS go-ahead) take the same path as ours."""
         line = status.encode() if isinstance(status, str) else status
         await self._write(line + b"\r\n", int(line[:3]), "proxy")
-        await self._flush()  # before aiosmtpd switches the transport to TLS
+        # Before aiosmtpd switches the transport to TLS (smtp_STARTTLS bounds the wait).
+        await self._flush()
 
     # Replies are queued and sent when the session next waits for the client, so the
     # replies to a pipelined batch leave in one write (RFC 2920 allows holding them).
@@ -93,6 +94,7 @@ class ClientIO:
         try:
             async with asyncio.timeout_at(deadline):
                 await self._flush()
+                self.delivering = False  # any end-of-data reply has gone out
                 return await self._reader.read(READ_SIZE)
         except TimeoutError:
             raise DeadlineExceeded("deadline for the client's input passed") from None

@@ -28,13 +28,14 @@ from ..verdict import Action, Verdict
 from .runtime import CLOSE_SESSION, ListenerRuntime
 from .smtp_auth import AuthCommand
 from .smtp_data import DataCommand
-from .smtp_io import READ_SIZE, TOO_LONG, ClientIO, DeadlineExceeded
+from .smtp_io import ABORT_AFTER_CLOSE, READ_SIZE, TOO_LONG, ClientIO, DeadlineExceeded
 from .smtp_upstream import UpstreamPairing
 from .upstream import UpstreamConnection, UpstreamError
 
 log = logging.getLogger("mailproxy.smtp")
 
 ROUTING_CHARACTERS = frozenset("@%!:,()")
+RECIPIENT_OVERSHOOT_LIMIT = 1000
 
 
 class SmtpProxySession(AuthCommand, DataCommand, UpstreamPairing, ClientIO, SMTP):
@@ -71,6 +72,11 @@ class SmtpProxySession(AuthCommand, DataCommand, UpstreamPairing, ClientIO, SMTP
         self._outbox: list[bytes] = []
         self._errors = 0
         self._last_code = 0  # of the last reply queued: the outcome of the command
+        # A message is with the upstream and its reply not yet with the client: a
+        # shutdown waits for it, since cutting it off would make the client send it again.
+        self.delivering = False
+        self._excused = False  # that reply is no client error (recipients over the limit)
+        self._overshoot = 0  # recipients refused as too many, in this session
         self._offered: dict[str, str] = {}  # the extensions our EHLO reply offered
         # The MAIL and RCPTs the upstream accepted in this transaction, as
         # (verb, address, params): replayed if the upstream session must be reopened.
@@ -152,6 +158,9 @@ class SmtpProxySession(AuthCommand, DataCommand, UpstreamPairing, ClientIO, SMTP
             self._flush_now()
             if self.transport is not None:
                 self.transport.close()
+                # A client that does not read its last replies must not keep the
+                # socket (and the buffered replies) for ever.
+                self.loop.call_later(ABORT_AFTER_CLOSE, self.transport.abort)
             try:
                 await self._goodbye()
             except (Exception, asyncio.CancelledError):
@@ -161,6 +170,7 @@ class SmtpProxySession(AuthCommand, DataCommand, UpstreamPairing, ClientIO, SMTP
                     self._upstream.abort()
                     self._upstream = None
                 self._stop_idle_timer()
+                self.delivering = False
                 active.dec()
                 runtime.release(self, session.client_address)
                 log.info("disconnect after %.3fs", time.monotonic() - session.started)
@@ -193,14 +203,17 @@ class SmtpProxySession(AuthCommand, DataCommand, UpstreamPairing, ClientIO, SMTP
             line = await self._read_line()
             if line is None:
                 return
-            self._last_code = 0
+            self._last_code, self._excused = 0, False
             if line is TOO_LONG:
                 outcome = await self._error(500, "5.5.2", "Line too long")
             else:
                 outcome = await self._command(line)
             if outcome is CLOSE_SESSION:
                 return
-            if self._last_code >= 400 and await self._count_error():
+            if self._last_code == 421:  # the upstream is closing the session (RFC 5321 3.8)
+                log.info("upstream answered 421, ending the session")
+                return
+            if self._last_code >= 400 and not self._excused and await self._count_error():
                 return
 
     async def _command(self, line: bytes) -> object | None:
@@ -231,7 +244,7 @@ class SmtpProxySession(AuthCommand, DataCommand, UpstreamPairing, ClientIO, SMTP
     async def _enforce(self, verdict: Verdict) -> object | None:
         reply = verdict.reply
         if reply is not None:
-            raw = ("\r\n".join(reply.lines()) + "\r\n").encode("utf-8")
+            raw = ("\r\n".join(reply.lines()) + "\r\n").encode("utf-8", "replace")
             await self._write(raw, reply.code, "proxy")
         if verdict.action is Action.DISCONNECT:
             return CLOSE_SESSION
@@ -330,6 +343,10 @@ class SmtpProxySession(AuthCommand, DataCommand, UpstreamPairing, ClientIO, SMTP
     def _rcpt_refusal(self, address: str, params: dict) -> tuple[int, str, str] | None:
         session = self.session
         if len(self.envelope.rcpt_tos) >= self.runtime.settings.max_recipients:
+            # The client sends the rest in another transaction (RFC 5321 4.5.3.1.10):
+            # not an error, until it clearly is (Postfix: smtpd_recipient_overshoot_limit).
+            self._overshoot += 1
+            self._excused = self._overshoot <= RECIPIENT_OVERSHOOT_LIMIT
             return 452, "4.5.3", "Too many recipients"
         if session.mode == "mx" and not session.authenticated and not self._is_local(address):
             return 554, "5.7.1", f"<{address}>: Relay access denied"
@@ -414,7 +431,12 @@ class SmtpProxySession(AuthCommand, DataCommand, UpstreamPairing, ClientIO, SMTP
         # answered inside TLS (the CVE-2011-0411 family): drop it.
         self._take_pending_input()
         await self._reset_transaction()
-        await super().smtp_STARTTLS(argument)
+        # The go-ahead and the handshake are part of this command, within its deadline.
+        try:
+            async with asyncio.timeout(self.runtime.settings.command_timeout):
+                await super().smtp_STARTTLS(argument)
+        except TimeoutError:
+            raise DeadlineExceeded("no TLS handshake after STARTTLS") from None
         return None
 
 

@@ -8,9 +8,13 @@ Mixed into the SMTP session; uses its `session`, `runtime`, `_upstream`,
 
 from __future__ import annotations
 
+import logging
+
 from ..protocol.esmtp import format_path_command, forwarded_parameters
 from ..protocol.smtp import ServerReply
 from .upstream import ClientFacts, UpstreamConnection, UpstreamError
+
+log = logging.getLogger("mailproxy.upstream")
 
 
 def auth_outcome(reply: ServerReply) -> bool:
@@ -50,12 +54,14 @@ class UpstreamPairing:
         if self._upstream is not None and await self._upstream.usable():
             return self._upstream
         greeting = await self._open_upstream()
-        if greeting.code != 220:
-            raise UpstreamError("greeting", f"upstream refused the new session: {greeting}")
         upstream = self._upstream
+        if greeting.code != 220:
+            upstream.abort()
+            raise UpstreamError("greeting", f"upstream refused the new session: {greeting}")
         if self.session.host_name:
             reply = await upstream.greet(self._facts())
             if reply.code != 250:
+                upstream.abort()
                 raise UpstreamError("replay", f"upstream refused the replayed greeting: {reply}")
             if self._upstream_credentials is not None:
                 reply = await upstream.authenticate(*self._upstream_credentials)
@@ -67,6 +73,21 @@ class UpstreamPairing:
                 upstream.abort()
                 raise UpstreamError("replay", f"upstream refused the replayed {verb}: {reply}")
         return upstream
+
+    async def _announce_login(self) -> None:
+        """Tell the upstream who logged in (XCLIENT LOGIN), unless the upstream session
+        itself authenticated: XCLIENT would start it over, logged out. A session that
+        went away, or refuses, is dropped: the next command reopens it, and the replay
+        carries the login."""
+        upstream = self._upstream
+        if self._upstream_credentials is not None or upstream is None:
+            return
+        try:
+            if await upstream.usable():
+                await upstream.identify(self._facts())
+        except UpstreamError as exc:
+            log.info("upstream session dropped after AUTH (%s); the next command reopens it", exc)
+            upstream.abort()
 
     async def _login_upstream(self, username: str, password: str) -> bool | None:
         """The `upstream` credential backend's check, on this session's own upstream."""

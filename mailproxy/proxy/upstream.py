@@ -264,13 +264,18 @@ class UpstreamConnection:
         if not self.connected:
             raise UpstreamError("lost", "connection already closed")
         started = time.perf_counter()
+        timeout = timeout or self.settings.reply_timeout
         self._writer.writelines(parts)
         try:
-            await self._writer.drain()
+            # An upstream that stops reading must not hold the session forever.
+            async with asyncio.timeout(timeout):
+                await self._writer.drain()
+        except TimeoutError:
+            raise self._fail("timeout", f"upstream took nothing for {timeout}s during {verb}") from None
         except OSError as exc:
             raise self._fail("lost", f"write failed: {exc}") from None
         try:
-            reply = await self._read_reply(verb, timeout or self.settings.reply_timeout)
+            reply = await self._read_reply(verb, timeout)
         except UpstreamError as exc:
             exc.unanswered = True
             raise

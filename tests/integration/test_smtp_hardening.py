@@ -4,8 +4,10 @@ replay, ESMTP parameters, and what the upstream is told about the client."""
 
 from __future__ import annotations
 
-import socket
+import os
+import signal
 import smtplib
+import socket
 import time
 
 import pytest
@@ -376,3 +378,113 @@ def test_a_domain_with_empty_labels_is_not_local(proxy):
         assert client.rcpt("user@example.test..")[0] == 554
         assert client.rcpt("user@.example.test")[0] == 554
         assert client.rcpt("user@example.test.")[0] == 250
+
+
+# --- peers that stop reading, shutdowns, the upstream's 421, odd bytes ------------------------
+
+
+def open_fds(proxy) -> int:
+    return len(os.listdir(f"/proc/{proxy.process.pid}/fd"))
+
+
+def test_an_upstream_that_stops_reading_mid_message_gets_the_client_451(make_proxy):
+    with RecordingUpstream(stall_in_data=True) as recorder:
+        proxy = make_proxy(recorder.address, upstreams=upstream(recorder, reply_timeout=2.0, data_timeout=3.0))
+        client = open_transaction(proxy)
+        client.sock.settimeout(60)
+        started = time.monotonic()
+        # Far more than the socket buffers between the proxy and a peer that reads nothing.
+        code, _ = client.data(b"Subject: big\r\n\r\n" + (b"z" * 998 + b"\r\n") * 9000)
+        assert code == 451
+        assert time.monotonic() - started < 30  # not for ever
+        client.quit()
+    assert proxy.metric("mailproxy_upstream_failures_total", stage="timeout") == 1
+
+
+@pytest.mark.parametrize("flood", [
+    b"BOGUS\r\n" * 100000,  # replies pile up faster than a non-reader takes them
+    b"EHLO x\r\n" * 5000 + b"STARTTLS\r\n",  # the go-ahead for TLS waits on the same
+])
+def test_a_client_that_reads_no_replies_is_let_go(make_proxy, certs, flood):
+    with RecordingUpstream() as recorder:
+        proxy = make_proxy(recorder.address, listeners=mx(
+            tls="starttls", cert_file=str(certs[1]), key_file=str(certs[2]),
+            command_timeout=2.0, idle_timeout=60, max_errors=10**6, soft_error_limit=10**6,
+        ))
+        before = open_fds(proxy)
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # and it never reads
+        sock.connect(("127.0.0.1", proxy.port("mx")))
+        sock.settimeout(30)
+        sock.sendall(flood)
+        deadline = time.monotonic() + 40  # the idle timeout (60 s) must not be what ends it
+        while open_fds(proxy) > before and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert open_fds(proxy) <= before, "the proxy still holds the socket of a client that reads nothing"
+        sock.close()
+
+
+def test_auth_after_the_upstream_hung_up_reconnects_with_the_login(make_proxy):
+    with RecordingUpstream(xclient=True, idle_close=1.0) as recorder:
+        proxy = make_proxy(recorder.address, listeners=[{
+            "name": "submission", "mode": "submission", "upstream": "sink", "allow_plaintext_auth": True,
+        }])
+        client = connect(proxy, "submission")
+        client.ehlo("client.test")
+        recorder.wait_ended(1)  # the upstream hung up while the client thought
+        assert auth_plain(client, "alice@example.test", "alice-secret")[0] == 235
+        assert client.mail("alice@example.test")[0] == 250
+        client.quit()
+        assert any(c.startswith(b"XCLIENT") and b"LOGIN=alice@example.test" in c
+                   for c in recorder.sessions[1].commands)
+
+
+def test_a_shutdown_waits_for_the_upstreams_answer_to_a_message(make_proxy):
+    with RecordingUpstream(delay_after_data=3.0) as recorder:
+        proxy = make_proxy(recorder.address, proxy={"hostname": "proxy.test", "resolve_client_names": False,
+                                                    "shutdown_grace": 0.5})
+        client = open_transaction(proxy)
+        client.docmd("DATA")
+        client.sock.sendall(MESSAGE + b".\r\n")
+        recorder_has_it = time.monotonic() + 10
+        while not recorder.messages and time.monotonic() < recorder_has_it:
+            time.sleep(0.05)
+        proxy.process.send_signal(signal.SIGTERM)
+        assert client.getreply() == (250, b"queued")  # not a cut connection: no duplicate
+        assert proxy.process.wait(30) == 0
+
+
+def test_an_upstream_421_ends_the_client_session(make_proxy):
+    with RecordingUpstream(replies={b"NOOP": b"421 4.7.0 Error: too many errors"}) as recorder:
+        proxy = make_proxy(recorder.address)
+        client = connect(proxy)
+        client.ehlo("client.test")
+        assert client.noop() == (421, b"4.7.0 Error: too many errors")
+        with pytest.raises(smtplib.SMTPServerDisconnected):
+            client.noop()
+        recorder.wait_ended(1)
+        assert len(recorder.sessions) == 1  # no fresh upstream session behind its back
+
+
+def test_recipients_over_the_limit_are_for_another_transaction_not_errors(make_proxy):
+    with RecordingUpstream() as recorder:
+        proxy = make_proxy(recorder.address, listeners=mx(max_recipients=5, max_errors=20))
+        client = connect(proxy)
+        client.ehlo("client.test")
+        assert client.mail("a@sender.example")[0] == 250
+        codes = [client.rcpt(f"u{i}@example.test")[0] for i in range(30)]
+        assert codes == [250] * 5 + [452] * 25
+        assert client.data(MESSAGE)[0] == 250
+        client.quit()
+
+
+def test_undecodable_bytes_quoted_in_a_reply_do_not_break_the_session(proxy):
+    with connect(proxy) as client:
+        client.ehlo("client.test")
+        client.send(b"MAIL FROM:<a@sender.example> BODY=\xff\r\n")
+        assert client.getreply()[0] == 555
+        assert client.mail("a@sender.example")[0] == 250
+        client.send(b"RCPT TO:<\xff@elsewhere.example>\r\n")
+        code, text = client.getreply()
+        assert code == 554 and text.endswith(b"Relay access denied")
+        assert client.noop()[0] == 250

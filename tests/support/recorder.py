@@ -16,6 +16,10 @@ Options (keyword arguments; the defaults behave like a plain, willing server):
   STARTTLS, before the handshake (an injection attack from the upstream's side).
 - `auth_reply=b"235 2.7.0 Authentication successful"`: the reply to AUTH
   (b"334 VXNlcm5hbWU6" for one that asks for more where a final reply is due).
+- `stall_in_data=False`: after its 354, read nothing more (an upstream that stops
+  reading in the middle of a message).
+- `replies={}`: verb -> reply, for any other command (b"NOOP": b"421 4.7.0 bye"); a 421
+  closes the connection after it, as a server that ends the session does.
 Multi-line replies are given with CRLF between the lines.
 
 What a test reads:
@@ -117,8 +121,15 @@ class _Handler(socketserver.BaseRequestHandler):
                 self._start_tls()
             elif verb == b"AUTH":
                 self.send(owner.auth_reply)
+            elif verb in owner.replies:
+                self.send(owner.replies[verb])
+                if owner.replies[verb].startswith(b"421"):
+                    return
             elif verb == b"DATA":
                 self.send(owner.data_reply)
+                if owner.stall_in_data:
+                    owner.stopping.wait()  # until the test is over
+                    return
                 if owner.data_reply.startswith(b"354") and not self._data():
                     return
             elif verb == b"QUIT":
@@ -184,7 +195,12 @@ class RecordingUpstream:
         starttls: ssl.SSLContext | None = None,
         inject_after_starttls: bytes = b"",
         auth_reply: bytes = b"235 2.7.0 Authentication successful",
+        stall_in_data: bool = False,
+        replies: dict[bytes, bytes] | None = None,
     ) -> None:
+        self.stall_in_data = stall_in_data
+        self.stopping = threading.Event()
+        self.replies = replies or {}
         self.silent_after_data = silent_after_data
         self.delay_after_data = delay_after_data
         self.xclient = xclient
@@ -252,5 +268,6 @@ class RecordingUpstream:
         return self
 
     def __exit__(self, *exc) -> None:
+        self.stopping.set()
         self._server.shutdown()
         self._server.server_close()
