@@ -254,7 +254,7 @@ class Mailproxy(Target):
     executable: Path = field(default_factory=lambda: Path(sys.executable).parent / "mailproxy")
 
     def __post_init__(self) -> None:
-        self.note = (f"workers = {self.workers}, plugins access+size, "
+        self.note = (f"workers = {self.workers}, plugin access, "
                      f"client_identity xclient ({self.executable})")
 
     def start(self, sink: Sink, workdir: Path) -> None:

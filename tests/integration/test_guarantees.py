@@ -1,6 +1,6 @@
 """The promises the README makes, each held against an upstream or a client that
 tries to break it: 250 only after the upstream's 250, no relay on mx, AUTH enforced,
-STARTTLS injection refused on both sides, and a listener's size limit."""
+STARTTLS injection refused on both sides, and a listener's size and recipient limits."""
 
 import smtplib
 import socket
@@ -178,11 +178,11 @@ def test_upstream_data_after_its_starttls_220_is_refused(make_proxy, certs):
     assert proxy.metric("mailproxy_upstream_failures_total", stage="tls") == 1
 
 
-# --- listener size limit ---------------------------------------------------------------
+# --- listener size and recipient limits -------------------------------------------------
 
 
 def test_listener_max_message_size_is_enforced(make_proxy):
-    limit = 2048  # below the size plugin's 20000: the listener's own limit is under test
+    limit = 2048
     with RecordingUpstream() as upstream:
         proxy = make_proxy(upstream.address, listeners=[mx_listener(max_message_size=limit)])
         too_big = b"Subject: big\r\n\r\n" + (b"y" * 78 + b"\r\n") * 40
@@ -197,4 +197,22 @@ def test_listener_max_message_size_is_enforced(make_proxy):
             assert client.data(too_big) == (552, b"5.3.4 Message size exceeds fixed maximum message size")
             assert client.sendmail("a@sender.example", ["user@example.test"], MESSAGE) == {}
         upstream.wait_ended(1)
+    assert upstream.messages == [MESSAGE.removesuffix(b"\r\n")]
+
+
+def test_listener_max_recipients_is_enforced(make_proxy):
+    with RecordingUpstream() as upstream:
+        proxy = make_proxy(upstream.address, listeners=[mx_listener(max_recipients=3)])
+        accepted = [f"user{n}@example.test" for n in range(3)]
+        with connect(proxy) as client:
+            client.ehlo("client.test")
+            assert client.mail("a@sender.example")[0] == 250
+            for recipient in accepted:
+                assert client.rcpt(recipient)[0] == 250
+            assert client.rcpt("user3@example.test") == (452, b"4.5.3 Too many recipients")
+            assert client.data(MESSAGE)[0] == 250  # for the recipients accepted
+        [session] = upstream.wait_ended(1)
+    assert [c for c in session.commands if c.startswith(b"RCPT")] == [
+        f"RCPT TO:<{r}>".encode() for r in accepted
+    ]
     assert upstream.messages == [MESSAGE.removesuffix(b"\r\n")]

@@ -14,8 +14,8 @@ from tests.support.clients import connect
 
 pytestmark = pytest.mark.integration
 
-UNRULY = {"enabled": ["access", "size", "unruly"], "directories": [str(DROPINS)]}
-SCORER = {"enabled": ["access", "size", "scorer"], "directories": [str(DROPINS)]}
+UNRULY = {"enabled": ["access", "unruly"], "directories": [str(DROPINS)]}
+SCORER = {"enabled": ["access", "scorer"], "directories": [str(DROPINS)]}
 LOCAL_PROBLEM = (451, b"4.3.0 Temporary local problem, try again later")
 SPAM = (550, b"5.7.1 Message scored as spam")
 

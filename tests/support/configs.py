@@ -37,11 +37,8 @@ def base_config(sink_address: str, certs, users_file, **overrides) -> dict:
                 "upstream": "sink",
             },
         ],
-        "plugins": {"enabled": ["access", "size"]},
-        "plugin": {
-            "access": {"deny_senders": ["*@spam.example"]},
-            "size": {"max_message_size": 20000, "max_recipients": 5},
-        },
+        "plugins": {"enabled": ["access"]},
+        "plugin": {"access": {"deny_senders": ["*@spam.example"]}},
     }
     for key, value in overrides.items():
         if isinstance(value, dict) and isinstance(config.get(key), dict):

@@ -35,16 +35,15 @@ upstream = "main"
 
 PLUGINS = """
 [plugins]
-enabled = ["access", "size"]
+enabled = ["access"]
 
-[plugin.size]
-max_recipients = 5
+[plugin.access]
+deny_senders = ["*@spam.example"]
 """
 
 GOOD = BASE + PLUGINS
 
 ACCESS_HOOKS = "smtp_connect, smtp_helo, smtp_mail, smtp_rcpt"
-SIZE_HOOKS = "smtp_data, smtp_mail, smtp_rcpt"
 
 DROPIN = '''
 """A drop-in plugin, as an administrator would write one."""
@@ -112,16 +111,18 @@ def test_check_good_config(confdir):
         "plugins (in order):",
         "  auth:file: authenticate  (built-in credential backend)",
         f"  access: {ACCESS_HOOKS}  (entry point mailproxy_plugins.access)",
-        f"  size: {SIZE_HOOKS}  (entry point mailproxy_plugins.size)",
     ]
 
 
 def test_check_with_tls_and_observe_mode(confdir, cert_pair):
+    write_dropins(confdir, {"local_rules.py": DROPIN})
+    origin = confdir / "plugins.d" / "local_rules.py"
     text = (
         BASE.replace('upstream = "main"\nlocal_domains', 'upstream = "main"\ntls = "starttls"\n'
                      'cert_file = "cert.pem"\nkey_file = "key.pem"\nlocal_domains')
         .replace('address = "127.0.0.1:2526"', 'address = "127.0.0.1:2526"\ntls = "starttls"\nverify = false')
-        + '[plugins]\nenabled = ["size", "access"]\n[plugin.access]\nobserve = true\n'
+        + '[plugins]\nenabled = ["local_rules", "access"]\ndirectories = ["plugins.d"]\n'
+        + "[plugin.access]\nobserve = true\n"
     )
     path = write(confdir, text)
     result = mailproxy("check", "-c", str(path), cwd=confdir)
@@ -134,7 +135,7 @@ def test_check_with_tls_and_observe_mode(confdir, cert_pair):
         "listener submission: smtp submission on 127.0.0.1:2587 tls=none -> main",
         "plugins (in order):",
         "  auth:file: authenticate  (built-in credential backend)",
-        f"  size: {SIZE_HOOKS}  (entry point mailproxy_plugins.size)",
+        f"  local_rules: smtp_mail  ({origin})",
         f"  access [observe]: {ACCESS_HOOKS}  (entry point mailproxy_plugins.access)",
     ]
 
@@ -200,7 +201,7 @@ BAD = [
     ),
     pytest.param(
         BASE + '[plugins]\nenabled = ["access", "nosuch"]\n',
-        "{path}: plugins.enabled: unknown plugin 'nosuch' (available: access, size)",
+        "{path}: plugins.enabled: unknown plugin 'nosuch' (available: access)",
         id="unknown-plugin",
     ),
     pytest.param(
@@ -209,13 +210,13 @@ BAD = [
         id="bad-plugin-option",
     ),
     pytest.param(
-        BASE + '[plugins]\nenabled = ["size"]\n[plugin.size]\nmax_recipents = 5\n',
-        "{path}: plugin.size.max_recipents: unknown key",
+        BASE + '[plugins]\nenabled = ["access"]\n[plugin.access]\ndeny_sender = []\n',
+        "{path}: plugin.access.deny_sender: unknown key",
         id="unknown-plugin-option",
     ),
     pytest.param(
-        BASE + '[plugins]\nenabled = ["size"]\n[plugin.size]\ntimeout = 0\n',
-        "{path}: plugin.size.timeout: Input should be greater than 0",
+        BASE + '[plugins]\nenabled = ["access"]\n[plugin.access]\ntimeout = 0\n',
+        "{path}: plugin.access.timeout: Input should be greater than 0",
         id="bad-common-plugin-option",
     ),
 ]
@@ -247,18 +248,22 @@ def test_plugins_command_fails_the_same_way(confdir):
     path = write(confdir, BASE + '[plugins]\nenabled = ["nosuch"]\n')
     assert_config_error(
         mailproxy("plugins", "-c", str(path), cwd=confdir),
-        f"{path}: plugins.enabled: unknown plugin 'nosuch' (available: access, size)",
+        f"{path}: plugins.enabled: unknown plugin 'nosuch' (available: access)",
     )
 
 
 # --- drop-in plugins ---------------------------------------------------------------------
 
 
-def dropin_config(confdir: Path, enabled: list[str], files: dict[str, str]) -> Path:
+def write_dropins(confdir: Path, files: dict[str, str]) -> None:
     directory = confdir / "plugins.d"
     directory.mkdir(exist_ok=True)
     for name, source in files.items():
         (directory / name).write_text(source)
+
+
+def dropin_config(confdir: Path, enabled: list[str], files: dict[str, str]) -> Path:
+    write_dropins(confdir, files)
     names = ", ".join(f'"{n}"' for n in enabled)
     return write(confdir, BASE + f'[plugins]\nenabled = [{names}]\ndirectories = ["plugins.d"]\n')
 
@@ -266,7 +271,7 @@ def dropin_config(confdir: Path, enabled: list[str], files: dict[str, str]) -> P
 def test_dropin_plugin_is_discovered_and_listed(confdir):
     path = dropin_config(
         confdir,
-        ["local_rules", "size"],
+        ["local_rules", "access"],
         {"local_rules.py": DROPIN, "spare.py": DROPIN, "_helper.py": "x = 1\n", "notes.txt": "no"},
     )
     origin = confdir / "plugins.d" / "local_rules.py"
@@ -277,8 +282,8 @@ def test_dropin_plugin_is_discovered_and_listed(confdir):
         "plugins (in order):",
         "  auth:file: authenticate  (built-in credential backend)",
         f"  local_rules: smtp_mail  ({origin})",
-        f"  size: {SIZE_HOOKS}  (entry point mailproxy_plugins.size)",
-        "available, not enabled: access, spare",
+        f"  access: {ACCESS_HOOKS}  (entry point mailproxy_plugins.access)",
+        "available, not enabled: spare",
     ]
 
     result = mailproxy("check", "-c", str(path), cwd=confdir)
@@ -287,11 +292,11 @@ def test_dropin_plugin_is_discovered_and_listed(confdir):
 
 
 def test_unknown_plugin_lists_dropins_as_available(confdir):
-    path = dropin_config(confdir, ["local_rulez"], {"local_rules.py": DROPIN})
+    path = dropin_config(confdir, ["local_rulez"], {"local_rules.py": DROPIN, "abuse_rules.py": DROPIN})
     assert_config_error(
         mailproxy("check", "-c", str(path), cwd=confdir),
         f"{path}: plugins.enabled: unknown plugin 'local_rulez' "
-        "(available: access, local_rules, size)",
+        "(available: abuse_rules, access, local_rules)",
     )
 
 
@@ -319,7 +324,7 @@ def test_dropin_raising_at_import(confdir):
 
 
 def test_broken_dropin_that_is_not_enabled_is_harmless(confdir):
-    path = dropin_config(confdir, ["size"], {"broken.py": "def broken(:\n"})
+    path = dropin_config(confdir, ["local_rules"], {"local_rules.py": DROPIN, "broken.py": "def broken(:\n"})
     result = mailproxy("plugins", "-c", str(path), cwd=confdir)
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines()[-1] == "available, not enabled: access, broken"
@@ -348,9 +353,9 @@ def test_dropin_with_wrong_hook_argument(confdir):
 
 
 def test_dropin_with_the_name_of_an_installed_plugin(confdir):
-    path = dropin_config(confdir, ["size"], {"size.py": DROPIN})
-    origin = confdir / "plugins.d" / "size.py"
+    path = dropin_config(confdir, ["access"], {"access.py": DROPIN})
+    origin = confdir / "plugins.d" / "access.py"
     assert_config_error(
         mailproxy("check", "-c", str(path), cwd=confdir),
-        f"plugin 'size' is defined twice: entry point mailproxy_plugins.size and {origin}",
+        f"plugin 'access' is defined twice: entry point mailproxy_plugins.access and {origin}",
     )

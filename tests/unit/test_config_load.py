@@ -105,15 +105,15 @@ def test_auth_users_file_and_plugin_sections(tmp_path):
         tmp_path,
         '[auth]\nbackends = ["file"]\nusers_file = "users"\n'
         + MINIMAL
-        + '[plugins]\nenabled = ["access", "size"]\n'
-        + "[plugin.size]\nmax_recipients = 5\n"
+        + '[plugins]\nenabled = ["access", "local_rules"]\n'
+        + '[plugin.access]\ndeny_senders = ["*@spam.example"]\n'
         + "[policy]\nreject_score = 10\ntempfail_score = 5.5\n",
     )
     config = load_config(path)
     assert config.auth.backends == ["file"]
     assert config.auth.users_file == tmp_path.resolve() / "users"
-    assert config.plugins.enabled == ["access", "size"]
-    assert config.plugin == {"size": {"max_recipients": 5}}
+    assert config.plugins.enabled == ["access", "local_rules"]
+    assert config.plugin == {"access": {"deny_senders": ["*@spam.example"]}}
     assert (config.policy.reject_score, config.policy.tempfail_score) == (10.0, 5.5)
 
 
@@ -142,9 +142,9 @@ def test_example_config_loads(tmp_path, cert_pair):
         assert listener.cert_file.resolve() == (tlsdir / "cert.pem").resolve()
         assert listener.key_file.resolve() == (tlsdir / "key.pem").resolve()
     assert config.listeners[0].local_domains == ["example.test"]
-    assert config.plugins.enabled == ["access", "size"]
+    assert (config.listeners[0].max_message_size, config.listeners[0].max_recipients) == (10485760, 100)
+    assert config.plugins.enabled == ["access"]
     assert config.plugin["access"]["deny_clients"] == ["192.0.2.0/24"]
-    assert config.plugin["size"] == {"max_message_size": 5242880, "max_recipients": 50}
 
 
 def test_example_config_before_the_demo_certificate_exists(tmp_path):
@@ -293,13 +293,13 @@ def test_not_utf8(tmp_path):
 
 
 def test_plugin_section_for_plugin_not_enabled(tmp_path):
-    path = write(tmp_path, MINIMAL + '[plugins]\nenabled = ["size"]\n[plugin.access]\nobserve = true\n')
+    path = write(tmp_path, MINIMAL + '[plugins]\nenabled = ["local_rules"]\n[plugin.access]\nobserve = true\n')
     assert error_of(path) == f"{path}: plugin.access: section for a plugin that is not enabled"
 
 
 def test_plugin_enabled_twice(tmp_path):
-    path = write(tmp_path, MINIMAL + '[plugins]\nenabled = ["size", "access", "size"]\n')
-    assert error_of(path) == f"{path}: plugins.enabled: listed twice: size"
+    path = write(tmp_path, MINIMAL + '[plugins]\nenabled = ["local_rules", "access", "local_rules"]\n')
+    assert error_of(path) == f"{path}: plugins.enabled: listed twice: local_rules"
 
 
 def test_plugin_directory_must_exist(tmp_path):

@@ -11,6 +11,7 @@ class Plugin:
         raise_on_sender: str = "raise@test.example"
         hang_on_sender: str = "hang@test.example"
         reject_sender: str = "reject@test.example"
+        reject_content: str = "X-Reject-Me"
         action: Literal["reject", "score"] = "reject"
 
     def __init__(self, settings, context):
@@ -28,4 +29,7 @@ class Plugin:
 
     @hookimpl
     def smtp_data(self, envelope, message):
+        if self.settings.reject_content.encode() in message:
+            return Verdict.reject(554, "5.7.1", "Content rejected by the faulty test plugin")
         envelope.add_header("X-Faulty-Seen", str(len(message)))
+        return None

@@ -1,0 +1,190 @@
+"""PolicyEngine at its edges: scores exactly at a threshold and where they go, the busy
+threads of a `blocking` plugin (counted, given back, never keeping the process alive),
+plugins left out of the list, and what the log lines and the duration metric say."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+from prometheus_client import REGISTRY
+
+from mailproxy import hookimpl
+from mailproxy.config import PolicySettings
+from mailproxy.plugins import LoadedPlugin, PluginSettings, new_plugin_manager
+from mailproxy.policy import FAILED_TEMPFAIL, SCORE_REJECT, SCORE_TEMPFAIL, PolicyEngine
+from mailproxy.session import Envelope, Session
+from mailproxy.verdict import Verdict
+
+_names = itertools.count()
+
+
+def engine_with(plugin, settings: PluginSettings | None = None,
+                policy: PolicySettings | None = None) -> tuple[PolicyEngine, str]:
+    name = f"edge-{next(_names)}"
+    manager = new_plugin_manager()
+    manager.register(plugin, name=name)
+    return PolicyEngine(manager, [LoadedPlugin(name, "test", plugin, settings or PluginSettings())], policy), name
+
+
+class ScoresAtConnect:
+    def __init__(self, points: float) -> None:
+        self.points = points
+
+    @hookimpl
+    def smtp_connect(self):
+        return Verdict.score("CONNECT", self.points)
+
+
+@pytest.mark.parametrize(("points", "verdict"), [(5.0, SCORE_REJECT), (4.5, Verdict.cont())])
+def test_without_a_transaction_the_session_score_alone_meets_the_threshold(points, verdict):
+    engine, _ = engine_with(ScoresAtConnect(points), policy=PolicySettings(reject_score=5))
+    session = Session("smtp", "test")
+    assert asyncio.run(engine.run("smtp_connect", session)) == verdict
+    assert session.score == points
+
+
+class BlocksUntilReleased:
+    def __init__(self) -> None:
+        self.release = threading.Event()
+        self.threads: list[threading.Thread] = []
+
+    @hookimpl
+    def smtp_mail(self):
+        self.threads.append(threading.current_thread())
+        self.release.wait(10)
+
+
+def test_a_thread_that_came_back_is_no_longer_counted_busy(caplog):
+    plugin = BlocksUntilReleased()
+    engine, name = engine_with(plugin, PluginSettings(blocking=True, timeout=0.2))
+    session = Session("smtp", "test")
+
+    async def scenario():
+        mail = lambda: engine.run("smtp_mail", session, None, address="a@example.test", params={})  # noqa: E731
+        first = await mail()
+        plugin.release.set()
+        plugin.threads[0].join(10)  # it has handed its result to the loop
+        for _ in range(3):
+            await asyncio.sleep(0)  # the loop takes it back
+        plugin.release.clear()
+        second = await mail()
+        return first, second
+
+    try:
+        assert asyncio.run(scenario()) == (FAILED_TEMPFAIL, FAILED_TEMPFAIL)
+    finally:
+        plugin.release.set()
+    timeouts = [r.getMessage() for r in caplog.records if "timed out" in r.getMessage()]
+    assert timeouts == [f"plugin {name}: smtp_mail timed out after 0.2s (1 of its 8 threads still busy)"] * 2
+
+
+def test_a_thread_that_comes_back_after_the_loop_closed_ends_quietly(monkeypatch):
+    unhandled = []
+    monkeypatch.setattr(threading, "excepthook", unhandled.append)
+    plugin = BlocksUntilReleased()
+    engine, _ = engine_with(plugin, PluginSettings(blocking=True, timeout=0.1))
+    session = Session("smtp", "test")
+    verdict = asyncio.run(engine.run("smtp_mail", session, None, address="a@example.test", params={}))
+    assert verdict is FAILED_TEMPFAIL
+    plugin.release.set()  # the plugin returns when the loop is gone (the proxy stopped)
+    plugin.threads[0].join(10)
+    assert unhandled == []
+
+
+class Answers:
+    def __init__(self, calls: list, tag: str, answer=None) -> None:
+        self.calls, self.tag, self.answer = calls, tag, answer
+
+    @hookimpl
+    def smtp_mail(self):
+        self.calls.append(self.tag)
+        return self.answer
+
+
+def test_a_plugin_left_out_of_the_list_does_not_hide_the_ones_registered_after_it():
+    calls: list = []
+    manager = new_plugin_manager()
+    manager.register(Answers(calls, "stray", Verdict.reject()), name=f"edge-{next(_names)}")
+    listed_name, listed = f"edge-{next(_names)}", Answers(calls, "listed", Verdict.accept())
+    manager.register(listed, name=listed_name)
+    engine = PolicyEngine(manager, [LoadedPlugin(listed_name, "test", listed, PluginSettings())])
+    verdict = asyncio.run(engine.run("smtp_mail", Session("smtp", "test"), None, address="a@example.test", params={}))
+    assert verdict == Verdict.accept()
+    assert calls == ["listed"]
+
+
+def test_a_hook_within_its_timeout_is_not_logged_as_stalled(caplog):
+    engine, name = engine_with(Answers([], "quick"), PluginSettings(timeout=30))
+    asyncio.run(engine.run("smtp_mail", Session("smtp", "test"), None, address="a@example.test", params={}))
+    assert "ran" not in caplog.text and "blocking = true" not in caplog.text
+
+
+@pytest.mark.parametrize(("observe", "suffix"), [(True, " (observe mode, not enforced)"), (False, "")])
+def test_the_verdict_log_line_says_whether_it_was_enforced(caplog, observe, suffix):
+    caplog.set_level("INFO", logger="mailproxy.policy")
+    engine, name = engine_with(Answers([], "rejects", Verdict.reject()), PluginSettings(observe=observe))
+    session = Session("smtp", "test")
+    asyncio.run(engine.run("smtp_mail", session, None, address="a@example.test", params={}))
+    [line] = [r.getMessage() for r in caplog.records if f"plugin {name} smtp_mail" in r.getMessage()]
+    assert line.endswith(f"plugin {name} smtp_mail: reject{suffix}")
+
+
+HANGS_AT_EXIT = """
+import asyncio, threading
+from mailproxy import hookimpl
+from mailproxy.plugins import LoadedPlugin, PluginSettings, new_plugin_manager
+from mailproxy.policy import PolicyEngine
+from mailproxy.session import Session
+
+class Hangs:
+    @hookimpl
+    def smtp_mail(self):
+        threading.Event().wait()
+
+manager = new_plugin_manager()
+manager.register(Hangs(), name="hangs")
+settings = PluginSettings(blocking=True, timeout=0.1)
+engine = PolicyEngine(manager, [LoadedPlugin("hangs", "test", Hangs(), settings)])
+print(asyncio.run(engine.run("smtp_mail", Session("smtp", "test"), None, address="a@b", params={})).action.value)
+"""
+
+
+def test_a_thread_stuck_in_a_plugin_does_not_keep_the_process_alive():
+    done = subprocess.run([sys.executable, "-c", HANGS_AT_EXIT], capture_output=True, text=True, timeout=60)
+    assert (done.returncode, done.stdout.strip()) == (0, "tempfail"), done.stderr
+
+
+def test_a_score_exactly_at_the_tempfail_threshold_tempfails():
+    engine, _ = engine_with(ScoresAtConnect(5.0), policy=PolicySettings(tempfail_score=5))
+    assert asyncio.run(engine.run("smtp_connect", Session("smtp", "test"))) is SCORE_TEMPFAIL
+
+
+class ScoresCommands:
+    @hookimpl
+    def smtp_command(self):
+        return Verdict.score("COMMAND", 1)
+
+
+def test_command_scores_go_to_the_envelope_only_once_a_transaction_is_open():
+    engine, _ = engine_with(ScoresCommands())
+    session, envelope = Session("smtp", "test"), Envelope()
+    asyncio.run(engine.run("smtp_command", session, envelope))
+    assert (session.score, envelope.score) == (1.0, 0.0)
+    envelope.mail_from = "a@example.test"
+    asyncio.run(engine.run("smtp_command", session, envelope))
+    assert (session.score, envelope.score) == (1.0, 1.0)
+
+
+def test_the_time_a_hook_took_is_what_it_took():
+    engine, name = engine_with(Answers([], "quick"))
+    labels = {"plugin": name, "hook": "smtp_mail"}
+    started = time.perf_counter()
+    asyncio.run(engine.run("smtp_mail", Session("smtp", "test"), None, address="a@example.test", params={}))
+    elapsed = time.perf_counter() - started
+    assert 0 <= REGISTRY.get_sample_value("mailproxy_plugin_duration_seconds_sum", labels) <= elapsed
