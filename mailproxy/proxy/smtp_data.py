@@ -126,7 +126,7 @@ class DataCommand:
         if reply.code == 354:
             self.delivering = True  # until the reply has gone to the client
             try:
-                return await upstream.send(parts, "DATA_END", self.runtime.upstream.data_timeout)
+                final = await upstream.send(parts, "DATA_END", self.runtime.upstream.data_timeout)
             except UpstreamError as exc:
                 if exc.unanswered:
                     raise OutcomeUnknown(exc.stage, str(exc)) from exc
@@ -136,6 +136,11 @@ class DataCommand:
                             self.envelope.mail_from)
                 metrics.child(metrics.messages, self.runtime.name, "unknown").inc()
                 raise
+            if 300 <= final.code < 400:  # no answer to a message; whether it was taken is unknown
+                upstream.abort()
+                metrics.child(metrics.upstream_failures, upstream.name, "protocol").inc()
+                raise OutcomeUnknown("protocol", f"upstream answered the end of the message with {final}")
+            return final
         if reply.code >= 400:
             await self._reset_upstream()  # whatever state it kept
             return reply

@@ -264,6 +264,15 @@ def test_no_final_reply_is_counted_as_an_unknown_outcome(make_proxy):
     assert "outcome unknown" in proxy.log()
 
 
+def test_a_3xx_to_the_end_of_a_message_is_no_answer(make_proxy):
+    with RecordingUpstream(final_reply=b"354 more please") as recorder:
+        proxy = make_proxy(recorder.address)
+        client = open_transaction(proxy)
+        assert client.data(MESSAGE) == (451, b"4.3.0 Upstream failure, message not accepted, try again later")
+        client.quit()
+    assert proxy.metric("mailproxy_messages_total", outcome="unknown") == 1
+
+
 # --- keepalive and replay ------------------------------------------------------------------
 
 
