@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 PYTEST_ARGS ?=
 
-.PHONY: venv system test run bench bench-stall clean
+.PHONY: venv system test run bench bench-stall mutate clean
 
 venv: $(VENV)/.stamp
 
@@ -28,6 +28,18 @@ bench: system venv
 
 bench-stall: system venv
 	$(VENV)/bin/python bench/data_stall.py
+
+# Mutation testing of the modules where a bug loses mail or opens a hole, in a scratch
+# copy of the tree; long, so not part of `make test` or CI. See docs/testing.md.
+# One module: make mutate MUTATE_ARGS="--module mailproxy/policy.py"
+MUTATE_ARGS ?=
+mutate: system $(VENV)/.mutate-stamp
+	$(VENV)/bin/python scripts/mutate.py $(MUTATE_ARGS)
+
+$(VENV)/.mutate-stamp: pyproject.toml
+	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -e '.[test,mutate]'
+	touch $@
 
 clean:
 	rm -rf $(VENV) var build *.egg-info .hypothesis .pytest_cache

@@ -98,8 +98,11 @@ class AuthThrottle:
         return Reservation(key, self.delay(earlier), allowed=not self.over_limit(earlier))
 
     async def release(self, reservation: Reservation) -> None:
-        """The attempt did not fail (valid, or could not be checked): take it back."""
-        await self._state.incr(reservation.key, self._settings.failure_window, amount=-1)
+        """The attempt did not fail (valid, or could not be checked): take it back.
+        If the count expired meanwhile (a check longer than the window) there is
+        nothing to take back; a new count at -1 would give a free attempt."""
+        if await self._state.get(reservation.key) is not None:
+            await self._state.incr(reservation.key, self._settings.failure_window, amount=-1)
 
     async def account_failed(self, username: str) -> float:
         """Count a wrong password for the account; the least time, counted from the

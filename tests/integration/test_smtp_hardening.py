@@ -226,7 +226,7 @@ def test_soft_error_limit_slows_replies(make_proxy):
 
 
 def test_login_before_starttls_is_forgotten(make_proxy, certs):
-    with RecordingUpstream() as recorder:
+    with RecordingUpstream(xclient=True) as recorder:
         proxy = make_proxy(recorder.address, listeners=[{
             "name": "submission", "mode": "submission", "upstream": "sink", "tls": "starttls",
             "cert_file": str(certs[1]), "key_file": str(certs[2]), "allow_plaintext_auth": True,
@@ -235,6 +235,9 @@ def test_login_before_starttls_is_forgotten(make_proxy, certs):
         client.ehlo("client.test")
         assert auth_plain(client, "alice@example.test", "alice-secret")[0] == 235
         client.starttls(context=client_context(certs[0]))
+        # The upstream session that was told the login (XCLIENT LOGIN) is closed at once,
+        # while the client is still connected, not kept for the next command.
+        recorder.wait_ended(1)
         client.ehlo("client.test")
         assert client.mail("alice@example.test") == (530, b"5.7.0 Authentication required")
         assert auth_plain(client, "alice@example.test", "alice-secret")[0] == 235

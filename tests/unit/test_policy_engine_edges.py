@@ -65,8 +65,10 @@ def test_a_thread_that_came_back_is_no_longer_counted_busy(caplog):
     engine, name = engine_with(plugin, PluginSettings(blocking=True, timeout=0.2))
     session = Session("smtp", "test")
 
+    def mail():
+        return engine.run("smtp_mail", session, None, address="a@example.test", params={})
+
     async def scenario():
-        mail = lambda: engine.run("smtp_mail", session, None, address="a@example.test", params={})  # noqa: E731
         first = await mail()
         plugin.release.set()
         plugin.threads[0].join(10)  # it has handed its result to the loop
