@@ -44,6 +44,24 @@ def read_reply(sock: socket.socket, timeout: float = 10.0) -> bytes:
             return data
 
 
+def trickle(sock: socket.socket, data: bytes, interval: float = 0.5) -> bytes:
+    """Send `data` a byte every `interval` seconds (never idle for long) until the
+    proxy says something; return what it said."""
+    sock.settimeout(interval)
+    reply = b""
+    for byte in data:
+        try:
+            sock.sendall(bytes([byte]))
+            reply += sock.recv(4096)
+        except socket.timeout:
+            continue
+        except OSError:
+            break
+        if reply:
+            break
+    return reply
+
+
 def open_transaction(proxy) -> smtplib.SMTP:
     client = connect(proxy)
     client.ehlo("client.test")
@@ -104,18 +122,7 @@ def test_a_command_line_trickling_in_runs_into_its_deadline(make_proxy):
         sock = socket.create_connection(("127.0.0.1", proxy.port("mx")), timeout=10)
         assert read_reply(sock).startswith(b"220 ")
         started = time.monotonic()
-        reply = b""
-        sock.settimeout(0.5)
-        for byte in b"EHLO a-very-slow-client.example":  # a byte every 0.5 s: never idle
-            try:
-                sock.sendall(bytes([byte]))
-                reply += sock.recv(4096)
-            except socket.timeout:
-                continue
-            except OSError:
-                break
-            if reply:
-                break
+        reply = trickle(sock, b"EHLO a-very-slow-client.example")  # would take 15 s
         assert reply == b"421 4.4.2 proxy.test Timeout exceeded, closing connection\r\n"
         assert time.monotonic() - started < 10  # the line would have taken 15 s
         sock.close()
@@ -129,18 +136,7 @@ def test_data_slower_than_the_minimum_rate_is_cut_off_and_not_delivered(make_pro
         client = open_transaction(proxy)
         assert client.docmd("DATA")[0] == 354
         started = time.monotonic()
-        client.sock.settimeout(0.5)
-        reply = b""
-        for _ in range(40):  # one byte every 0.5 s: 2 bytes/s, under 10 bytes/s
-            try:
-                client.sock.sendall(b"x")
-                reply += client.sock.recv(4096)
-            except socket.timeout:
-                continue
-            except OSError:
-                break
-            if reply:
-                break
+        reply = trickle(client.sock, b"x" * 40)  # 2 bytes/s, under 10 bytes/s
         assert reply == b"421 4.4.2 proxy.test Timeout exceeded, closing connection\r\n"
         assert time.monotonic() - started < 15
         client.close()
