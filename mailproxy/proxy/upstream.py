@@ -267,8 +267,11 @@ class UpstreamConnection:
         timeout = timeout or self.settings.reply_timeout
         self._writer.writelines(parts)
         try:
-            # An upstream that stops reading must not hold the session forever.
-            async with asyncio.timeout(timeout):
+            if self._writer.transport.get_write_buffer_size():
+                # An upstream that stops reading must not hold the session forever.
+                async with asyncio.timeout(timeout):
+                    await self._writer.drain()
+            else:  # all went to the socket: nothing to wait for
                 await self._writer.drain()
         except TimeoutError:
             raise self._fail("timeout", f"upstream took nothing for {timeout}s during {verb}") from None
