@@ -419,6 +419,9 @@ def test_a_client_that_reads_no_replies_is_let_go(make_proxy, certs, flood):
             tls="starttls", cert_file=str(certs[1]), key_file=str(certs[2]),
             command_timeout=2.0, idle_timeout=60, max_errors=10**6, soft_error_limit=10**6,
         ))
+        with connect(proxy) as warmup:  # whatever the process opens on first use
+            warmup.noop()
+        time.sleep(0.5)
         before = open_fds(proxy)
         sock = socket.socket()
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # and it never reads
