@@ -428,6 +428,11 @@ def test_a_client_that_reads_no_replies_is_let_go(make_proxy, certs, flood):
         sock.connect(("127.0.0.1", proxy.port("mx")))
         sock.settimeout(30)
         sock.sendall(flood)
+        recorder.wait_ended(1)  # the warm-up's upstream session
+        started = time.monotonic()
+        while len(recorder.sessions) < 2 and time.monotonic() < started + 15:
+            time.sleep(0.05)  # the flooding session is in, and paired upstream
+        assert len(recorder.sessions) == 2 and open_fds(proxy) > before
         deadline = time.monotonic() + 40  # the idle timeout (60 s) must not be what ends it
         while open_fds(proxy) > before and time.monotonic() < deadline:
             time.sleep(0.5)
