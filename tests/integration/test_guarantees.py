@@ -41,9 +41,13 @@ def test_upstream_refusal_of_the_message_reaches_the_client_unchanged(make_proxy
             assert client.data(MESSAGE) == (int(code), text)
         assert upstream.messages == [MESSAGE.removesuffix(b"\r\n")]  # it did see the message
     assert proxy.metric("mailproxy_messages_total", outcome="delivered") == 0
+    outcome = "rejected" if refusal.startswith(b"5") else "tempfailed"
+    assert proxy.metric("mailproxy_messages_total", outcome=outcome) == 1
 
 
-@pytest.mark.parametrize("refusal", [b"451 4.3.0 try later", b"554 5.5.1 no DATA for you"])
+@pytest.mark.parametrize("refusal", [
+    b"451 4.3.0 try later", b"554 5.5.1 no DATA for you", b"400 4.0.0 the lowest refusal there is",
+])
 def test_upstream_refusal_of_data_sends_no_message(make_proxy, refusal):
     with RecordingUpstream(data_reply=refusal) as upstream:
         proxy = make_proxy(upstream.address)

@@ -16,6 +16,7 @@ def test_commands_out_of_order_are_refused_and_the_transaction_stands(proxy, sin
         assert client.mail("a@sender.example")[0] == 250
         assert client.docmd("MAIL", "FROM:<b@sender.example>") == (503, b"5.5.1 Error: nested MAIL command")
         assert client.rcpt("user@example.test")[0] == 250
+        assert client.docmd("DATA", "now") == (501, b"5.5.4 Syntax: DATA")
         assert client.data(b"Subject: one\r\n\r\nbody\r\n")[0] == 250
     fields, _ = sink.transactions(expected=1)[0]
     assert fields["X-Mail-Args"] == ["<a@sender.example>"]

@@ -56,6 +56,8 @@ def test_a_data_hook_refusal_reaches_the_client_and_nothing_is_delivered(sink, m
         client.sendmail("a@sender.example", ["user@example.test"], b"Subject: small\r\n\r\nok\r\n")
     [body] = sink.bodies(expected=1)
     assert body.endswith(b"\nSubject: small\n\nok\n")  # after the plugin's X-Faulty-Seen header
+    assert proxy.metric("mailproxy_messages_total", outcome="rejected") == 1
+    assert proxy.metric("mailproxy_messages_total", outcome="delivered") == 1
 
 
 def test_a_plugin_that_raises_gives_4xx_and_the_session_survives(sink, make_proxy):
