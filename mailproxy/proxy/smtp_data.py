@@ -127,6 +127,9 @@ class DataCommand:
             self.delivering = True  # until the reply has gone to the client
             try:
                 final = await upstream.send(parts, "DATA_END", self.runtime.upstream.data_timeout)
+                if 300 <= final.code < 400:  # no answer to a message: was it taken?
+                    detail = f"upstream answered the end of the message with {final}"
+                    raise upstream.fail("protocol", detail, unanswered=True)
             except UpstreamError as exc:
                 if exc.unanswered:
                     raise OutcomeUnknown(exc.stage, str(exc)) from exc
@@ -136,17 +139,11 @@ class DataCommand:
                             self.envelope.mail_from)
                 metrics.child(metrics.messages, self.runtime.name, "unknown").inc()
                 raise
-            if 300 <= final.code < 400:  # no answer to a message; whether it was taken is unknown
-                upstream.abort()
-                metrics.child(metrics.upstream_failures, upstream.name, "protocol").inc()
-                raise OutcomeUnknown("protocol", f"upstream answered the end of the message with {final}")
             return final
         if reply.code >= 400:
             await self._reset_upstream()  # whatever state it kept
             return reply
-        upstream.abort()
-        metrics.child(metrics.upstream_failures, upstream.name, "protocol").inc()
-        raise UpstreamError("protocol", f"upstream answered DATA with {reply}")
+        raise upstream.fail("protocol", f"upstream answered DATA with {reply}")
 
     @contextlib.asynccontextmanager
     async def _upstream_kept_alive(self):

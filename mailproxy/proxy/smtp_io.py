@@ -23,7 +23,8 @@ TOO_LONG = object()  # what _read_line returns for an overlong line
 
 
 class DeadlineExceeded(Exception):
-    """The client took longer than its deadline for a command line or a message."""
+    """A client step ran past its deadline where no timer can end it: the STARTTLS
+    go-ahead and handshake. (Lines and messages are bounded by the read timer.)"""
 
 
 class ClientIO:
@@ -44,9 +45,17 @@ class ClientIO:
         reply = make_reply(421, f"4.4.2 {self.hostname} {text}, closing connection")
         metrics.child(metrics.replies, "smtp", "4xx", "proxy").inc()
         self._outbox.append(reply.raw)
+        self._hang_up()
+
+    def _hang_up(self) -> None:
+        """Send what the client is owed, then close. A client that does not read its
+        last replies gets the connection aborted shortly after: it must not keep the
+        socket (and the buffered replies) for ever."""
         self._flush_now()
-        transport.close()
-        self.loop.call_later(ABORT_AFTER_CLOSE, transport.abort)
+        transport = self.transport
+        if transport is not None:
+            transport.close()
+            self.loop.call_later(ABORT_AFTER_CLOSE, transport.abort)
 
     # aiosmtpd cancels the session task at end of input and when the connection drops;
     # then a half-closed client never hears the replies to what it sent, and cleanup is

@@ -28,7 +28,7 @@ from ..verdict import Action, Verdict
 from .runtime import CLOSE_SESSION, ListenerRuntime
 from .smtp_auth import AuthCommand
 from .smtp_data import DataCommand
-from .smtp_io import ABORT_AFTER_CLOSE, READ_SIZE, TOO_LONG, ClientIO, DeadlineExceeded
+from .smtp_io import READ_SIZE, TOO_LONG, ClientIO, DeadlineExceeded
 from .smtp_upstream import UpstreamPairing
 from .upstream import UpstreamConnection, UpstreamError
 
@@ -130,8 +130,7 @@ class SmtpProxySession(AuthCommand, DataCommand, UpstreamPairing, ClientIO, SMTP
         if refusal is not None:
             log.info("connect from %s port %s refused: %s", session.client_address, session.client_port, refusal)
             await self._say(421, "4.7.0", f"{self.hostname} {refusal}, try again later")
-            self._flush_now()
-            self.transport.close()
+            self._hang_up()
             return
         if runtime.settings.tls == "implicit":
             ssl_object = self.transport.get_extra_info("ssl_object")
@@ -155,12 +154,7 @@ class SmtpProxySession(AuthCommand, DataCommand, UpstreamPairing, ClientIO, SMTP
         finally:
             # The client hears what it is owed first; nothing below may be skipped,
             # even if the task is cancelled while saying goodbye to the upstream.
-            self._flush_now()
-            if self.transport is not None:
-                self.transport.close()
-                # A client that does not read its last replies must not keep the
-                # socket (and the buffered replies) for ever.
-                self.loop.call_later(ABORT_AFTER_CLOSE, self.transport.abort)
+            self._hang_up()
             try:
                 await self._goodbye()
             except (Exception, asyncio.CancelledError):

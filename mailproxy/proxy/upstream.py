@@ -115,14 +115,14 @@ class UpstreamConnection:
     async def _starttls(self) -> None:
         reply = await self.ehlo(f"[{self._writer.get_extra_info('sockname')[0]}]")
         if "STARTTLS" not in self.keywords:
-            raise self._fail("tls", "upstream does not offer STARTTLS")
+            raise self.fail("tls", "upstream does not offer STARTTLS")
         reply = await self.command(b"STARTTLS\r\n", "STARTTLS")
         if reply.code != 220:
-            raise self._fail("tls", f"STARTTLS refused: {reply}")
+            raise self.fail("tls", f"STARTTLS refused: {reply}")
         if self._parser.pending or await self._bytes_waiting():
             # Plaintext after the 220 would be read as if it came through TLS: someone
             # on the path could inject replies (the CVE-2011-0411 family, reversed).
-            raise self._fail("tls", "upstream sent data after its STARTTLS reply")
+            raise self.fail("tls", "upstream sent data after its STARTTLS reply")
         # No await may come between that check and start_tls taking over the reading
         # side, or more plaintext could slip in: asyncio.timeout runs start_tls in this
         # task at once (wait_for would start it in a new task, a loop turn later).
@@ -130,7 +130,7 @@ class UpstreamConnection:
             async with asyncio.timeout(self.settings.connect_timeout):
                 await self._writer.start_tls(self._tls, server_hostname=self.settings.address.host)
         except (OSError, TimeoutError, ssl.SSLError) as exc:
-            raise self._fail("tls", f"handshake failed: {exc}") from None
+            raise self.fail("tls", f"handshake failed: {exc}") from None
         self.keywords = {}
 
     async def _bytes_waiting(self) -> bool:
@@ -198,7 +198,7 @@ class UpstreamConnection:
             return
         reply = await self.authenticate(settings.username, settings.password or "")
         if reply.code != 235:
-            raise self._fail("auth", f"service credential refused: {reply}")
+            raise self.fail("auth", f"service credential refused: {reply}")
         self._logged_in = True
 
     async def announce(self, facts: ClientFacts) -> ServerReply | None:
@@ -228,7 +228,7 @@ class UpstreamConnection:
             return None
         reply = await self.command(f"XCLIENT {' '.join(attrs)}\r\n".encode(), "XCLIENT")
         if not 200 <= reply.code < 300:
-            raise self._fail("xclient", f"XCLIENT refused: {reply}")
+            raise self.fail("xclient", f"XCLIENT refused: {reply}")
         if reply.code == 220 and facts.helo:  # a new session: greet it again
             self._logged_in = False
             return await self.ehlo(facts.helo, facts.esmtp)
@@ -251,7 +251,7 @@ class UpstreamConnection:
         token = base64.b64encode(f"\0{username}\0{password}".encode()).decode()
         reply = await self.command(f"AUTH PLAIN {token}\r\n".encode(), "AUTH")
         if reply.code == 334:
-            raise self._fail("protocol", "upstream asked for more after a complete AUTH PLAIN")
+            raise self.fail("protocol", "upstream asked for more after a complete AUTH PLAIN")
         return reply
 
     async def command(self, line: bytes, verb: str) -> ServerReply:
@@ -274,9 +274,9 @@ class UpstreamConnection:
             else:  # all went to the socket: nothing to wait for
                 await self._writer.drain()
         except TimeoutError:
-            raise self._fail("timeout", f"upstream took nothing for {timeout}s during {verb}") from None
+            raise self.fail("timeout", f"upstream took nothing for {timeout}s during {verb}") from None
         except OSError as exc:
-            raise self._fail("lost", f"write failed: {exc}") from None
+            raise self.fail("lost", f"write failed: {exc}") from None
         try:
             reply = await self._read_reply(verb, timeout)
         except UpstreamError as exc:
@@ -291,7 +291,7 @@ class UpstreamConnection:
             try:
                 reply = self._parser.next_reply()
             except ProtocolError as exc:
-                raise self._fail("protocol", str(exc)) from None
+                raise self.fail("protocol", str(exc)) from None
             if reply is not None:
                 self._last_reply = asyncio.get_running_loop().time()
                 return reply
@@ -299,17 +299,18 @@ class UpstreamConnection:
                 async with asyncio.timeout_at(deadline):
                     chunk = await self._reader.read(65536)
             except TimeoutError:
-                raise self._fail("timeout", f"no reply to {stage} within {timeout}s") from None
+                raise self.fail("timeout", f"no reply to {stage} within {timeout}s") from None
             except OSError as exc:
-                raise self._fail("lost", f"{stage}: {exc}") from None
+                raise self.fail("lost", f"{stage}: {exc}") from None
             if not chunk:
-                raise self._fail("lost", f"connection closed during {stage}")
+                raise self.fail("lost", f"connection closed during {stage}")
             self._parser.feed(chunk)
 
-    def _fail(self, stage: str, detail: str) -> UpstreamError:
+    def fail(self, stage: str, detail: str, unanswered: bool = False) -> UpstreamError:
+        """Count the failure, drop the connection, and return the error to raise."""
         metrics.child(metrics.upstream_failures, self.name, stage).inc()
         self.abort()
-        return UpstreamError(stage, detail)
+        return UpstreamError(stage, detail, unanswered)
 
     async def quit(self) -> None:
         """Say goodbye politely, but never wait long for it."""
