@@ -207,6 +207,12 @@ class ListenerSettings(_Section):
     # DATA gets `command_timeout` plus one second per `min_data_rate` bytes received
     # (Postfix: smtpd_min_data_rate); 0 turns the rate floor off.
     min_data_rate: int = Field(500, ge=0)
+    # "stream": DATA goes to the upstream at once and the message passes through as it
+    # arrives, unless a plugin's smtp_data hook needs it whole. "whole": every message
+    # is received completely before the upstream hears DATA (the upstream kept alive
+    # with NOOPs), which shields an upstream with short timeouts from slow clients
+    # (Postfix: smtpd_proxy_options = speed_adjust).
+    data_mode: Literal["stream", "whole"] = "stream"
     # Errors (refused commands, bad syntax, cancelled AUTH, ...) per session: from
     # `soft_error_limit` on, every reply waits `error_sleep` seconds; at `max_errors`
     # the session ends with 421 (Postfix: smtpd_soft_error_limit, smtpd_error_sleep_time,

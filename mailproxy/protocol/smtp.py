@@ -319,14 +319,26 @@ class WireReceiver(DataReceiver):
 
     With `content`, the message is also unstuffed as it arrives (what `smtp_data` hooks
     read, `unstuff(body)`); until a line starts with a dot that is the body itself.
+    With `stream`, nothing is kept: each read's forwardable bytes wait in `take_pieces`.
     """
 
-    def __init__(self, limit: int, content: bool = False) -> None:
+    def __init__(self, limit: int, content: bool = False, stream: bool = False) -> None:
         super().__init__(limit)
         self._normaliser = WireNormaliser()
         self._keeps_content = content
         self._unstuffer = _Unstuffer() if content else None
         self._unstuffed: bytes | None = None  # None: the body itself
+        # Streaming: the forwardable pieces are handed out (`take_pieces`), not kept.
+        self._pieces: list[bytes] | None = [] if stream else None
+
+    @property
+    def streaming(self) -> bool:
+        return self._pieces is not None
+
+    def take_pieces(self) -> list[bytes]:
+        """Streaming: the forwardable bytes that arrived since the last call."""
+        pieces, self._pieces = self._pieces, []
+        return pieces
 
     def _take(self, piece: bytes) -> None:
         if self.overflow:
@@ -344,12 +356,17 @@ class WireReceiver(DataReceiver):
         self._unstuffer = None
 
     def _keep(self, piece: bytes) -> None:
+        if self._pieces is not None:
+            self._pieces.append(piece)
+            return
         if self._unstuffer is not None:
             self._unstuffer.feed(piece, self._buffer)
         super()._keep(piece)
 
     def _discard(self) -> None:
         super()._discard()
+        if self._pieces is not None:
+            self._pieces = []
         self._unstuffer = None
 
     @property

@@ -14,6 +14,7 @@ import socket
 
 from ..app import Application
 from ..config import ConfigError
+from .core import ClientConnection
 from .smtp_session import SmtpProxySession
 
 log = logging.getLogger("mailproxy.server")
@@ -36,12 +37,14 @@ async def _open_listeners(app: Application, reuse_port: bool) -> list[asyncio.Se
         settings = runtime.settings
         try:
             server = await loop.create_server(
-                lambda runtime=runtime: SmtpProxySession(runtime),
+                lambda runtime=runtime: ClientConnection(runtime, SmtpProxySession),
                 settings.address.host,
                 settings.address.port,
+                # Implicit TLS: the session starts (and admission runs) once the
+                # handshake is done. uvloop starts reading as soon as a connection is
+                # made, so the handshake bytes cannot be held back for a later upgrade;
+                # a silent connection's wait for it is kept short instead.
                 ssl=runtime.server_tls if settings.tls == "implicit" else None,
-                # Admission runs after the handshake on implicit TLS: keep a silent
-                # connection's wait for it short.
                 ssl_handshake_timeout=HANDSHAKE_TIMEOUT if settings.tls == "implicit" else None,
                 reuse_port=reuse_port or None,
                 backlog=1024,
@@ -102,8 +105,7 @@ async def _drain_sessions(app: Application, grace: float) -> None:
 
 def _close(sessions) -> None:
     for session in sessions:
-        if session.transport is not None:
-            session.transport.close()
+        session.close()
 
 
 async def serve(app: Application, reuse_port: bool = False, ready=None) -> None:

@@ -14,6 +14,7 @@ import asyncio
 import logging
 
 from .. import metrics
+from ..protocol.smtp_server import Command
 from .runtime import CLOSE_SESSION
 from ..auth.sasl import (
     LOGIN_PASSWORD_CHALLENGE,
@@ -32,7 +33,7 @@ class _Aborted(Exception):
 
 
 class AuthCommand:
-    """Mixed into the SMTP session; uses its I/O helpers (_say, _read_line, ...)."""
+    """Mixed into the SMTP session; uses its I/O helpers (_say, _next_event, ...)."""
 
     def mechanisms(self) -> tuple[str, ...]:
         return MECHANISMS
@@ -41,19 +42,19 @@ class AuthCommand:
         session = self.session
         settings = self.runtime.settings
         if settings.mode != "submission":
-            return await self._error(502, "5.5.1", "Command not recognized")
+            return self._error(502, "5.5.1", "Command not recognized")
         if not session.host_name or not session.extended_smtp:
-            return await self._error(503, "5.5.1", "Error: send EHLO first")
+            return self._error(503, "5.5.1", "Error: send EHLO first")
         if not self._auth_offered():
-            return await self._error(538, "5.7.11", "Encryption required for requested authentication mechanism")
+            return self._error(538, "5.7.11", "Encryption required for requested authentication mechanism")
         if session.authenticated:
-            return await self._error(503, "5.5.1", "Error: already authenticated")
+            return self._error(503, "5.5.1", "Error: already authenticated")
         if self._in_transaction():
-            return await self._error(503, "5.5.1", "Error: AUTH not allowed during a mail transaction")
+            return self._error(503, "5.5.1", "Error: AUTH not allowed during a mail transaction")
         mechanism, _, initial = argument.partition(" ")
         mechanism = mechanism.upper()
         if mechanism not in self.mechanisms():
-            return await self._error(504, "5.5.4", "Unrecognized authentication type")
+            return self._error(504, "5.5.4", "Unrecognized authentication type")
         return await self._authenticate(mechanism, initial.strip() or None)
 
     async def _authenticate(self, mechanism: str, initial: str | None) -> object | None:
@@ -71,15 +72,15 @@ class AuthCommand:
             username, password = await self._read_credentials(mechanism, initial)
         except _Aborted:
             count("aborted")
-            return await self._error(501, "5.7.0", "Authentication aborted")
+            return self._error(501, "5.7.0", "Authentication aborted")
         except SaslError as exc:
             count("failure")
-            return await self._error(501, "5.5.2", str(exc))
+            return self._error(501, "5.5.2", str(exc))
         policy = runtime.policy
         verdict = await policy.run("smtp_auth", session, self.envelope, mechanism=mechanism, username=username)
         if verdict.action.is_refusal:
             count("refused")
-            return await self._enforce(verdict)
+            return self._enforce(verdict)
         reservation = await throttle.reserve(address)
         if not reservation.allowed:
             count("throttled")
@@ -99,11 +100,11 @@ class AuthCommand:
             # Tell the upstream who logged in (XCLIENT LOGIN), unless the upstream
             # session itself authenticated: XCLIENT would start it over, logged out.
             await self._announce_login()
-            await self._say(235, "2.7.0", "Authentication successful")
+            self._say(235, "2.7.0", "Authentication successful")
             return None
         if valid is None and failures:
             count("error")
-            await self._say(454, "4.7.0", "Temporary authentication failure")
+            self._say(454, "4.7.0", "Temporary authentication failure")
             return None
         count("failure")
         log.info("authentication failed for %s (%s)", username, mechanism)
@@ -111,16 +112,16 @@ class AuthCommand:
         # does, so guessing at an account cannot lock its owner out.
         least = await throttle.account_failed(username)
         await self._pause(least - (self.loop.time() - started), "account")
-        return await self._error(535, "5.7.8", "Authentication credentials invalid")
+        return self._error(535, "5.7.8", "Authentication credentials invalid")
 
     async def _throttled(self, delay: float) -> object | None:
         """Too many failures from the client's network: send it away, or answer 454
         after the pause its failures have earned."""
         if self.runtime.auth.throttle == "disconnect":
-            await self._say(421, "4.7.0", f"{self.hostname} Too many authentication failures")
+            self._say(421, "4.7.0", f"{self.hostname} Too many authentication failures")
             return CLOSE_SESSION
         await self._pause(delay, "network")
-        await self._say(454, "4.7.0", "Too many authentication failures, try again later")
+        self._say(454, "4.7.0", "Too many authentication failures, try again later")
         return None
 
     async def _pause(self, seconds: float, reason: str) -> None:
@@ -140,11 +141,11 @@ class AuthCommand:
         return username, password
 
     async def _challenge(self, challenge: str) -> str:
-        await self._write(f"334 {challenge}\r\n".encode(), 334, "proxy")
-        line = await self._read_line()
-        if not isinstance(line, bytes):
+        self._write(f"334 {challenge}\r\n".encode(), 334, "proxy")
+        event = await self._next_event()
+        if not isinstance(event, Command):  # the end of input, or a line that is no answer
             raise _Aborted()
-        response = line.strip().decode("ascii", "replace")
+        response = event.line.strip().decode("ascii", "replace")
         if response == "*":
             raise _Aborted()
         return response

@@ -1,9 +1,17 @@
-"""The SMTP DATA command as the proxy runs it.
+"""The SMTP DATA command as the proxy runs it, in one of two ways.
 
-The message is taken whole before the upstream hears DATA (see docs/architecture.md):
-received up to <CR><LF>.<CR><LF> within the size limit, made safe (bare CR/LF, dot
-stuffing), checked by the `smtp_data` hooks, then sent with DATA and its end marker.
-The client's end-of-data reply is the upstream's; 250 only if the upstream said 250.
+Streaming (no enabled plugin implements `smtp_data`, and the listener's `data_mode`
+is "stream"): DATA goes to the upstream at once, its 354 is relayed, and the message
+passes through as it arrives, normalised (bare CR/LF, dot stuffing) and counted
+against the size limit; memory stays bounded by the read and write buffers.
+
+Whole (a data hook needs the message, or `data_mode = "whole"`): the proxy answers 354
+itself and takes the message whole before the upstream hears DATA, so a hook can
+refuse it without the upstream receiving any of it, and a slow client cannot run into
+the upstream's timeout mid-DATA (the upstream gets a NOOP every `keepalive` seconds).
+
+Either way the client's end-of-data reply is the upstream's: 250 only if the upstream
+said 250 for this message.
 """
 
 from __future__ import annotations
@@ -13,13 +21,15 @@ import contextlib
 import logging
 
 from .. import metrics
-from ..protocol.smtp import ServerReply, WireReceiver, header_block, make_reply
+from ..protocol.smtp import ServerReply, header_block, make_reply
+from ..protocol.smtp_server import CLOSED, NEED_DATA, EndOfMessage, MessageData
 from ..verdict import Action, Verdict
 from .upstream import UpstreamError
 
 log = logging.getLogger("mailproxy.smtp")
 
 GO_AHEAD = make_reply(354, "End data with <CR><LF>.<CR><LF>")
+TOO_BIG = Verdict.reject(552, "5.3.4", "Message size exceeds fixed maximum message size")
 
 
 class OutcomeUnknown(UpstreamError):
@@ -32,91 +42,156 @@ class DataCommand:
 
     async def smtp_DATA(self, argument: str) -> object | None:
         if argument:
-            return await self._error(501, "5.5.4", "Syntax: DATA")
+            return self._error(501, "5.5.4", "Syntax: DATA")
         if self.envelope.mail_from is None:
-            return await self._error(503, "5.5.1", "Error: need MAIL command")
+            return self._error(503, "5.5.1", "Error: need MAIL command")
         if not self.envelope.rcpt_tos:
-            return await self._error(554, "5.5.1", "Error: no valid recipients")
-        # The message is taken whole before the upstream hears DATA: the data hooks can
-        # refuse it without the upstream ever receiving part of it, and a slow client
-        # cannot run into the upstream's timeout in the middle of its DATA.
-        await self._write(GO_AHEAD.raw, 354, "proxy")
-        return await self._receive_message()
+            return self._error(554, "5.5.1", "Error: no valid recipients")
+        if self.runtime.settings.data_mode == "stream" and not self.runtime.policy.has("smtp_data"):
+            return await self._stream_message()
+        self._write(GO_AHEAD.raw, 354, "proxy")
+        return await self._receive_whole_message()
 
-    async def _receive_message(self) -> object | None:
+    async def _read_message(self, stream: bool = False):
+        """Read the client's message to its end marker and return the `EndOfMessage`.
+        Streaming, each `MessageData` goes to `self._pass_on`. Postfix's deadline for
+        DATA: the command timeout, plus a second for every `min_data_rate` bytes that
+        arrived, so only a client slower than that runs out of time."""
         settings = self.runtime.settings
-        # Normalised as it arrives; the limit applies to what will be forwarded.
-        receiver = WireReceiver(settings.max_message_size, content=self.runtime.policy.has("smtp_data"))
-        done = receiver.feed(self._take_pending_input())
-        if not done:
-            async with self._upstream_kept_alive():
-                await self._receive_rest(receiver)
-        self._inbuf = receiver.leftover
-        metrics.child(metrics.message_bytes, settings.name).observe(receiver.size)
-        if receiver.overflow:
-            return await self._refuse_message(
-                Verdict.reject(552, "5.3.4", "Message size exceeds fixed maximum message size")
-            )
-        wire = receiver.body
+        machine = self.machine
+        machine.start_message(settings.max_message_size, content=self.runtime.policy.has("smtp_data"), stream=stream)
+        started, received, rate = self.loop.time(), 0, settings.min_data_rate
+        while True:
+            event = machine.next_event()
+            if event is NEED_DATA:
+                deadline = started + settings.command_timeout + received / rate if rate else None
+                chunk = await self.receive(deadline)
+                received += len(chunk)
+                machine.receive_data(chunk)
+            elif isinstance(event, MessageData):
+                await self._pass_on(event.pieces)
+            elif isinstance(event, EndOfMessage):
+                metrics.child(metrics.message_bytes, settings.name).observe(event.message.size)
+                return event.message
+            elif event is CLOSED:
+                raise ConnectionResetError("client left during DATA")
+
+    async def _receive_whole_message(self) -> object | None:
+        async with self._upstream_kept_alive():
+            message = await self._read_message()
+        if message.overflow:
+            return await self._refuse_message(TOO_BIG)
         envelope = self.envelope
         policy = self.runtime.policy
         if policy.has("smtp_data"):
-            envelope.content = receiver.content
+            envelope.content = message.content
             verdict = await policy.run("smtp_data", self.session, envelope, message=envelope.content)
             if verdict.action.is_refusal:
                 return await self._refuse_message(verdict)
-        parts = [wire, b".\r\n"]
+        parts = [message.body, b".\r\n"]
         if envelope.added_headers:
             parts.insert(0, header_block(envelope.added_headers))
         try:
             reply = await self._deliver(parts)
         except UpstreamError as exc:
-            # The message is not acknowledged; the client keeps it and retries.
+            return self._delivery_failed(exc)
+        return self._delivered(reply, message.size)
+
+    async def _stream_message(self) -> object | None:
+        """DATA to the upstream; its 354 relayed; the message passed on as it arrives.
+
+        What the upstream must not take is cut off by dropping the connection before
+        the end marker, which makes it discard the message: a message over the size
+        limit, and a client that leaves or runs out of time. A failed upstream is
+        noticed at the end, and the client told 451 once it has sent everything."""
+        try:
+            upstream = await self._upstream_ready()
+            reply = await upstream.command(b"DATA\r\n", "DATA")
+        except UpstreamError as exc:
+            return self._delivery_failed(exc)
+        if reply.code != 354:
+            return await self._data_refused(upstream, reply)
+        self._relay(reply)
+        if self.envelope.added_headers:
+            await self._pass_on([header_block(self.envelope.added_headers)])
+        try:
+            message = await self._read_message(stream=True)
+        except BaseException:
+            self._abort_upstream()  # no end marker: the upstream drops the message
+            raise
+        if message.overflow:
+            self._abort_upstream()
+            metrics.child(metrics.messages, self.runtime.name, "rejected").inc()
+            await self._reset_transaction()
+            return self._enforce(TOO_BIG)
+        try:
+            reply = await self._finish(upstream, [b".\r\n"])
+        except UpstreamError as exc:
+            return self._delivery_failed(exc)
+        return self._delivered(reply, message.size)
+
+    async def _pass_on(self, pieces: list[bytes]) -> None:
+        """Streaming: the next part of the message to the upstream, waiting while the
+        upstream is backed up. A failure is kept for the end of the message."""
+        upstream = self._upstream
+        if upstream is None:
+            return
+        try:
+            upstream.write(pieces, "DATA")
+            await upstream.drain("DATA", upstream.settings.reply_timeout)
+        except UpstreamError as exc:
+            log.warning("upstream failed while taking the message: %s", exc)
+            self._abort_upstream()
+
+    def _abort_upstream(self) -> None:
+        if self._upstream is not None:
+            self._upstream.abort()
             self._upstream = None
-            if not isinstance(exc, OutcomeUnknown):
-                log.warning("upstream failed during DATA: %s", exc)
-                outcome = "tempfailed"
-            else:
-                log.warning(
-                    "outcome unknown: the upstream did not answer the end of the message "
-                    "from <%s> (%s); it may have taken it, and the client will send it again",
-                    envelope.mail_from, exc,
-                )
-                outcome = "unknown"
-            metrics.child(metrics.messages, settings.name, outcome).inc()
-            self._set_rset_state()
-            await self._say(451, "4.3.0", "Upstream failure, message not accepted, try again later")
-            return None
+
+    async def _data_refused(self, upstream, reply: ServerReply) -> object | None:
+        """The upstream answered DATA with something other than 354. A 4xx/5xx is the
+        answer to the message; anything else (a 250, say) would tell the client its
+        message arrived when it did not."""
+        if reply.code < 400:
+            return self._delivery_failed(upstream.fail("protocol", f"upstream answered DATA with {reply}"))
+        await self._reset_upstream()
+        self._delivered(reply, 0)
+        return None
+
+    def _delivered(self, reply: ServerReply, size: int) -> None:
+        """The upstream's answer to the message, relayed."""
+        envelope = self.envelope
         outcome = "delivered" if reply.code == 250 else "rejected" if reply.code >= 500 else "tempfailed"
-        metrics.child(metrics.messages, settings.name, outcome).inc()
+        metrics.child(metrics.messages, self.runtime.name, outcome).inc()
         if reply.code == 250:
             self.session.transactions += 1
         log.info(
             "message from <%s> to %d recipient(s), %d bytes: upstream %s",
-            envelope.mail_from, len(envelope.rcpt_tos), receiver.size, reply,
+            envelope.mail_from, len(envelope.rcpt_tos), size, reply,
         )
-        self._set_rset_state()
-        await self._relay(reply)
-        return None
+        self._new_transaction()
+        self._relay(reply)
 
-    async def _receive_rest(self, receiver: WireReceiver) -> None:
-        """Read until the end of the message. Postfix's deadline for DATA: the command
-        timeout, plus a second for every `min_data_rate` bytes that arrived, so only a
-        client slower than that runs out of time."""
-        settings = self.runtime.settings
-        started, received, rate = self.loop.time(), 0, settings.min_data_rate
-        done = False
-        while not done:
-            deadline = started + settings.command_timeout + received / rate if rate else None
-            chunk = await self._receive(deadline)
-            if not chunk:
-                raise ConnectionResetError("client left during DATA")
-            received += len(chunk)
-            done = receiver.feed(chunk)
+    def _delivery_failed(self, exc: UpstreamError) -> None:
+        """The message is not acknowledged; the client keeps it and retries."""
+        self._upstream = None
+        if not isinstance(exc, OutcomeUnknown):
+            log.warning("upstream failed during DATA: %s", exc)
+            outcome = "tempfailed"
+        else:
+            log.warning(
+                "outcome unknown: the upstream did not answer the end of the message "
+                "from <%s> (%s); it may have taken it, and the client will send it again",
+                self.envelope.mail_from, exc,
+            )
+            outcome = "unknown"
+        metrics.child(metrics.messages, self.runtime.name, outcome).inc()
+        self._new_transaction()
+        self._say(451, "4.3.0", "Upstream failure, message not accepted, try again later")
 
     async def _deliver(self, parts: list[bytes]) -> ServerReply:
-        """DATA to the upstream, then the message with its end marker. Returns the
-        upstream's reply to end-of-data, or its refusal of DATA itself.
+        """DATA to the upstream, then the whole message with its end marker. Returns
+        the upstream's reply to end-of-data, or its refusal of DATA itself.
 
         Only 354 starts the message. A 4xx/5xx is the end-of-data reply; anything else
         (a 250 to DATA, say) would tell the client its message arrived when it did not.
@@ -124,26 +199,32 @@ class DataCommand:
         upstream = await self._upstream_ready()
         reply = await upstream.command(b"DATA\r\n", "DATA")
         if reply.code == 354:
-            self.delivering = True  # until the reply has gone to the client
-            try:
-                final = await upstream.send(parts, "DATA_END", self.runtime.upstream.data_timeout)
-                if 300 <= final.code < 400:  # no answer to a message: was it taken?
-                    detail = f"upstream answered the end of the message with {final}"
-                    raise upstream.fail("protocol", detail, unanswered=True)
-            except UpstreamError as exc:
-                if exc.unanswered:
-                    raise OutcomeUnknown(exc.stage, str(exc)) from exc
-                raise
-            except asyncio.CancelledError:
-                log.warning("outcome unknown: stopped while the upstream had the message from <%s>",
-                            self.envelope.mail_from)
-                metrics.child(metrics.messages, self.runtime.name, "unknown").inc()
-                raise
-            return final
+            return await self._finish(upstream, parts)
         if reply.code >= 400:
             await self._reset_upstream()  # whatever state it kept
             return reply
         raise upstream.fail("protocol", f"upstream answered DATA with {reply}")
+
+    async def _finish(self, upstream, parts: list[bytes]) -> ServerReply:
+        """The rest of the message and its end marker; the upstream's answer to it."""
+        if upstream is not self._upstream:
+            raise UpstreamError("lost", "upstream went away while taking the message")
+        self.delivering = True  # until the reply has gone to the client
+        try:
+            final = await upstream.send(parts, "DATA_END", self.runtime.upstream.data_timeout)
+            if 300 <= final.code < 400:  # no answer to a message: was it taken?
+                detail = f"upstream answered the end of the message with {final}"
+                raise upstream.fail("protocol", detail, unanswered=True)
+        except UpstreamError as exc:
+            if exc.unanswered:
+                raise OutcomeUnknown(exc.stage, str(exc)) from exc
+            raise
+        except asyncio.CancelledError:
+            log.warning("outcome unknown: stopped while the upstream had the message from <%s>",
+                        self.envelope.mail_from)
+            metrics.child(metrics.messages, self.runtime.name, "unknown").inc()
+            raise
+        return final
 
     @contextlib.asynccontextmanager
     async def _upstream_kept_alive(self):
@@ -197,4 +278,4 @@ class DataCommand:
         metrics.child(metrics.messages, self.runtime.name, outcome).inc()
         await self._reset_transaction()
         await self._reset_upstream()
-        return await self._enforce(verdict)
+        return self._enforce(verdict)

@@ -1,34 +1,32 @@
-"""One client SMTP session, paired with one upstream session.
+"""One client SMTP session, paired with one upstream session, on the session core.
 
-Built on aiosmtpd's `SMTP` protocol class for the transport, idle timeout and STARTTLS
-upgrade; the command loop, the commands and DATA are the proxy's own, because a proxy
-must relay the upstream's replies (greeting, commands, end-of-data) rather than write
-its own, and must copy a message at most once.
+The wire format is the sans-IO machine in `protocol/smtp_server.py`; the connection,
+deadlines, admission and cleanup are the core's (`core.py`). What is here: the command
+rules and the relay. A proxy relays the upstream's replies (greeting, commands,
+end-of-data) rather than writing its own.
 
 Every command: bounded read -> `smtp_command` hook -> the command's own checks and hook
 -> forwarded -> the upstream's reply relayed. What the proxy answers itself: protocol
-errors, policy refusals, AUTH, STARTTLS, the 354 (see docs/architecture.md), and 4xx
-when the upstream fails.
+errors, policy refusals, AUTH, STARTTLS, the 354 when a data hook needs the whole
+message (see docs/architecture.md), and 4xx when the upstream fails.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import time
-
-from aiosmtpd.smtp import SMTP, TLSSetupException
+import ssl
 
 from .. import metrics
-from ..logs import current_session
 from ..protocol.esmtp import UnsupportedParameter, check_client_parameters
-from ..protocol.smtp import client_ehlo_reply, ehlo_keywords, parse_path, parse_size, split_command
-from ..session import Envelope, Session
+from ..protocol.smtp import client_ehlo_reply, ehlo_keywords, parse_path, parse_size
+from ..protocol.smtp_server import CLOSED, BadCommand, SmtpServerMachine
+from ..session import Envelope
 from ..verdict import Action, Verdict
+from .core import ClientTimeout, ProxySession
 from .runtime import CLOSE_SESSION, ListenerRuntime
 from .smtp_auth import AuthCommand
 from .smtp_data import DataCommand
-from .smtp_io import READ_SIZE, TOO_LONG, ClientIO, DeadlineExceeded
+from .smtp_io import SmtpReplies
 from .smtp_upstream import UpstreamPairing
 from .upstream import UpstreamConnection, UpstreamError
 
@@ -38,43 +36,16 @@ ROUTING_CHARACTERS = frozenset("@%!:,()")
 RECIPIENT_OVERSHOOT_LIMIT = 1000
 
 
-class SmtpProxySession(AuthCommand, DataCommand, UpstreamPairing, ClientIO, SMTP):
-    # aiosmtpd's SMTP.__init__ rediscovers handler hooks and AUTH methods with `inspect`
-    # on every connection, a quarter of its per-connection cost. Only the attributes that
-    # the inherited transport, timeout and STARTTLS code reads are set here.
-    def __init__(self, runtime: ListenerRuntime) -> None:
-        loop = asyncio.get_running_loop()
-        asyncio.StreamReaderProtocol.__init__(
-            self,
-            asyncio.StreamReader(limit=READ_SIZE, loop=loop),
-            client_connected_cb=self._cb_client_connected,
-            loop=loop,
-        )
-        self.loop = loop
-        self.runtime = runtime
-        self.event_handler = None
-        self.hostname = runtime.hostname
-        self.tls_context = runtime.server_tls if runtime.settings.tls == "starttls" else None
-        self.require_starttls = False
-        self.enable_SMTPUTF8 = True
-        self._timeout_duration = runtime.settings.idle_timeout
-        self._timeout_handle = None
-        self._tls_handshake_okay = True
-        self._tls_protocol = None
-        self._original_transport = None
-        self._handle_hooks: dict = {}
-        self._handler_coroutine = None
-        self.session: Session | None = None
-        self.envelope: Envelope | None = None
-        self.transport = None
-        self._inbuf = b""
-        self._inpos = 0
-        self._outbox: list[bytes] = []
+class SmtpProxySession(AuthCommand, DataCommand, UpstreamPairing, SmtpReplies, ProxySession):
+    protocol = "smtp"
+
+    def __init__(self, runtime: ListenerRuntime, client) -> None:
+        super().__init__(runtime, client)
+        self.session.upstream_login = self._login_upstream
+        self.machine = SmtpServerMachine()
+        self.envelope = Envelope()
         self._errors = 0
         self._last_code = 0  # of the last reply queued: the outcome of the command
-        # A message is with the upstream and its reply not yet with the client: a
-        # shutdown waits for it, since cutting it off would make the client send it again.
-        self.delivering = False
         self._excused = False  # that reply is no client error (recipients over the limit)
         self._overshoot = 0  # recipients refused as too many, in this session
         self._offered: dict[str, str] = {}  # the extensions our EHLO reply offered
@@ -86,24 +57,17 @@ class SmtpProxySession(AuthCommand, DataCommand, UpstreamPairing, ClientIO, SMTP
         # if that session has to be reopened. Kept for the session's life only.
         self._upstream_credentials: tuple[str, str] | None = None
 
-    # --- aiosmtpd integration ------------------------------------------------------------
+    def _new_transaction(self) -> None:
+        """RSET, EHLO, STARTTLS and the end of DATA start a new transaction."""
+        self.envelope = Envelope()
+        self._transaction = []
 
-    def _create_session(self) -> Session:
-        session = self.session
-        if session is None:
-            settings = self.runtime.settings
-            session = Session("smtp", settings.name, settings.mode)
-            session.loop = self.loop
-            session.upstream_login = self._login_upstream
-        else:
-            self._forget_before_tls(session)
-        return session
-
-    def _forget_before_tls(self, session: Session) -> None:
+    def _forget_before_tls(self) -> None:
         """After STARTTLS the client starts over (RFC 3207 4.2): whatever it said in
         plaintext, its EHLO and any login included, is forgotten. An upstream session
         that knows the login (its own AUTH, or XCLIENT LOGIN) is dropped too; the next
         command opens a fresh one. The session id stays."""
+        session = self.session
         session.host_name = None
         session.extended_smtp = False
         self._offered = {}
@@ -115,61 +79,9 @@ class SmtpProxySession(AuthCommand, DataCommand, UpstreamPairing, ClientIO, SMTP
             if self._upstream is not None:
                 self._upstream.abort()
 
-    def _create_envelope(self) -> Envelope:
-        # aiosmtpd calls this for every new transaction (RSET, EHLO, end of DATA).
-        self._transaction = []
-        return Envelope()
-
     # --- session -------------------------------------------------------------------------
 
-    async def _handle_client(self) -> None:
-        session = self.session
-        runtime = self.runtime
-        current_session.set(session.id)
-        refusal = runtime.admit(self, session.client_address)
-        if refusal is not None:
-            log.info("connect from %s port %s refused: %s", session.client_address, session.client_port, refusal)
-            await self._say(421, "4.7.0", f"{self.hostname} {refusal}, try again later")
-            self._hang_up()
-            return
-        if runtime.settings.tls == "implicit":
-            ssl_object = self.transport.get_extra_info("ssl_object")
-            session.ssl = {"cipher": ssl_object.cipher() if ssl_object else None}
-        metrics.child(metrics.connections, "smtp", runtime.name).inc()
-        active = metrics.child(metrics.sessions_active, "smtp", runtime.name)
-        active.inc()
-        log.info("connect from %s port %s", session.client_address, session.client_port)
-        try:
-            await self._serve()
-        except (ConnectionError, asyncio.CancelledError):
-            pass
-        except DeadlineExceeded as exc:
-            log.info("%s, closing", exc)
-            await self._say(421, "4.4.2", f"{self.hostname} Timeout exceeded, closing connection")
-        except TLSSetupException:
-            log.info("TLS handshake with the client failed")
-        except Exception:
-            log.exception("internal error")
-            await self._say(421, "4.3.0", f"{self.hostname} Internal error, closing connection")
-        finally:
-            # The client hears what it is owed first; nothing below may be skipped,
-            # even if the task is cancelled while saying goodbye to the upstream.
-            self._hang_up()
-            try:
-                await self._goodbye()
-            except (Exception, asyncio.CancelledError):
-                log.debug("cleanup interrupted", exc_info=True)
-            finally:
-                if self._upstream is not None:
-                    self._upstream.abort()
-                    self._upstream = None
-                self._stop_idle_timer()
-                self.delivering = False
-                active.dec()
-                runtime.release(self, session.client_address)
-                log.info("disconnect after %.3fs", time.monotonic() - session.started)
-
-    async def _goodbye(self) -> None:
+    async def goodbye(self) -> None:
         policy = self.runtime.policy
         if self._in_transaction():
             await policy.notify("smtp_reset", session=self.session, envelope=self.envelope)
@@ -177,31 +89,36 @@ class SmtpProxySession(AuthCommand, DataCommand, UpstreamPairing, ClientIO, SMTP
         if self._upstream is not None:
             await self._upstream.quit()
 
-    async def _serve(self) -> None:
+    def drop_upstream(self) -> None:
+        if self._upstream is not None:
+            self._upstream.abort()
+            self._upstream = None
+
+    async def serve(self) -> None:
         if self.runtime.resolver is not None:
             self.session.client_name = await self.runtime.resolver.client_name(self.session.client_address)
         verdict = await self.runtime.policy.run("smtp_connect", self.session, self.envelope)
         if verdict.action.is_refusal:
-            await self._enforce(verdict.as_greeting(self.hostname))
+            self._enforce(verdict.as_greeting(self.hostname))
             return
         try:
             greeting = await self._open_upstream()
         except UpstreamError as exc:
             log.warning("upstream %s unreachable: %s", self.runtime.upstream_name, exc)
-            await self._say(421, "4.3.0", f"{self.hostname} Service not available, try again later")
+            self._say(421, "4.3.0", f"{self.hostname} Service not available, try again later")
             return
-        await self._relay(greeting)
+        self._relay(greeting)
         if greeting.code != 220:
             return
-        while self.transport is not None:
-            line = await self._read_line()
-            if line is None:
+        while True:
+            event = await self._next_event()
+            if event is CLOSED:
                 return
             self._last_code, self._excused = 0, False
-            if line is TOO_LONG:
-                outcome = await self._error(500, "5.5.2", "Line too long")
+            if isinstance(event, BadCommand):
+                outcome = self._error(event.code, event.enhanced, event.text)
             else:
-                outcome = await self._command(line)
+                outcome = await self._command(event.verb, event.argument)
             if outcome is CLOSE_SESSION:
                 return
             if self._last_code == 421:  # the upstream is closing the session (RFC 5321 3.8)
@@ -210,12 +127,7 @@ class SmtpProxySession(AuthCommand, DataCommand, UpstreamPairing, ClientIO, SMTP
             if self._last_code >= 400 and not self._excused and await self._count_error():
                 return
 
-    async def _command(self, line: bytes) -> object | None:
-        body = line.rstrip(b"\r\n")
-        if b"\r" in body or b"\0" in body:
-            # An upstream that takes a bare CR as a line end would see two commands.
-            return await self._error(501, "5.5.2", "Bare CR or NUL in command")
-        verb, argument = split_command(body)
+    async def _command(self, verb: str, argument: str) -> object | None:
         metrics.child(metrics.commands, "smtp", metrics.smtp_verb_label(verb)).inc()
         handler = _HANDLERS.get(verb)
         policy = self.runtime.policy
@@ -225,21 +137,21 @@ class SmtpProxySession(AuthCommand, DataCommand, UpstreamPairing, ClientIO, SMTP
                 "smtp_command", self.session, self.envelope, verb=verb, argument=shown
             )
             if verdict.action.is_refusal:
-                return await self._enforce(verdict)
+                return self._enforce(verdict)
         if handler is None:
-            return await self._error(502, "5.5.1", "Command not recognized")
+            return self._error(502, "5.5.1", "Command not recognized")
         try:
             return await handler(self, argument)
         except UpstreamError as exc:
             log.warning("upstream %s failed during %s: %s", self.runtime.upstream_name, verb, exc)
-            await self._say(421, "4.3.0", f"{self.hostname} Upstream failure, try again later")
+            self._say(421, "4.3.0", f"{self.hostname} Upstream failure, try again later")
             return CLOSE_SESSION
 
-    async def _enforce(self, verdict: Verdict) -> object | None:
+    def _enforce(self, verdict: Verdict) -> object | None:
         reply = verdict.reply
         if reply is not None:
             raw = ("\r\n".join(reply.lines()) + "\r\n").encode("utf-8", "replace")
-            await self._write(raw, reply.code, "proxy")
+            self._write(raw, reply.code, "proxy")
         if verdict.action is Action.DISCONNECT:
             return CLOSE_SESSION
         return None
@@ -252,7 +164,7 @@ class SmtpProxySession(AuthCommand, DataCommand, UpstreamPairing, ClientIO, SMTP
     async def _reset_transaction(self) -> None:
         if self._in_transaction():
             await self.runtime.policy.notify("smtp_reset", session=self.session, envelope=self.envelope)
-        self._set_rset_state()
+        self._new_transaction()
 
     def _is_local(self, address: str) -> bool:
         local, at, domain = address.rpartition("@")
@@ -282,7 +194,7 @@ class SmtpProxySession(AuthCommand, DataCommand, UpstreamPairing, ClientIO, SMTP
     async def _greet(self, hostname: str, extended: bool) -> object | None:
         verb = "EHLO" if extended else "HELO"
         if not hostname or " " in hostname:
-            return await self._error(501, "5.5.4", f"Syntax: {verb} hostname")
+            return self._error(501, "5.5.4", f"Syntax: {verb} hostname")
         had_transaction = self._in_transaction()
         await self._reset_transaction()
         session = self.session
@@ -291,7 +203,7 @@ class SmtpProxySession(AuthCommand, DataCommand, UpstreamPairing, ClientIO, SMTP
         if verdict.action.is_refusal:
             if had_transaction:
                 await self._reset_upstream()  # forget it there too
-            return await self._enforce(verdict)
+            return self._enforce(verdict)
         upstream = await self._upstream_ready()
         session.host_name = hostname
         reply = await upstream.greet(self._facts())
@@ -304,17 +216,17 @@ class SmtpProxySession(AuthCommand, DataCommand, UpstreamPairing, ClientIO, SMTP
             auth = self.mechanisms() if self._auth_offered() else ()
             reply = client_ehlo_reply(reply, settings.max_message_size, starttls, auth)
             self._offered = ehlo_keywords(reply)
-        await self._relay(reply)
+        self._relay(reply)
         return None
 
     async def smtp_MAIL(self, argument: str) -> object | None:
         session, envelope = self.session, self.envelope
         if not session.host_name:
-            return await self._error(503, "5.5.1", "Error: send HELO/EHLO first")
+            return self._error(503, "5.5.1", "Error: send HELO/EHLO first")
         if session.mode == "submission" and not session.authenticated:
-            return await self._error(530, "5.7.0", "Authentication required")
+            return self._error(530, "5.7.0", "Authentication required")
         if envelope.mail_from is not None:
-            return await self._error(503, "5.5.1", "Error: nested MAIL command")
+            return self._error(503, "5.5.1", "Error: nested MAIL command")
         return await self._path_command("MAIL", "FROM", argument, self._mail_refusal, self._mail_accepted)
 
     def _mail_refusal(self, address: str, params: dict) -> tuple[int, str, str] | None:
@@ -331,7 +243,7 @@ class SmtpProxySession(AuthCommand, DataCommand, UpstreamPairing, ClientIO, SMTP
 
     async def smtp_RCPT(self, argument: str) -> object | None:
         if self.envelope.mail_from is None:
-            return await self._error(503, "5.5.1", "Error: need MAIL command")
+            return self._error(503, "5.5.1", "Error: need MAIL command")
         return await self._path_command("RCPT", "TO", argument, self._rcpt_refusal, self._rcpt_accepted)
 
     def _rcpt_refusal(self, address: str, params: dict) -> tuple[int, str, str] | None:
@@ -357,47 +269,47 @@ class SmtpProxySession(AuthCommand, DataCommand, UpstreamPairing, ClientIO, SMTP
             address, params = parse_path(argument, keyword)
             check_client_parameters(verb, params, self._offered)
         except UnsupportedParameter as exc:
-            return await self._error(555, "5.5.4", str(exc))
+            return self._error(555, "5.5.4", str(exc))
         except ValueError as exc:
-            return await self._error(501, "5.5.4", str(exc))
+            return self._error(501, "5.5.4", str(exc))
         refused = refusal(address, params)
         if refused is not None:
-            await self._say(*refused)
+            self._say(*refused)
             return None
         verdict = await self.runtime.policy.run(
             f"smtp_{verb.lower()}", self.session, self.envelope, address=address, params=params
         )
         if verdict.action.is_refusal:
-            return await self._enforce(verdict)
+            return self._enforce(verdict)
         reply = await self._forward_path(verb, address, params)
         if 200 <= reply.code < 300:
             accepted(address, params)
             self._transaction.append((verb, address, params))
-        await self._relay(reply)
+        self._relay(reply)
         return None
 
     async def smtp_RSET(self, argument: str) -> object | None:
         await self._reset_transaction()
-        await self._relay(await self._forward(b"RSET", "RSET"))
+        self._relay(await self._forward(b"RSET", "RSET"))
         return None
 
     async def smtp_NOOP(self, argument: str) -> object | None:
-        await self._relay(await self._forward(b"NOOP", "NOOP"))
+        self._relay(await self._forward(b"NOOP", "NOOP"))
         return None
 
     async def _forward_as_is(self, verb: str, argument: str) -> object | None:
         line = f"{verb} {argument}" if argument else verb
-        await self._relay(await self._forward(line.encode("utf-8", "surrogateescape"), verb))
+        self._relay(await self._forward(line.encode("utf-8", "surrogateescape"), verb))
         return None
 
     async def smtp_VRFY(self, argument: str) -> object | None:
         if not argument:
-            return await self._error(501, "5.5.4", "Syntax: VRFY address")
+            return self._error(501, "5.5.4", "Syntax: VRFY address")
         return await self._forward_as_is("VRFY", argument)
 
     async def smtp_EXPN(self, argument: str) -> object | None:
         if not argument:
-            return await self._error(501, "5.5.4", "Syntax: EXPN list")
+            return self._error(501, "5.5.4", "Syntax: EXPN list")
         return await self._forward_as_is("EXPN", argument)
 
     async def smtp_HELP(self, argument: str) -> object | None:
@@ -409,28 +321,32 @@ class SmtpProxySession(AuthCommand, DataCommand, UpstreamPairing, ClientIO, SMTP
                 reply = await self._upstream.command(b"QUIT\r\n", "QUIT")
                 self._upstream.abort()
                 self._upstream = None
-                await self._relay(reply)
+                self._relay(reply)
                 return CLOSE_SESSION
             except UpstreamError:
                 pass
-        await self._say(221, "2.0.0", "Bye")
+        self._say(221, "2.0.0", "Bye")
         return CLOSE_SESSION
 
     async def smtp_STARTTLS(self, argument: str) -> object | None:
-        if self.tls_context is None or self.session.tls:
-            return await self._error(502, "5.5.1", "Command not recognized")
+        if self.runtime.settings.tls != "starttls" or self.session.tls:
+            return self._error(502, "5.5.1", "Command not recognized")
         if argument:
-            return await self._error(501, "5.5.4", "Syntax: STARTTLS")
+            return self._error(501, "5.5.4", "Syntax: STARTTLS")
         # Anything pipelined after STARTTLS arrived in plaintext and must not be
         # answered inside TLS (the CVE-2011-0411 family): drop it.
-        self._take_pending_input()
+        self.machine.take_pending()
         await self._reset_transaction()
+        self._say(220, "2.0.0", "Ready to start TLS")
         # The go-ahead and the handshake are part of this command, within its deadline.
         try:
-            async with asyncio.timeout(self.runtime.settings.command_timeout):
-                await super().smtp_STARTTLS(argument)
+            await self.start_client_tls(self.runtime.settings.command_timeout)
         except TimeoutError:
-            raise DeadlineExceeded("no TLS handshake after STARTTLS") from None
+            raise ClientTimeout(idle=False) from None
+        except (OSError, ssl.SSLError) as exc:
+            log.info("TLS handshake with the client failed: %s", exc or type(exc).__name__)
+            return CLOSE_SESSION
+        self._forget_before_tls()
         return None
 
 

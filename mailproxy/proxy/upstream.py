@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from .. import metrics
 from ..config import UpstreamSettings
 from ..protocol.smtp import ProtocolError, ReplyParser, ServerReply, ehlo_keywords, xtext
+from .connection import Connection
 
 log = logging.getLogger("mailproxy.upstream")
 
@@ -81,8 +82,7 @@ class UpstreamConnection:
         self.name = name
         self.settings = settings
         self._tls = tls
-        self._reader: asyncio.StreamReader | None = None
-        self._writer: asyncio.StreamWriter | None = None
+        self._link: Connection | None = None
         self._parser = ReplyParser()
         self.keywords: dict[str, str] = {}
         self.greeting: ServerReply | None = None
@@ -91,20 +91,19 @@ class UpstreamConnection:
 
     @property
     def connected(self) -> bool:
-        return self._writer is not None and not self._writer.is_closing()
+        return self._link is not None and self._link.connected
 
     async def open(self) -> ServerReply:
         """Connect and read the greeting (after the implicit TLS handshake, if any)."""
         host, port = self.settings.address.host, self.settings.address.port
         implicit = self._tls if self.settings.tls == "implicit" else None
+        loop = asyncio.get_running_loop()
         try:
-            self._reader, self._writer = await asyncio.wait_for(
-                asyncio.open_connection(
-                    host, port, ssl=implicit, server_hostname=host if implicit else None
-                ),
-                self.settings.connect_timeout,
-            )
-        except (OSError, asyncio.TimeoutError, ssl.SSLError) as exc:
+            async with asyncio.timeout(self.settings.connect_timeout):
+                _, self._link = await loop.create_connection(
+                    Connection, host, port, ssl=implicit, server_hostname=host if implicit else None
+                )
+        except (OSError, TimeoutError, ssl.SSLError) as exc:
             metrics.child(metrics.upstream_failures, self.name, "connect").inc()
             raise UpstreamError("connect", f"{host}:{port}: {exc or type(exc).__name__}") from None
         self.greeting = await self._read_reply("greeting", self.settings.connect_timeout)
@@ -113,37 +112,25 @@ class UpstreamConnection:
         return self.greeting
 
     async def _starttls(self) -> None:
-        reply = await self.ehlo(f"[{self._writer.get_extra_info('sockname')[0]}]")
+        reply = await self.ehlo(f"[{self._link.transport.get_extra_info('sockname')[0]}]")
         if "STARTTLS" not in self.keywords:
             raise self.fail("tls", "upstream does not offer STARTTLS")
         reply = await self.command(b"STARTTLS\r\n", "STARTTLS")
         if reply.code != 220:
             raise self.fail("tls", f"STARTTLS refused: {reply}")
-        if self._parser.pending or await self._bytes_waiting():
+        if self._parser.pending or await self._link.wait_readable(0):
             # Plaintext after the 220 would be read as if it came through TLS: someone
             # on the path could inject replies (the CVE-2011-0411 family, reversed).
+            # Whatever arrives after this check goes to the TLS layer, not to us.
             raise self.fail("tls", "upstream sent data after its STARTTLS reply")
-        # No await may come between that check and start_tls taking over the reading
-        # side, or more plaintext could slip in: asyncio.timeout runs start_tls in this
-        # task at once (wait_for would start it in a new task, a loop turn later).
         try:
-            async with asyncio.timeout(self.settings.connect_timeout):
-                await self._writer.start_tls(self._tls, server_hostname=self.settings.address.host)
+            await self._link.start_tls(
+                self._tls, server_side=False, server_hostname=self.settings.address.host,
+                timeout=self.settings.connect_timeout,
+            )
         except (OSError, TimeoutError, ssl.SSLError) as exc:
-            raise self.fail("tls", f"handshake failed: {exc}") from None
+            raise self.fail("tls", f"handshake failed: {exc or type(exc).__name__}") from None
         self.keywords = {}
-
-    async def _bytes_waiting(self) -> bool:
-        """Whether bytes (or the end of the stream) already wait in the reader, without
-        waiting for any: a read with a deadline of now returns at once if something is
-        there, and times out if not. What it reads is lost: call it only where anything
-        waiting means the session is unusable."""
-        try:
-            async with asyncio.timeout(0):
-                await self._reader.read(1)
-                return True
-        except TimeoutError:
-            return False
 
     async def usable(self) -> bool:
         """Connected, and not closed by the upstream while the proxy said nothing.
@@ -155,7 +142,7 @@ class UpstreamConnection:
             return False
         if asyncio.get_running_loop().time() - self._last_reply < IDLE_CHECK_AFTER:
             return True
-        if self._parser.pending or await self._bytes_waiting():
+        if self._parser.pending or await self._link.wait_readable(0):
             log.info("upstream %s closed the idle session", self.name)
             self.abort()
             return False
@@ -265,18 +252,8 @@ class UpstreamConnection:
             raise UpstreamError("lost", "connection already closed")
         started = time.perf_counter()
         timeout = timeout or self.settings.reply_timeout
-        self._writer.writelines(parts)
-        try:
-            if self._writer.transport.get_write_buffer_size():
-                # An upstream that stops reading must not hold the session forever.
-                async with asyncio.timeout(timeout):
-                    await self._writer.drain()
-            else:  # all went to the socket: nothing to wait for
-                await self._writer.drain()
-        except TimeoutError:
-            raise self.fail("timeout", f"upstream took nothing for {timeout}s during {verb}") from None
-        except OSError as exc:
-            raise self.fail("lost", f"write failed: {exc}") from None
+        self.write(parts, verb)
+        await self.drain(verb, timeout)
         try:
             reply = await self._read_reply(verb, timeout)
         except UpstreamError as exc:
@@ -284,6 +261,24 @@ class UpstreamConnection:
             raise
         metrics.child(metrics.upstream_duration, self.name, verb).observe(time.perf_counter() - started)
         return reply
+
+    def write(self, parts: list[bytes], verb: str) -> None:
+        """Queue bytes for the upstream without waiting (see `drain`)."""
+        if not self.connected:
+            raise UpstreamError("lost", f"connection closed before {verb}")
+        self._link.writelines(parts)
+
+    async def drain(self, verb: str, timeout: float) -> None:
+        """Wait while the upstream's side is backed up; an upstream that stops reading
+        must not hold the session for ever."""
+        if not self._link.write_blocked:
+            return
+        try:
+            await self._link.drain(asyncio.get_running_loop().time() + timeout)
+        except TimeoutError:
+            raise self.fail("timeout", f"upstream took nothing for {timeout}s during {verb}") from None
+        except ConnectionError as exc:
+            raise self.fail("lost", f"write failed: {exc}") from None
 
     async def _read_reply(self, stage: str, timeout: float) -> ServerReply:
         deadline = asyncio.get_running_loop().time() + timeout
@@ -295,9 +290,10 @@ class UpstreamConnection:
             if reply is not None:
                 self._last_reply = asyncio.get_running_loop().time()
                 return reply
+            if self._link is None:
+                raise self.fail("lost", f"connection closed during {stage}")
             try:
-                async with asyncio.timeout_at(deadline):
-                    chunk = await self._reader.read(65536)
+                chunk = await self._link.receive(deadline)
             except TimeoutError:
                 raise self.fail("timeout", f"no reply to {stage} within {timeout}s") from None
             except OSError as exc:
@@ -316,15 +312,15 @@ class UpstreamConnection:
         """Say goodbye politely, but never wait long for it."""
         if self.connected:
             try:
-                self._writer.write(b"QUIT\r\n")
-                await asyncio.wait_for(self._read_reply("QUIT", 2.0), 2.0)
-            except (UpstreamError, asyncio.TimeoutError, OSError):
+                self._link.write(b"QUIT\r\n")
+                await self._read_reply("QUIT", 2.0)
+            except (UpstreamError, OSError):
                 pass
         self.abort()
 
     def abort(self) -> None:
         """Drop the connection now. A message whose end marker was not sent is discarded
         by the upstream, which is how an unfinished DATA is cancelled."""
-        if self._writer is not None:
-            self._writer.transport.abort()
-            self._writer = None
+        if self._link is not None:
+            self._link.abort()
+            self._link = None

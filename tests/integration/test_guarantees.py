@@ -22,6 +22,18 @@ def mx_listener(**settings) -> dict:
     return {"name": "mx", "mode": "mx", "upstream": "sink", "local_domains": ["example.test"], **settings}
 
 
+def data_outcome(client, message: bytes) -> tuple[int, bytes]:
+    """The answer to a message: to DATA itself when the upstream refused it while
+    streaming (its refusal relayed at once), else to the end of the message."""
+    try:
+        return client.data(message)
+    except smtplib.SMTPDataError as exc:
+        return exc.smtp_code, exc.smtp_error
+
+
+DATA_MODES = pytest.mark.parametrize("data_mode", ["stream", "whole"])
+
+
 def start_transaction(client) -> None:
     client.ehlo("client.test")
     assert client.mail("a@sender.example")[0] == 250
@@ -31,10 +43,11 @@ def start_transaction(client) -> None:
 # --- 250 only after the upstream's 250 -------------------------------------------------
 
 
+@DATA_MODES
 @pytest.mark.parametrize("refusal", [b"554 5.7.1 no thanks", b"451 4.7.1 later"])
-def test_upstream_refusal_of_the_message_reaches_the_client_unchanged(make_proxy, refusal):
+def test_upstream_refusal_of_the_message_reaches_the_client_unchanged(make_proxy, refusal, data_mode):
     with RecordingUpstream(final_reply=refusal) as upstream:
-        proxy = make_proxy(upstream.address)
+        proxy = make_proxy(upstream.address, listener={"data_mode": data_mode})
         with connect(proxy) as client:
             start_transaction(client)
             code, text = refusal.split(b" ", 1)
@@ -48,13 +61,14 @@ def test_upstream_refusal_of_the_message_reaches_the_client_unchanged(make_proxy
 @pytest.mark.parametrize("refusal", [
     b"451 4.3.0 try later", b"554 5.5.1 no DATA for you", b"400 4.0.0 the lowest refusal there is",
 ])
-def test_upstream_refusal_of_data_sends_no_message(make_proxy, refusal):
+@DATA_MODES
+def test_upstream_refusal_of_data_sends_no_message(make_proxy, refusal, data_mode):
     with RecordingUpstream(data_reply=refusal) as upstream:
-        proxy = make_proxy(upstream.address)
+        proxy = make_proxy(upstream.address, listener={"data_mode": data_mode})
         with connect(proxy) as client:
             start_transaction(client)
             code, text = refusal.split(b" ", 1)
-            assert client.data(MESSAGE) == (int(code), text)
+            assert data_outcome(client, MESSAGE) == (int(code), text)
             assert client.noop()[0] == 250  # still in step with the client
         [session] = upstream.wait_ended(1)
     assert b"Subject: guarantee" not in bytes(upstream.received)
@@ -62,14 +76,15 @@ def test_upstream_refusal_of_data_sends_no_message(make_proxy, refusal):
     assert session.commands.count(b"DATA") == 1
 
 
-def test_upstream_answering_data_with_250_is_no_delivery(make_proxy):
+@DATA_MODES
+def test_upstream_answering_data_with_250_is_no_delivery(make_proxy, data_mode):
     # An upstream that says 250 where 354 is due took no message: a 250 to the client
     # would acknowledge mail that went nowhere.
     with RecordingUpstream(data_reply=b"250 ok") as upstream:
-        proxy = make_proxy(upstream.address)
+        proxy = make_proxy(upstream.address, listener={"data_mode": data_mode})
         with connect(proxy) as client:
             start_transaction(client)
-            code, _ = client.data(MESSAGE)
+            code, _ = data_outcome(client, MESSAGE)
             assert 400 <= code < 500
         upstream.wait_ended(1)
     assert b"Subject: guarantee" not in bytes(upstream.received)

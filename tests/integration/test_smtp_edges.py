@@ -111,7 +111,10 @@ def test_malformed_command_lines_get_replies_not_crashes(proxy, sink):
 
 def test_slow_upload_keeps_the_upstream_alive_with_noop(make_proxy):
     with RecordingUpstream() as upstream:
-        proxy = make_proxy(upstream.address, upstreams={"sink": {"address": upstream.address, "keepalive": 0.25}})
+        proxy = make_proxy(
+            upstream.address, upstreams={"sink": {"address": upstream.address, "keepalive": 0.25}},
+            listener={"data_mode": "whole"},  # streaming has the upstream's 354 and no NOOPs
+        )
         with connect(proxy) as client:
             client.ehlo("client.test")
             client.mail("a@sender.example")

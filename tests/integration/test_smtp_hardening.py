@@ -277,7 +277,7 @@ def test_a_3xx_to_the_end_of_a_message_is_no_answer(make_proxy):
 
 def test_keepalive_noops_keep_the_upstream_while_the_client_pauses(make_proxy):
     with RecordingUpstream(idle_close=1.0) as recorder:
-        proxy = make_proxy(recorder.address, upstreams=upstream(recorder, keepalive=0.3))
+        proxy = make_proxy(recorder.address, upstreams=upstream(recorder, keepalive=0.3), listener={"data_mode": "whole"})
         client = open_transaction(proxy)
         assert client.docmd("DATA")[0] == 354
         client.sock.sendall(b"Subject: paused\r\n\r\n")

@@ -40,6 +40,10 @@ def base_config(sink_address: str, certs, users_file, **overrides) -> dict:
         "plugins": {"enabled": ["access"]},
         "plugin": {"access": {"deny_senders": ["*@spam.example"]}},
     }
+    # `listener={...}`: settings for every listener (e.g. data_mode).
+    every_listener = overrides.pop("listener", None) or {}
+    for listener in config["listeners"]:
+        listener.update(every_listener)
     for key, value in overrides.items():
         if isinstance(value, dict) and isinstance(config.get(key), dict):
             config[key] = {**config[key], **value}

@@ -1,0 +1,182 @@
+"""One TCP connection as the proxy uses it, on either side: bytes in with a deadline,
+bytes out with back-pressure, TLS started in place. No protocol knowledge.
+
+Written on `asyncio.Protocol` rather than streams: a proxy session waits on exactly one
+thing at a time, so one future per wait and one timer per deadline is all it needs,
+and every buffer has a bound (reading pauses above `max_buffer`; writers wait for
+the transport to drain).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+
+READ_BUFFER = 256 * 1024  # bytes held unread before the socket stops being read
+
+
+class Connection(asyncio.Protocol):
+    def __init__(self, max_buffer: int = READ_BUFFER) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.transport: asyncio.Transport | None = None
+        self.tls = False
+        self._max_buffer = max_buffer
+        self._chunks: list[bytes] = []
+        self._buffered = 0
+        self._eof = False
+        self._reading_paused = False
+        self._waiter: asyncio.Future | None = None
+        self._write_paused = False
+        self._drain_waiter: asyncio.Future | None = None
+
+    # --- asyncio.Protocol ------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.Transport) -> None:
+        self.transport = transport
+        self.tls = transport.get_extra_info("ssl_object") is not None
+
+    def data_received(self, data: bytes) -> None:
+        self._chunks.append(data)
+        self._buffered += len(data)
+        if self._buffered > self._max_buffer and not self._reading_paused:
+            self._reading_paused = True
+            self.transport.pause_reading()
+        self._wake(self._waiter)
+
+    def eof_received(self) -> bool:
+        self._eof = True
+        self._wake(self._waiter)
+        # Keep the socket open for the replies still owed to the peer (TLS cannot).
+        return not self.tls
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._eof = True
+        self.transport = None
+        self._wake(self._waiter)
+        self._wake(self._drain_waiter)
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        self._wake(self._drain_waiter)
+
+    @staticmethod
+    def _wake(waiter: asyncio.Future | None) -> None:
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    # --- reading ---------------------------------------------------------------------------
+
+    @property
+    def connected(self) -> bool:
+        return self.transport is not None and not self.transport.is_closing()
+
+    @property
+    def pending(self) -> bool:
+        """Bytes, or the end of the stream, are waiting to be read."""
+        return bool(self._chunks) or self._eof
+
+    async def receive(self, deadline: float | None = None) -> bytes:
+        """Everything buffered, waiting for it if nothing is; b"" at the end of the
+        stream. TimeoutError once `deadline` (loop time) passes with nothing read."""
+        if not self._chunks and not self._eof:
+            await self._wait(deadline)
+        return self.take()
+
+    def take(self) -> bytes:
+        """Everything buffered now, without waiting (b"" if nothing)."""
+        chunks = self._chunks
+        if not chunks:
+            return b""
+        data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        self._chunks = []
+        self._buffered = 0
+        if self._reading_paused and self.transport is not None:
+            self._reading_paused = False
+            self.transport.resume_reading()
+        return data
+
+    async def _wait(self, deadline: float | None) -> None:
+        waiter = self._waiter = self.loop.create_future()
+        timer = None if deadline is None else self.loop.call_at(deadline, _expire, waiter)
+        try:
+            await waiter
+        finally:
+            self._waiter = None
+            if timer is not None:
+                timer.cancel()
+
+    async def wait_readable(self, timeout: float) -> bool:
+        """Whether anything (bytes or the end) arrives within `timeout` seconds;
+        nothing is consumed. A timeout of 0 still lets the loop look at the socket."""
+        if not self.pending:
+            try:
+                await self._wait(self.loop.time() + timeout)
+            except TimeoutError:
+                return False
+        return True
+
+    # --- writing ---------------------------------------------------------------------------
+
+    def write(self, data: bytes) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(data)
+
+    def writelines(self, parts: list[bytes]) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.writelines(parts)
+
+    @property
+    def write_blocked(self) -> bool:
+        return self._write_paused and self.transport is not None
+
+    async def drain(self, deadline: float | None = None) -> None:
+        """Wait until the transport takes more (its buffer under the high-water mark).
+        ConnectionResetError if the connection is gone, TimeoutError past `deadline`."""
+        while self._write_paused:
+            if self.transport is None:
+                raise ConnectionResetError("connection lost")
+            waiter = self._drain_waiter = self.loop.create_future()
+            timer = None if deadline is None else self.loop.call_at(deadline, _expire, waiter)
+            try:
+                await waiter
+            finally:
+                self._drain_waiter = None
+                if timer is not None:
+                    timer.cancel()
+        if self.transport is None:
+            raise ConnectionResetError("connection lost")
+
+    # --- TLS and closing -------------------------------------------------------------------
+
+    async def start_tls(
+        self, context: ssl.SSLContext, server_side: bool, server_hostname: str | None = None,
+        timeout: float | None = None,
+    ) -> None:
+        """Upgrade in place. Whatever was read in plaintext before is discarded: it must
+        not be taken as if it came through TLS (the CVE-2011-0411 family)."""
+        self.take()
+        transport = self.transport
+        if transport is None:
+            raise ConnectionResetError("connection lost before TLS")
+        self.transport = await self.loop.start_tls(
+            transport, self, context, server_side=server_side,
+            server_hostname=server_hostname, ssl_handshake_timeout=timeout,
+        )
+        self.tls = True
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+    def abort(self) -> None:
+        if self.transport is not None:
+            self.transport.abort()
+            self.transport = None
+
+
+def _expire(waiter: asyncio.Future) -> None:
+    if not waiter.done():
+        waiter.set_exception(TimeoutError())

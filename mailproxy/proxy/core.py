@@ -1,0 +1,190 @@
+"""The skeleton every protocol session shares: admission, the session-id log context, connection metrics, reading with
+idle and per-command deadlines, queued replies, and a cleanup that always runs.
+
+A protocol's session subclasses `ProxySession` and provides `serve` (the conversation),
+`timeout_reply`, `internal_error_reply` and `goodbye`; its wire format lives in a
+sans-IO machine in `protocol/`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from .. import metrics
+from ..logs import current_session
+from ..session import Session
+from .connection import Connection
+from .runtime import ListenerRuntime
+
+log = logging.getLogger("mailproxy.session")
+
+ABORT_AFTER_CLOSE = 10.0  # seconds a closing connection may take to drain its last reply
+
+
+class ClientTimeout(Exception):
+    """The client was idle too long (`idle`), or ran past the deadline for a whole
+    command or message."""
+
+    def __init__(self, idle: bool) -> None:
+        super().__init__("idle timeout" if idle else "deadline for the client's input passed")
+        self.idle = idle
+
+
+class ClientConnection(Connection):
+    """A connection accepted by a listener: it starts the listener's session."""
+
+    def __init__(self, runtime: ListenerRuntime, session_class: type[ProxySession]) -> None:
+        super().__init__()
+        self._runtime = runtime
+        self._session_class = session_class
+        self.task: asyncio.Task | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:
+        super().connection_made(transport)
+        session = self._session_class(self._runtime, self)
+        self.task = self.loop.create_task(session.run())
+
+
+class ProxySession:
+    protocol = ""  # "smtp", "pop3", "imap": the session's and the metrics' label
+
+    def __init__(self, runtime: ListenerRuntime, client: Connection) -> None:
+        self.runtime = runtime
+        self.client = client
+        self.loop = client.loop
+        settings = runtime.settings
+        self.session = session = Session(self.protocol, settings.name, settings.mode)
+        session.peer = client.transport.get_extra_info("peername")
+        session.loop = self.loop
+        if client.tls:  # an implicit-TLS listener: the handshake is done
+            session.ssl = tls_facts(client)
+        self.hostname = runtime.hostname
+        self.idle_timeout = settings.idle_timeout
+        # A message is with the upstream and its reply not yet with the client: a
+        # shutdown waits for it, since cutting it off would make the client send it again.
+        self.delivering = False
+        self._outbox: list[bytes] = []
+
+    # --- what a protocol provides ------------------------------------------------------------
+
+    async def serve(self) -> None:
+        raise NotImplementedError
+
+    def timeout_reply(self, idle: bool) -> bytes:
+        raise NotImplementedError
+
+    def internal_error_reply(self) -> bytes:
+        raise NotImplementedError
+
+    def refusal_reply(self, reason: str) -> bytes:
+        raise NotImplementedError
+
+    async def goodbye(self) -> None:
+        """Tell the hooks and the upstream the session is over."""
+
+    def drop_upstream(self) -> None:
+        """Close the upstream link at once, if there is one."""
+
+    # --- the session's life --------------------------------------------------------------------
+
+    async def run(self) -> None:
+        session, runtime = self.session, self.runtime
+        current_session.set(session.id)
+        refusal = runtime.admit(self, session.client_address)
+        if refusal is not None:
+            log.info("connect from %s port %s refused: %s", session.client_address, session.client_port, refusal)
+            self.write(self.refusal_reply(refusal))
+            self.hang_up()
+            return
+        active = metrics.child(metrics.sessions_active, self.protocol, runtime.name)
+        try:
+            metrics.child(metrics.connections, self.protocol, runtime.name).inc()
+            active.inc()
+            log.info("connect from %s port %s", session.client_address, session.client_port)
+            try:
+                await self.serve()
+            finally:
+                active.dec()
+        except (ConnectionError, asyncio.CancelledError):
+            pass
+        except ClientTimeout as exc:
+            log.info("%s, closing", exc)
+            self.write(self.timeout_reply(exc.idle))
+        except Exception:
+            log.exception("internal error")
+            self.write(self.internal_error_reply())
+        finally:
+            # The client hears what it is owed first; nothing below may be skipped,
+            # even if the task is cancelled while saying goodbye to the upstream.
+            self.hang_up()
+            try:
+                await self.goodbye()
+            except (Exception, asyncio.CancelledError):
+                log.debug("cleanup interrupted", exc_info=True)
+            finally:
+                self.drop_upstream()
+                self.delivering = False
+                runtime.release(self, session.client_address)
+                log.info("disconnect after %.3fs", time.monotonic() - session.started)
+
+    async def start_client_tls(self, timeout: float) -> None:
+        """STARTTLS: the go-ahead must be out before the handshake starts."""
+        self.flush()
+        await self.client.drain(self.loop.time() + timeout)
+        await self.client.start_tls(self.runtime.server_tls, server_side=True, timeout=timeout)
+        self.session.ssl = tls_facts(self.client)
+
+    # --- the client's side of the conversation ----------------------------------------------
+
+    def write(self, raw: bytes) -> None:
+        """Queue a reply. Replies go out when the session next waits for the client, so
+        the replies to a pipelined batch leave in one write (RFC 2920 allows holding them)."""
+        self._outbox.append(raw)
+
+    def flush(self) -> None:
+        if self._outbox:
+            outbox = self._outbox
+            self.client.write(outbox[0] if len(outbox) == 1 else b"".join(outbox))
+            outbox.clear()
+
+    async def receive(self, deadline: float | None = None) -> bytes:
+        """The client's next bytes (b"" at the end of its input), after every reply owed
+        to it has gone out. The idle clock runs only here: time spent waiting on the
+        upstream or a plugin (each with its own timeout) is not the client's idleness.
+        `deadline` (loop time) bounds a whole command or message, however slowly it
+        trickles in. ClientTimeout when either runs out."""
+        idle_at = self.loop.time() + self.idle_timeout
+        idle = deadline is None or idle_at < deadline
+        until = idle_at if idle else deadline
+        try:
+            self.flush()
+            if self.client.write_blocked:  # a client that does not read its replies
+                await self.client.drain(until)
+            self.delivering = False  # any end-of-data reply has gone out
+            return await self.client.receive(until)
+        except TimeoutError:
+            raise ClientTimeout(idle) from None
+
+    def hang_up(self) -> None:
+        """Send what the client is owed, then close. A client that does not read its
+        last replies gets the connection aborted shortly after: it must not keep the
+        socket (and the replies buffered for it) for ever."""
+        self.flush()
+        client = self.client
+        if client.connected:
+            client.close()
+            self.loop.call_later(ABORT_AFTER_CLOSE, client.abort)
+
+    def close(self) -> None:
+        """Close the client connection (a shutdown); the session's task then ends."""
+        self.client.close()
+
+
+def tls_facts(connection: Connection) -> dict:
+    transport = connection.transport
+    ssl_object = transport.get_extra_info("ssl_object") if transport is not None else None
+    if ssl_object is None:
+        return {"cipher": None}
+    return {"cipher": ssl_object.cipher(), "version": ssl_object.version()}
