@@ -67,5 +67,3 @@ def setup_logging(level: str = "info") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    # aiosmtpd logs every command at INFO; our own session log says what matters.
-    logging.getLogger("mail.log").setLevel(max(logging.WARNING, root.level))

@@ -1,11 +1,10 @@
 """What plugins see of a client connection (Session) and of one mail transaction (Envelope).
 
-Kept apart like aiosmtpd's Session/Envelope: a session lives as long as the connection,
+Kept apart as in aiosmtpd's Session/Envelope: a session lives as long as the connection,
 an envelope from MAIL to end-of-data or reset. `notes` dicts let plugins keep state with
 exactly that scope, and so do scores: what plugins said about the client stays on the
 Session, what they said about one message goes with its Envelope. The attribute names
-aiosmtpd's protocol code uses are kept, so these objects serve as its session and
-envelope too.
+follow aiosmtpd's, which plugin authors may know.
 """
 
 from __future__ import annotations

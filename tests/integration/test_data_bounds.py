@@ -11,13 +11,13 @@ LIMIT = 20000
 TOO_BIG = (552, b"5.3.4 Message size exceeds fixed maximum message size")
 
 
-@pytest.fixture
-def bounded_proxy(sink, make_proxy):
-    """An mx listener with a small limit."""
+@pytest.fixture(params=["stream", "whole"])
+def bounded_proxy(sink, make_proxy, request):
+    """An mx listener with a small limit, streaming messages or taking them whole."""
     return make_proxy(
         sink.address,
         listeners=[{"name": "mx", "mode": "mx", "upstream": "sink", "local_domains": ["example.test"],
-                    "max_message_size": LIMIT}],
+                    "max_message_size": LIMIT, "data_mode": request.param}],
     )
 
 

@@ -16,10 +16,11 @@ PAYLOADS = {
 }
 
 
+@pytest.mark.parametrize("data_mode", ["stream", "whole"])
 @pytest.mark.parametrize("separator", PAYLOADS.values(), ids=PAYLOADS.keys())
-def test_a_lax_upstream_sees_one_message_with_crlf_only(make_proxy, separator):
+def test_a_lax_upstream_sees_one_message_with_crlf_only(make_proxy, separator, data_mode):
     with RecordingUpstream() as upstream:
-        proxy = make_proxy(upstream.address)
+        proxy = make_proxy(upstream.address, listener={"data_mode": data_mode})
         data = (
             b"Subject: outer\r\n\r\nhello" + separator
             + b"MAIL FROM:<admin@example.test>\r\nRCPT TO:<user@example.test>\r\nDATA\r\n"

@@ -56,8 +56,8 @@ def test_formatter_keeps_tracebacks_readable():
 def test_setup_logging_uses_the_escaping_formatter(monkeypatch):
     stream = io.StringIO()
     monkeypatch.setattr("sys.stderr", stream)
-    root, aiosmtpd_log = logging.getLogger(), logging.getLogger("mail.log")
-    saved_handlers, saved_levels = root.handlers[:], (root.level, aiosmtpd_log.level)
+    root = logging.getLogger()
+    saved_handlers, saved_level = root.handlers[:], root.level
     try:
         setup_logging("info")
         token = current_session.set("abc123")
@@ -67,7 +67,6 @@ def test_setup_logging_uses_the_escaping_formatter(monkeypatch):
             current_session.reset(token)
     finally:
         root.handlers[:] = saved_handlers
-        root.setLevel(saved_levels[0])
-        aiosmtpd_log.setLevel(saved_levels[1])
+        root.setLevel(saved_level)
     [line] = stream.getvalue().splitlines()
     assert line.endswith("INFO    [abc123] mailproxy.smtp: HELO evil\\r\\nforged line")
