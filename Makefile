@@ -23,11 +23,15 @@ test: system venv
 run: system venv
 	bash scripts/demo.sh
 
+# Options pass through (see bench/README.md): make bench BENCH_ARGS=--quick,
+# make bench-stall STALL_ARGS="--cases ''"
+BENCH_ARGS ?=
+STALL_ARGS ?=
 bench: system venv
-	$(VENV)/bin/python bench/smtp_throughput.py
+	$(VENV)/bin/python bench/smtp_throughput.py $(BENCH_ARGS)
 
 bench-stall: system venv
-	$(VENV)/bin/python bench/data_stall.py
+	$(VENV)/bin/python bench/data_stall.py $(STALL_ARGS)
 
 # Mutation testing of the modules where a bug loses mail or opens a hole, in a scratch
 # copy of the tree; long, so not part of `make test` or CI. See docs/testing.md.

@@ -1,23 +1,33 @@
 #!/usr/bin/env python3
-"""SMTP relay throughput: smtp-sink directly vs nginx's mail proxy vs mailproxy.
+"""SMTP relay throughput and added latency: smtp-sink directly vs nginx vs mailproxy.
 
-Postfix's smtp-source sends 2 KB messages, one message per session, at 1 and at 20
-parallel sessions, to each target; every target relays to the same smtp-sink. Targets
-are interleaved inside each round so drift on a shared machine hits them all alike, and
-the median over rounds is reported. Only the ratios measured in one run mean much:
-absolute figures wander by 10-20 % between runs here.
+Postfix's smtp-source sends 2 KB messages, one message per session, at 1, 20 and 50
+parallel sessions, to each target; every target relays to the same smtp-sink. The
+targets: the sink itself, nginx's mail proxy, and mailproxy with 1 and 2 workers
+(streaming the message) and with 2 workers taking the whole message before forwarding
+it (a bench-only plugin with an empty `smtp_data` hook selects that mode).
 
-Run as root (smtp-sink drops to nobody, nginx workers run as nobody):
+Then, per target, while smtp-source keeps 20 sessions busy, a probe client runs
+sequential sessions and times each command's round trip (bench/latency.py); the
+target's percentiles minus the direct sink's, under the same load, are the added
+latency. Targets are interleaved inside each round so drift on a shared machine hits
+them all alike; throughput is the median over rounds, latency samples are pooled over
+rounds. Only figures measured in one run compare: absolute ones wander by 10-20 %
+between runs here. The end of the report states the project's targets, met or not.
 
-    /tmp/setup/venv/bin/python bench/smtp_throughput.py [--quick] [--targets direct,nginx]
+Run as root (smtp-sink drops to nobody, nginx workers run as nobody), from the venv the
+project is installed in:
+
+    .venv/bin/python bench/smtp_throughput.py [--quick] [--targets direct,nginx]
 
 Exit status: 0 if every measurement succeeded, 1 if any failed, 2 on a setup error.
-Missing the mailproxy/nginx target ratio is reported, not an error.
+A missed target is reported, not an error.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import shutil
@@ -32,16 +42,35 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from latency import COMMANDS, STEPS, Samples, run_probe
+
 BENCH_DIR = Path(__file__).resolve().parent
 NGINX_TEMPLATE = BENCH_DIR / "nginx-mail.conf.in"
 MAILPROXY_TEMPLATE = BENCH_DIR / "mailproxy-bench.toml.in"
+BENCH_PLUGINS = BENCH_DIR / "plugins"  # whole_message.py: the empty smtp_data hook
 
 SENDER = "sender@bench.example"
 RECIPIENT = "user@example.test"  # example.test is the listener's local domain
 MESSAGE_SIZE = 2048
-SESSION_COUNTS = (1, 20)
-TARGET_NAMES = ("direct", "nginx", "mailproxy")
-RATIO_GOAL = 0.25  # mailproxy/nginx at 20 sessions
+SESSION_COUNTS = (1, 20, 50)
+MAILPROXY_TARGETS = {  # name -> (workers, whole message before forwarding)
+    "mailproxy-1w": (1, False),
+    "mailproxy-2w": (2, False),
+    "mailproxy-whole": (2, True),
+}
+TARGET_NAMES = ("direct", "nginx", *MAILPROXY_TARGETS)
+
+LOAD_SESSIONS = 20  # smtp-source sessions beside the latency probe
+LOAD_MESSAGES = 1_000_000  # the load is stopped when the probe ends: this only bounds it
+
+# The project's targets. Throughput: (label, target, sessions, minimum ratio to nginx).
+RATIO_GOALS = (
+    ("mailproxy-2w", "mailproxy-2w", 20, 0.5),
+    ("mailproxy-2w", "mailproxy-2w", 1, 0.5),
+    ("streaming (mailproxy-2w)", "mailproxy-2w", 20, 0.7),
+)
+LATENCY_GOAL_TARGET = "mailproxy-2w"
+ADDED_P99_GOAL_MS = 1.0  # per command, at LOAD_SESSIONS sessions, target minus direct
 
 START_TIMEOUT = 15.0  # seconds for a server to start accepting
 STOP_TIMEOUT = 15.0  # mailproxy drains for shutdown_grace (default 10 s) on SIGTERM
@@ -187,6 +216,16 @@ class Sink:
             time.sleep(0.02)
         return n
 
+    def wait_quiet(self, quiet: float = 0.5, timeout: float = 10.0) -> None:
+        """Until the message counter has stood still for `quiet` seconds: after a load
+        was cut off, its last messages must not be counted in the next run."""
+        deadline = time.monotonic() + timeout
+        last, since = self.messages(), time.monotonic()
+        while time.monotonic() - since < quiet and time.monotonic() < deadline:
+            time.sleep(0.05)
+            if (n := self.messages()) != last:
+                last, since = n, time.monotonic()
+
     def stop(self) -> None:
         stop(self.proc)
 
@@ -249,26 +288,36 @@ class Nginx(Target):
 
 @dataclass
 class Mailproxy(Target):
-    name: str = "mailproxy"
+    name: str = "mailproxy-2w"
     workers: int = 2
+    whole_message: bool = False  # enable the bench's empty smtp_data hook
     executable: Path = field(default_factory=lambda: Path(sys.executable).parent / "mailproxy")
 
     def __post_init__(self) -> None:
-        self.note = (f"workers = {self.workers}, plugin access, "
-                     f"client_identity xclient ({self.executable})")
+        mode = ("whole message (plugin whole_message: empty smtp_data hook)"
+                if self.whole_message else "streaming (no smtp_data hook)")
+        self.note = (f"workers = {self.workers}, plugin access, metrics on, "
+                     f"client_identity xclient, {mode} ({self.executable})")
+
+    @property
+    def plugins(self) -> list[str]:
+        return ["access", "whole_message"] if self.whole_message else ["access"]
 
     def start(self, sink: Sink, workdir: Path) -> None:
         if not self.executable.exists():
             raise SetupError(f"{self.executable} not found (pip install -e the project "
                              "into the venv that runs this script)")
-        home = workdir / "mailproxy"
+        home = workdir / self.name
         home.mkdir()
         self.port = free_port()
-        conf = render(MAILPROXY_TEMPLATE, home / "mailproxy.toml",
-                      port=self.port, sink_port=sink.port, workers=self.workers)
+        directories = [str(BENCH_PLUGINS)] if self.whole_message else []
+        # JSON arrays of plain strings are TOML arrays too.
+        conf = render(MAILPROXY_TEMPLATE, home / "mailproxy.toml", port=self.port,
+                      sink_port=sink.port, metrics_port=free_port(), workers=self.workers,
+                      enabled=json.dumps(self.plugins), directories=json.dumps(directories))
         self.log = home / "mailproxy.log"
         self.proc = spawn([str(self.executable), "run", "-c", str(conf)], self.log, home)
-        wait_accepting(self.port, self.proc, "mailproxy", self.log)
+        wait_accepting(self.port, self.proc, self.name, self.log)
 
 
 # ---------------------------------------------------------------------- measuring
@@ -292,10 +341,14 @@ class Result:
         return None if self.cpu is None else self.cpu / self.messages * 1e6
 
 
+def source_command(port: int, sessions: int, messages: int) -> list[str]:
+    return ["smtp-source", "-s", str(sessions), "-m", str(messages), "-l", str(MESSAGE_SIZE),
+            "-f", SENDER, "-t", RECIPIENT, f"inet:127.0.0.1:{port}"]
+
+
 def run_source(port: int, sessions: int, messages: int, timeout: float) -> tuple[float, str]:
     """Wall-clock seconds of one smtp-source run, and an error text ('' if it worked)."""
-    cmd = ["smtp-source", "-s", str(sessions), "-m", str(messages), "-l", str(MESSAGE_SIZE),
-           "-f", SENDER, "-t", RECIPIENT, f"inet:127.0.0.1:{port}"]
+    cmd = source_command(port, sessions, messages)
     start = time.perf_counter()
     try:
         # subprocess.run kills smtp-source when the guard expires.
@@ -335,11 +388,72 @@ def measure(target: Target, sink: Sink, sessions: int, messages: int, timeout: f
 
 
 def describe(r: Result, round_no: int, rounds: int) -> str:
-    head = f"  round {round_no}/{rounds}  {r.target:<9} {r.sessions:>2} sessions  {r.messages:>5} msgs"
+    head = f"  round {round_no}/{rounds}  {r.target:<15} {r.sessions:>2} sessions  {r.messages:>5} msgs"
     if r.error:
         return f"{head}  FAILED: {r.error}"
     cpu = "" if r.cpu is None else f"  proxy CPU {r.cpu_us_per_msg:6.0f} µs/msg"
     return f"{head}  {r.seconds:6.3f} s  {r.rate:8.0f} msg/s{cpu}"
+
+
+def probe_message(size: int = MESSAGE_SIZE) -> bytes:
+    """About `size` bytes like smtp-source's: a few headers, then short lines (none
+    starts with a dot, so nothing needs stuffing); ends in CRLF."""
+    head = f"From: <{SENDER}>\r\nTo: <{RECIPIENT}>\r\nSubject: latency probe\r\n\r\n".encode()
+    line = b"x" * 78 + b"\r\n"
+    return head + line * max(1, (size - len(head)) // len(line))
+
+
+def stop_load(load: subprocess.Popen) -> None:
+    if load.poll() is None:
+        load.terminate()
+        try:
+            load.wait(5)
+        except subprocess.TimeoutExpired:
+            load.kill()
+            load.wait()
+
+
+def measure_latency(target: Target, sink: Sink, args: argparse.Namespace,
+                    workdir: Path) -> tuple[Samples, str]:
+    """Probe sessions against the target while smtp-source keeps LOAD_SESSIONS sessions
+    busy on it; the round trips, and an error text ('' if it worked)."""
+    try:
+        target.check_alive()
+    except SetupError as exc:
+        return Samples(), str(exc)
+    delivered_before = sink.messages()
+    log = workdir / f"load-{target.name}.log"
+    with open(log, "ab") as out:
+        load = subprocess.Popen(source_command(target.port, LOAD_SESSIONS, LOAD_MESSAGES),
+                                stdin=subprocess.DEVNULL, stdout=out, stderr=out)
+    try:
+        # The load is on once the sink has seen a message per session.
+        if sink.wait_messages(delivered_before + LOAD_SESSIONS, START_TIMEOUT) \
+                < delivered_before + LOAD_SESSIONS:
+            return Samples(), f"the {LOAD_SESSIONS}-session load did not get going{log_tail(log)}"
+        samples, error = run_probe(target.port, SENDER, RECIPIENT, probe_message(),
+                                   args.probe_sessions, args.probe_seconds,
+                                   load_running=lambda: load.poll() is None)
+        if not error and load.poll() is not None:
+            error = f"smtp-source (the load) exited {load.returncode} under the probe{log_tail(log)}"
+    finally:
+        stop_load(load)
+        sink.wait_quiet()  # the cut-off load's last messages belong to no run
+    if not error:
+        try:
+            target.check_alive()
+        except SetupError as exc:
+            error = str(exc)
+    return samples, error
+
+
+def describe_latency(name: str, samples: Samples, error: str, round_no: int, rounds: int) -> str:
+    head = f"  round {round_no}/{rounds}  {name:<15} probe beside {LOAD_SESSIONS} sessions"
+    if error:
+        return f"{head}  FAILED: {error}"
+    worst = max(COMMANDS, key=lambda step: samples.percentile_ms(step, 0.99) or 0.0)
+    return (f"{head}  {samples.sessions:>4} probe sessions  slowest p99 "
+            f"{fmt(samples.percentile_ms(worst, 0.99), '.2f')} ms ({worst})")
 
 
 # ------------------------------------------------------------------------ report
@@ -369,26 +483,76 @@ def fmt(value: float | None, spec: str) -> str:
     return "-" if value is None else format(value, spec)
 
 
+def ratio(cells, name: str, reference: str, sessions: int) -> float | None:
+    ours, theirs = cells.get((name, sessions)), cells.get((reference, sessions))
+    return ours[0] / theirs[0] if ours and theirs else None
+
+
 def print_table(cells, targets: list[str], failed: set[tuple[str, int]]) -> None:
-    print(f"\n{'target':<10} {'sessions':>8} {'msg/s':>9} {'/direct':>8} {'/nginx':>8} "
+    print(f"\nthroughput (median over rounds)\n"
+          f"{'target':<16} {'sessions':>8} {'msg/s':>9} {'/direct':>8} {'/nginx':>8} "
           f"{'proxy CPU µs/msg':>17}")
     for sessions in SESSION_COUNTS:
         for name in targets:
             if (name, sessions) in failed:
-                print(f"{name:<10} {sessions:>8} {'FAILED':>9}")
+                print(f"{name:<16} {sessions:>8} {'FAILED':>9}")
                 continue
             rate, cpu = cells[name, sessions]
-            ref = {other: cells.get((other, sessions), (None,))[0] for other in ("direct", "nginx")}
-            ratio = {k: (rate / v if v else None) for k, v in ref.items()}
-            print(f"{name:<10} {sessions:>8} {rate:>9.0f} {fmt(ratio['direct'], '.2f'):>8} "
-                  f"{fmt(ratio['nginx'], '.2f'):>8} {fmt(cpu, '.0f'):>17}")
+            print(f"{name:<16} {sessions:>8} {rate:>9.0f} "
+                  f"{fmt(ratio(cells, name, 'direct', sessions), '.2f'):>8} "
+                  f"{fmt(ratio(cells, name, 'nginx', sessions), '.2f'):>8} {fmt(cpu, '.0f'):>17}")
 
 
-def print_verdict(cells) -> None:
-    sessions = max(SESSION_COUNTS)
-    ours, theirs = cells.get(("mailproxy", sessions)), cells.get(("nginx", sessions))
-    ratio = f"{ours[0] / theirs[0]:.2f}" if ours and theirs else "n/a"
-    print(f"\nmailproxy/nginx at {sessions} sessions: {ratio} (target >= {RATIO_GOAL})")
+def added_ms(latency: dict[str, Samples], name: str, step: str, fraction: float) -> float | None:
+    """The target's percentile minus the direct sink's, under the same load."""
+    ours, direct = latency.get(name), latency.get("direct")
+    if ours is None or direct is None or name == "direct":
+        return None
+    a, b = ours.percentile_ms(step, fraction), direct.percentile_ms(step, fraction)
+    return None if a is None or b is None else a - b
+
+
+def print_latency(latency: dict[str, Samples], targets: list[str], failed: set[str]) -> None:
+    print(f"\nround trip per command at {LOAD_SESSIONS} sessions of load, ms (probe sessions "
+          f"pooled over rounds; +p50/+p99: minus direct's)")
+    print(f"{'target':<16} {'probes':>6} {'':>4}" + "".join(f"{step:>9}" for step in STEPS))
+    for name in targets:
+        if name in failed or name not in latency:
+            print(f"{name:<16} {'FAILED' if name in failed else '-':>6}")
+            continue
+        samples = latency[name]
+        rows = {"p50": [samples.percentile_ms(step, 0.5) for step in STEPS],
+                "p99": [samples.percentile_ms(step, 0.99) for step in STEPS]}
+        if name != "direct":
+            rows["+p50"] = [added_ms(latency, name, step, 0.5) for step in STEPS]
+            rows["+p99"] = [added_ms(latency, name, step, 0.99) for step in STEPS]
+        for index, (stat, values) in enumerate(rows.items()):
+            label = f"{name:<16} {samples.sessions:>6}" if index == 0 else " " * 23
+            print(f"{label} {stat:>4}" + "".join(f"{fmt(v, '.2f'):>9}" for v in values))
+
+
+def verdict_line(goal: str, measured: str, met: bool | None) -> str:
+    state = "not measured" if met is None else ("met" if met else "NOT MET")
+    return f"  {goal:<58} {measured:<28} {state}"
+
+
+def print_verdict(cells, latency: dict[str, Samples]) -> None:
+    print("\ntargets (from this run's figures; a missed target is reported, not an error)")
+    for label, name, sessions, minimum in RATIO_GOALS:
+        value = ratio(cells, name, "nginx", sessions)
+        plural = "session" if sessions == 1 else "sessions"
+        print(verdict_line(f"{label} >= {minimum:.2f}x nginx at {sessions} {plural}",
+                           fmt(value, ".2f") + "x" if value is not None else "-",
+                           None if value is None else value >= minimum))
+    added = {step: added_ms(latency, LATENCY_GOAL_TARGET, step, 0.99) for step in COMMANDS}
+    goal = (f"added p99 per command ({LATENCY_GOAL_TARGET}, {LOAD_SESSIONS} sessions) "
+            f"< {ADDED_P99_GOAL_MS:g} ms")
+    if any(value is None for value in added.values()):
+        print(verdict_line(goal, "-", None))
+    else:
+        worst = max(added, key=added.get)
+        print(verdict_line(goal, f"worst {added[worst]:+.2f} ms ({worst})",
+                           added[worst] < ADDED_P99_GOAL_MS))
 
 
 # --------------------------------------------------------------------------- main
@@ -403,32 +567,45 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="messages per run at 1 session (default %(default)s)")
     p.add_argument("--messages-20", type=int, default=2000, dest="messages_20",
                    help="messages per run at 20 sessions (default %(default)s)")
+    p.add_argument("--messages-50", type=int, default=2000, dest="messages_50",
+                   help="messages per run at 50 sessions (default %(default)s)")
+    p.add_argument("--probe-sessions", type=int, default=200, dest="probe_sessions",
+                   help="latency probe: at most this many sessions per target and round "
+                        "(default %(default)s; 0 skips the latency phase)")
+    p.add_argument("--probe-seconds", type=float, default=5.0, dest="probe_seconds",
+                   help="latency probe: at most this long per target and round (default %(default)s)")
     p.add_argument("--warmup", type=int, default=100,
                    help="untimed messages per target before round 1 (default %(default)s)")
-    p.add_argument("--workers", type=int, default=2, help="mailproxy worker processes")
     p.add_argument("--nginx-workers", type=int, default=2, help="nginx worker_processes")
     p.add_argument("--timeout", type=float, default=120.0,
                    help="wall-clock guard per smtp-source run, seconds")
     p.add_argument("--quick", action="store_true",
-                   help="smoke test: 50/200 messages, 1 round, 20 warm-up")
+                   help="smoke test: 50/200/200 messages, 1 round, 20 warm-up, "
+                        "at most 50 probe sessions or 2 s per target")
     p.add_argument("--keep", action="store_true", help="keep the temp dir (configs, logs)")
     args = p.parse_args(argv)
     if args.quick:
-        args.messages_1, args.messages_20, args.rounds, args.warmup = 50, 200, 1, 20
+        args.messages_1, args.messages_20, args.messages_50 = 50, 200, 200
+        args.rounds, args.warmup = 1, 20
+        args.probe_sessions, args.probe_seconds = min(args.probe_sessions, 50), 2.0
     args.targets = [t.strip() for t in args.targets.split(",") if t.strip()]
     unknown = set(args.targets) - set(TARGET_NAMES)
     if unknown or not args.targets:
         p.error(f"--targets: unknown {sorted(unknown)}; choose from {TARGET_NAMES}")
-    if min(args.rounds, args.messages_1, args.messages_20) < 1 or args.warmup < 0:
+    if min(args.rounds, args.messages_1, args.messages_20, args.messages_50) < 1 \
+            or args.warmup < 0:
         p.error("--rounds and message counts must be positive")
+    if args.probe_sessions < 0 or args.probe_seconds <= 0:
+        p.error("--probe-sessions must be 0 or more, --probe-seconds positive")
     return args
 
 
 def make_target(name: str, args: argparse.Namespace) -> Target:
     if name == "nginx":
         return Nginx(workers=args.nginx_workers)
-    if name == "mailproxy":
-        return Mailproxy(workers=args.workers)
+    if name in MAILPROXY_TARGETS:
+        workers, whole_message = MAILPROXY_TARGETS[name]
+        return Mailproxy(name=name, workers=workers, whole_message=whole_message)
     return Direct()
 
 
@@ -443,11 +620,13 @@ def check_tools(targets: list[str]) -> None:
 
 
 def run(args: argparse.Namespace, workdir: Path) -> int:
-    counts = {1: args.messages_1, 20: args.messages_20}
+    counts = dict(zip(SESSION_COUNTS, (args.messages_1, args.messages_20, args.messages_50)))
     sink = Sink(workdir)
     targets = [make_target(name, args) for name in args.targets]
     results: list[Result] = []
     failed: set[tuple[str, int]] = set()
+    latency = {name: Samples() for name in args.targets}
+    latency_failed: set[str] = set()
     try:
         sink.start()
         for t in targets:
@@ -456,11 +635,15 @@ def run(args: argparse.Namespace, workdir: Path) -> int:
             except SetupError as exc:
                 print(f"{t.name}: could not start: {exc}")
                 failed.update((t.name, s) for s in SESSION_COUNTS)
-        print(f"smtp-source: {MESSAGE_SIZE}-byte messages, one per session; "
-              f"{counts[1]} msgs at 1 session, {counts[20]} at 20; {args.rounds} round(s); "
-              f"{os.cpu_count()} CPUs")
+                latency_failed.add(t.name)
+        runs = ", ".join(f"{n} msgs at {s} session{'s' * (s > 1)}" for s, n in counts.items())
+        print(f"smtp-source: {MESSAGE_SIZE}-byte messages, one per session; {runs}; "
+              f"{args.rounds} round(s); {os.cpu_count()} CPUs")
+        if args.probe_sessions:
+            print(f"latency probe: per target and round, at most {args.probe_sessions} "
+                  f"sessions or {args.probe_seconds:g} s beside a {LOAD_SESSIONS}-session load")
         for t in targets:
-            print(f"  {t.name:<9} {t.note}")
+            print(f"  {t.name:<15} {t.note}")
 
         live = [t for t in targets if (t.name, SESSION_COUNTS[0]) not in failed]
         for t in list(live):  # first connections, worker start-up, imports: not measured
@@ -469,6 +652,7 @@ def run(args: argparse.Namespace, workdir: Path) -> int:
                 if w.error:
                     print(f"  warm-up {t.name}: FAILED: {w.error}")
                     failed.update((t.name, s) for s in SESSION_COUNTS)
+                    latency_failed.add(t.name)
                     live.remove(t)
 
         # Targets interleaved inside each round: drift on a shared machine hits all alike.
@@ -481,6 +665,15 @@ def run(args: argparse.Namespace, workdir: Path) -> int:
                         failed.add((t.name, sessions))
                     else:
                         results.append(r)
+            if args.probe_sessions:
+                for t in live:  # direct too: it is the reference
+                    samples, error = measure_latency(t, sink, args, workdir)
+                    print(describe_latency(t.name, samples, error, round_no, args.rounds),
+                          flush=True)
+                    if error:
+                        latency_failed.add(t.name)
+                    else:
+                        latency[t.name].extend(samples)
     finally:
         for t in targets:
             t.stop()
@@ -488,8 +681,13 @@ def run(args: argparse.Namespace, workdir: Path) -> int:
 
     cells = summarize(results, args.targets, failed)
     print_table(cells, args.targets, failed)
-    print_verdict(cells)
-    return 1 if failed else 0
+    # A target with a failed round is left out, as in the throughput table.
+    latency = {name: s for name, s in latency.items()
+               if name not in latency_failed and s.sessions and args.probe_sessions}
+    if args.probe_sessions:
+        print_latency(latency, args.targets, latency_failed)
+    print_verdict(cells, latency)
+    return 1 if failed or latency_failed else 0
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -63,6 +63,21 @@ plugin_duration = Histogram(
     ["plugin", "hook"],
     buckets=_LATENCY_BUCKETS,
 )
+# The shipped checks (plugins/): label values come from their code and configuration,
+# never from a client (no addresses, no names).
+plugin_checks = Counter(
+    "mailproxy_plugin_checks_total",
+    "Results of the shipped checks: plugin=spf (check=mailfrom or helo, result=the SPF "
+    "result), dnsbl (check=the list's zone, result=listed, not_listed, error), helo "
+    "(check=helo, result=valid, error or the name of the check the HELO name failed).",
+    ["plugin", "check", "result"],
+)
+plugin_check_duration = Histogram(
+    "mailproxy_plugin_check_duration_seconds",
+    "Time one check took: an SPF evaluation, one list's lookup, one HELO name's checks.",
+    ["plugin", "check"],
+    buckets=_LATENCY_BUCKETS,
+)
 auth_attempts = Counter(
     "mailproxy_auth_attempts_total",
     "AUTH attempts by result (success, failure, throttled, refused, aborted, error).",

@@ -1,7 +1,8 @@
 """A real DNS server for tests: dnsmasq on loopback, answering only from its records.
 
 `--local` makes it authoritative for the test zones, so a name it does not hold is
-NXDOMAIN (an answer) rather than SERVFAIL (no upstream to ask).
+NXDOMAIN (an answer) rather than SERVFAIL (no upstream to ask). `authoritative()` makes
+it a real authoritative server instead, whose NXDOMAIN carries the zone's SOA.
 """
 
 from __future__ import annotations
@@ -13,6 +14,20 @@ from pathlib import Path
 from tests.support.servers import free_port, wait_for_listen
 
 DNSMASQ = "/usr/sbin/dnsmasq"
+
+
+def authoritative(zone: str = "test", ttl: int = 300) -> list[str]:
+    """Options that make dnsmasq the authoritative server of `zone`, as the servers of
+    DNS lists are: its records get `ttl`, and a name it does not hold is NXDOMAIN with
+    the zone's SOA, whose minimum (`ttl` too) says how long that may be cached (RFC
+    2308). Pass them with `zones=()`; any name outside `zone` is REFUSED.
+
+    Records: `--host-record=NAME,IP` (A or AAAA), `--txt-record=NAME,TEXT` (a comma
+    starts another string of the record), `--mx-host=NAME,HOST,PREFERENCE`."""
+    return [
+        f"--auth-server=ns.{zone},127.0.0.1", f"--auth-zone={zone}", f"--auth-ttl={ttl}",
+        f"--auth-soa=1,hostmaster.{zone},1200,180,1209600",
+    ]
 
 
 class Dnsmasq:
@@ -40,7 +55,16 @@ class Dnsmasq:
         wait_for_listen(self.port, timeout=10, process=self.process)  # its TCP side
         return self
 
-    def __exit__(self, *exc) -> None:
-        if self.process is not None:
+    def log(self) -> str:
+        """What dnsmasq logged; with the option `--log-queries`, every query it got."""
+        path = self._directory / "log"
+        return path.read_text() if path.exists() else ""
+
+    def stop(self) -> None:
+        """Stop answering (a test of what is cached then); stopping twice is harmless."""
+        if self.process is not None and self.process.poll() is None:
             self.process.terminate()
             self.process.wait(5)
+
+    def __exit__(self, *exc) -> None:
+        self.stop()

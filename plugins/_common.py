@@ -1,0 +1,167 @@
+"""What the shipped checks share: which sessions they judge, how an administrator says
+what a finding does, and how each check is timed and counted."""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import time
+from contextlib import contextmanager
+from typing import Annotated, Iterator, Literal
+
+from pydantic import AfterValidator, BeforeValidator, Field, ValidationInfo, field_validator
+
+from mailproxy import PluginSettings, Session, Verdict
+from mailproxy import metrics
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+# Clients that are never judged unless the administrator says otherwise: loopback,
+# private, shared (carrier-grade NAT) and link-local networks. Public lists know
+# nothing of them, and a host there is one of the site's own.
+PRIVATE_NETWORKS = [
+    "127.0.0.0/8", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10",
+    "169.254.0.0/16", "::1/128", "fc00::/7", "fe80::/10",
+]
+
+
+def networks(values: list[str]) -> list[str]:
+    """Validates a list of IP networks."""
+    for value in values:
+        try:
+            ipaddress.ip_network(value, strict=False)
+        except ValueError:
+            raise ValueError(f"{value!r} is not an IP network (like 192.0.2.0/24)") from None
+    return values
+
+
+def addresses(values: list[str]) -> list[str]:
+    """Validates a list of IP addresses."""
+    for value in values:
+        try:
+            ipaddress.ip_address(value)
+        except ValueError:
+            raise ValueError(f"{value!r} is not an IP address") from None
+    return values
+
+
+def _action(value: object) -> str | float:
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if value in ("reject", "tempfail", "off"):
+        return value
+    raise ValueError(f"{value!r} is not an action: use \"reject\", \"tempfail\", \"off\" or a number of points")
+
+
+# What a finding does: refuse ("reject", "tempfail"), nothing ("off"), or add points
+# to the score (a number; negative for a good sign).
+Action = Annotated[str | float, BeforeValidator(_action)]
+
+
+class ClientCheckSettings(PluginSettings):
+    """Options every shipped check takes: which sessions it judges."""
+
+    # Listener modes whose sessions are checked. Submission clients are users' own
+    # programs, on home and mobile networks, with whatever HELO they like.
+    modes: list[Literal["mx", "submission"]] = ["mx"]
+    # Client networks never checked.
+    skip_clients: Annotated[list[str], AfterValidator(networks)] = PRIVATE_NETWORKS
+
+
+class DnsCheckSettings(ClientCheckSettings):
+    """Options of a check that asks the DNS (the servers of `[dns]`)."""
+
+    lookup_timeout: float = Field(2.0, gt=0, le=30)  # seconds for one name's lookups
+    cache_entries: int = Field(10000, ge=0)  # answers kept, the least recently used go
+    # Answers are kept for their TTL, at most max_ttl; "no such name" for the negative
+    # TTL of its zone's SOA, at most max_negative_ttl.
+    max_ttl: float = Field(3600.0, ge=0)
+    max_negative_ttl: float = Field(900.0, ge=0)
+
+    @field_validator("lookup_timeout")
+    @classmethod
+    def _fits_in_timeout(cls, value: float, info: ValidationInfo) -> float:
+        limit = info.data.get("timeout")
+        if limit is not None and value >= limit:
+            raise ValueError(f"must be less than timeout ({limit:g}), the limit of the whole hook")
+        return value
+
+
+class ClientFilter:
+    def __init__(self, settings: ClientCheckSettings) -> None:
+        self._modes = frozenset(settings.modes)
+        self._skip = [ipaddress.ip_network(n, strict=False) for n in settings.skip_clients]
+
+    def skips(self, session: Session) -> bool:
+        """Whether `session` is none of this check's business: an authenticated user, a
+        listener mode not checked, a client in `skip_clients` (or no address at all)."""
+        if session.authenticated or session.mode not in self._modes:
+            return True
+        ip = client_ip(session)
+        return ip is None or any(ip in network for network in self._skip)
+
+
+_LABEL = re.compile(r"(?!-)[A-Za-z0-9_-]{1,63}(?<!-)")
+
+
+def host_name(text: str) -> str | None:
+    """`text` as a lower-case ASCII host name (an internationalised one in its A-label
+    form, a trailing dot dropped), or None when it cannot be one. Underscores are
+    allowed, as Postfix allows them: real hosts have them."""
+    name = text.removesuffix(".")
+    if not name.isascii():
+        try:
+            name = name.encode("idna").decode("ascii")
+        except UnicodeError:
+            return None
+    labels = name.split(".")
+    if len(name) > 253 or not all(_LABEL.fullmatch(label) for label in labels):
+        return None
+    if labels[-1].isdigit():  # a numeric top-level label: an address, or nonsense
+        return None
+    return name.lower()
+
+
+def client_ip(session: Session) -> IPAddress | None:
+    """The real client's address (an IPv4-mapped IPv6 address as the IPv4 one)."""
+    try:
+        ip = ipaddress.ip_address(session.client_address)
+    except ValueError:
+        return None
+    if ip.version == 6 and ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    return ip
+
+
+def verdict(action: str | float, symbol: str, reject: Verdict, tempfail: Verdict) -> Verdict | None:
+    """What `action` means for a finding: its refusal, its points, or nothing."""
+    if action == "reject":
+        return reject
+    if action == "tempfail":
+        return tempfail
+    if action == "off":
+        return None
+    return Verdict.score(symbol, action, reason=reject.reason)
+
+
+_UNPRINTABLE = re.compile(r"[^\x20-\x7e]+")
+
+
+def printable(text: str, limit: int = 200) -> str:
+    """`text` fit for a reply or a log line: printable ASCII, at most `limit` characters.
+    Texts from the DNS belong to whoever runs the zone."""
+    text = _UNPRINTABLE.sub(" ", text).strip()
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def count(plugin: str, check: str, result: str) -> None:
+    metrics.child(metrics.plugin_checks, plugin, check, result).inc()
+
+
+@contextmanager
+def timed(plugin: str, check: str) -> Iterator[None]:
+    started = time.perf_counter()
+    try:
+        yield
+    finally:
+        metrics.child(metrics.plugin_check_duration, plugin, check).observe(time.perf_counter() - started)

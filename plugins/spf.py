@@ -1,0 +1,176 @@
+"""spf: Sender Policy Framework (RFC 7208) for the envelope sender.
+
+    [plugin.spf]
+    on_fail = 2.0           # each result: "reject", "tempfail", "off" or points
+    on_softfail = 1.0
+    check_timeout = 10.0    # seconds for one whole SPF evaluation
+
+At MAIL FROM the client's address is checked against the SPF policy of the sender's
+domain, or of its HELO name for the null sender (RFC 7208 2.4). pyspf does the work
+and asks the servers of `[dns]`. Each result does what its `on_<result>` option says,
+and the message gets `Received-SPF` (RFC 7208 9.1) and `Authentication-Results`
+(RFC 8601) header lines. Authenticated sessions are not checked.
+
+pyspf is synchronous: each evaluation runs in a thread of this plugin's own pool and
+keeps to `check_timeout` by itself, so neither the event loop nor a thread waits
+longer on a slow DNS.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+from concurrent.futures import ThreadPoolExecutor
+
+import dns.exception
+import dns.resolver
+import spf as pyspf
+from pydantic import Field, ValidationInfo, field_validator
+
+from mailproxy import Envelope, Session, Verdict, hookimpl
+
+from ._common import Action, ClientCheckSettings, ClientFilter, client_ip, count, printable, timed, verdict
+from ._dns import blocking_resolver
+from ._spf_headers import SpfOutcome, authentication_results, comment, received_spf
+
+PLUGIN = "spf"
+_NOTE = "spf.outcome"
+# How long a check may run past check_timeout before it counts as temperror: pyspf
+# measures its budget between lookups, so its last lookup may end a little late.
+_GRACE = 1.0
+_RESOLVER_CACHE_ENTRIES = 10000
+
+# --- pyspf asks our resolver --------------------------------------------------------------
+# pyspf looks names up through its module-level DNSLookup function. Ours asks the
+# resolver set for the check running in this thread, and otherwise does what pyspf's
+# own would, so other users of pyspf in the process are not affected.
+
+_resolver: contextvars.ContextVar[dns.resolver.Resolver | None] = contextvars.ContextVar(
+    "spf_resolver", default=None
+)
+_pyspf_lookup = pyspf.DNSLookup
+
+
+def _value(qtype: str, rdata):
+    """A record in the shape pyspf's own dnspython lookup gives it."""
+    if qtype in ("A", "AAAA"):
+        return rdata.address
+    if qtype == "MX":
+        return (rdata.preference, rdata.exchange)
+    if qtype == "PTR":
+        return rdata.target.to_text(True)
+    return rdata.strings  # TXT
+
+
+def _lookup(name: str, qtype: str, strict=True, timeout=30):
+    resolver = _resolver.get()
+    if resolver is None:
+        return _pyspf_lookup(name, qtype, strict, timeout)
+    try:
+        answer = resolver.resolve(name, qtype, lifetime=timeout)
+    except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer):
+        return []
+    except dns.exception.DNSException as exc:
+        raise pyspf.TempError(f"DNS {exc}") from None
+    return [((name, qtype), _value(qtype, rdata)) for rdata in answer]
+
+
+pyspf.DNSLookup = _lookup
+
+# --- the plugin ---------------------------------------------------------------------------
+
+_REFUSALS = {  # result -> (enhanced code of a refusal (RFC 7372), what went wrong)
+    "pass": ("7.23", "SPF pass"),
+    "fail": ("7.23", "SPF fail"),
+    "softfail": ("7.23", "SPF softfail"),
+    "neutral": ("7.23", "SPF neutral"),
+    "none": ("7.23", "SPF none"),
+    "temperror": ("7.24", "SPF temporary error"),
+    "permerror": ("7.24", "SPF permanent error"),
+}
+
+
+class Plugin:
+    class Config(ClientCheckSettings):
+        # The whole hook: one SPF evaluation and a little more.
+        timeout: float = Field(15.0, gt=0, le=300)
+        check_timeout: float = Field(10.0, gt=0, le=120)
+        threads: int = Field(8, ge=1, le=64)  # evaluations at once; more wait their turn
+        add_headers: bool = True
+        # Who did the check, in the headers: the [proxy] hostname unless set.
+        authserv_id: str | None = Field(None, pattern=r"^[A-Za-z0-9.-]+$")
+        # Forwarded mail fails SPF although nobody forged it: a score is the safe default.
+        on_pass: Action = "off"
+        on_fail: Action = 2.0
+        on_softfail: Action = 1.0
+        on_neutral: Action = "off"
+        on_none: Action = "off"
+        on_temperror: Action = "off"
+        on_permerror: Action = "off"
+
+        @field_validator("check_timeout")
+        @classmethod
+        def _fits_in_timeout(cls, value: float, info: ValidationInfo) -> float:
+            limit = info.data.get("timeout")
+            if limit is not None and value + _GRACE >= limit:
+                raise ValueError(f"must end at least {_GRACE:g}s before timeout ({limit:g})")
+            return value
+
+    def __init__(self, settings: Config, context) -> None:
+        self._filter = ClientFilter(settings)
+        self._settings = settings
+        self._authserv_id = settings.authserv_id or context.config.proxy.hostname
+        self._resolver = blocking_resolver(context.config.dns)
+        self._resolver.cache = dns.resolver.LRUCache(_RESOLVER_CACHE_ENTRIES)
+        self._pool = ThreadPoolExecutor(settings.threads, thread_name_prefix="spf")
+
+    @hookimpl
+    async def smtp_mail(self, session: Session, envelope: Envelope, address: str) -> Verdict | None:
+        if self._filter.skips(session) or not (address or session.host_name):
+            return None
+        outcome = await self._check(str(client_ip(session)), address, session.host_name or "")
+        envelope.notes[_NOTE] = outcome
+        return self._verdict(outcome)
+
+    @hookimpl
+    def smtp_data(self, envelope: Envelope) -> None:
+        outcome = envelope.notes.get(_NOTE)
+        if outcome is not None and self._settings.add_headers:
+            envelope.add_header("Received-SPF", received_spf(outcome, self._authserv_id))
+            envelope.add_header("Authentication-Results", authentication_results(outcome, self._authserv_id))
+
+    async def _check(self, ip: str, sender: str, helo: str) -> SpfOutcome:
+        identity = "mailfrom" if sender else "helo"
+        limit = self._settings.check_timeout
+        with timed(PLUGIN, identity):
+            loop = asyncio.get_running_loop()
+            try:
+                async with asyncio.timeout(limit + _GRACE):
+                    result, explanation = await loop.run_in_executor(self._pool, self._evaluate, ip, sender, helo)
+            except TimeoutError:
+                result, explanation = "temperror", f"no answer within {limit:g}s"
+        count(PLUGIN, identity, result)
+        return SpfOutcome(result, identity, ip, sender, helo, printable(explanation))
+
+    def _evaluate(self, ip: str, sender: str, helo: str) -> tuple[str, str]:
+        """One evaluation, in a thread of the pool."""
+        token = _resolver.set(self._resolver)
+        try:
+            query = pyspf.query(i=ip, s=sender, h=helo, receiver=self._authserv_id,
+                                querytime=self._settings.check_timeout)
+            result, _code, explanation = query.check()
+        finally:
+            _resolver.reset(token)
+        return result, explanation
+
+    def _verdict(self, outcome: SpfOutcome) -> Verdict | None:
+        action = getattr(self._settings, f"on_{outcome.result}")
+        enhanced, what = _REFUSALS[outcome.result]
+        explanation = f" ({outcome.explanation})" if outcome.explanation else ""
+        text = printable(f"{what}: {comment(outcome)}{explanation}", 400)
+        return verdict(
+            action,
+            f"SPF_{outcome.result.upper()}",
+            reject=Verdict.reject(550, f"5.{enhanced}", text),
+            tempfail=Verdict.tempfail(451, f"4.{enhanced}", text),
+        )
