@@ -34,7 +34,6 @@ from ._dns import blocking_resolver
 from ._spf_headers import SpfOutcome, authentication_results, comment, received_spf
 
 PLUGIN = "spf"
-_NOTE = "spf.outcome"
 # How long a check may run past check_timeout before it counts as temperror: pyspf
 # measures its budget between lookups, so its last lookup may end a little late.
 _GRACE = 1.0
@@ -129,15 +128,13 @@ class Plugin:
         if self._filter.skips(session) or not (address or session.host_name):
             return None
         outcome = await self._check(str(client_ip(session)), address, session.host_name or "")
-        envelope.notes[_NOTE] = outcome
-        return self._verdict(outcome)
-
-    @hookimpl
-    def smtp_data(self, envelope: Envelope) -> None:
-        outcome = envelope.notes.get(_NOTE)
-        if outcome is not None and self._settings.add_headers:
+        # Added now, not in an smtp_data hook: one of those would make the proxy take
+        # every message whole instead of streaming it. The envelope ends with the
+        # transaction, so the lines go with this message only.
+        if self._settings.add_headers:
             envelope.add_header("Received-SPF", received_spf(outcome, self._authserv_id))
             envelope.add_header("Authentication-Results", authentication_results(outcome, self._authserv_id))
+        return self._verdict(outcome)
 
     async def _check(self, ip: str, sender: str, helo: str) -> SpfOutcome:
         identity = "mailfrom" if sender else "helo"
