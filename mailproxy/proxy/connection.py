@@ -16,11 +16,16 @@ READ_BUFFER = 256 * 1024  # bytes held unread before the socket stops being read
 
 
 class Connection(asyncio.Protocol):
-    def __init__(self, max_buffer: int = READ_BUFFER) -> None:
+    """`keep_open_on_eof`: after the peer's end of input, keep our side open (a client
+    is still owed replies); without it the connection closes (an upstream that hung
+    up is done)."""
+
+    def __init__(self, max_buffer: int = READ_BUFFER, keep_open_on_eof: bool = False) -> None:
         self.loop = asyncio.get_running_loop()
         self.transport: asyncio.Transport | None = None
         self.tls = False
         self._max_buffer = max_buffer
+        self._keep_open_on_eof = keep_open_on_eof
         self._chunks: list[bytes] = []
         self._buffered = 0
         self._eof = False
@@ -46,8 +51,8 @@ class Connection(asyncio.Protocol):
     def eof_received(self) -> bool:
         self._eof = True
         self._wake(self._waiter)
-        # Keep the socket open for the replies still owed to the peer (TLS cannot).
-        return not self.tls
+        # TLS cannot keep a half-closed connection open.
+        return self._keep_open_on_eof and not self.tls
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._eof = True
@@ -72,6 +77,10 @@ class Connection(asyncio.Protocol):
     @property
     def connected(self) -> bool:
         return self.transport is not None and not self.transport.is_closing()
+
+    @property
+    def has_data(self) -> bool:
+        return bool(self._chunks)
 
     @property
     def pending(self) -> bool:

@@ -21,6 +21,7 @@ from .runtime import ListenerRuntime
 log = logging.getLogger("mailproxy.session")
 
 ABORT_AFTER_CLOSE = 10.0  # seconds a closing connection may take to drain its last reply
+MAX_QUEUED_REPLIES = 64 * 1024  # bytes of replies held for a client before it must read
 
 
 class ClientTimeout(Exception):
@@ -36,7 +37,7 @@ class ClientConnection(Connection):
     """A connection accepted by a listener: it starts the listener's session."""
 
     def __init__(self, runtime: ListenerRuntime, session_class: type[ProxySession]) -> None:
-        super().__init__()
+        super().__init__(keep_open_on_eof=True)  # a client that half-closed is owed replies
         self._runtime = runtime
         self._session_class = session_class
         self.task: asyncio.Task | None = None
@@ -66,6 +67,7 @@ class ProxySession:
         # shutdown waits for it, since cutting it off would make the client send it again.
         self.delivering = False
         self._outbox: list[bytes] = []
+        self._outbox_size = 0
 
     # --- what a protocol provides ------------------------------------------------------------
 
@@ -142,12 +144,14 @@ class ProxySession:
         """Queue a reply. Replies go out when the session next waits for the client, so
         the replies to a pipelined batch leave in one write (RFC 2920 allows holding them)."""
         self._outbox.append(raw)
+        self._outbox_size += len(raw)
 
     def flush(self) -> None:
         if self._outbox:
             outbox = self._outbox
             self.client.write(outbox[0] if len(outbox) == 1 else b"".join(outbox))
             outbox.clear()
+            self._outbox_size = 0
 
     async def receive(self, deadline: float | None = None) -> bytes:
         """The client's next bytes (b"" at the end of its input), after every reply owed
@@ -160,12 +164,28 @@ class ProxySession:
         until = idle_at if idle else deadline
         try:
             self.flush()
+            self.delivering = False  # any end-of-data reply is with the transport
             if self.client.write_blocked:  # a client that does not read its replies
                 await self.client.drain(until)
-            self.delivering = False  # any end-of-data reply has gone out
             return await self.client.receive(until)
         except TimeoutError:
             raise ClientTimeout(idle) from None
+
+    @property
+    def replies_backlogged(self) -> bool:
+        """Replies pile up faster than the client takes them: before answering more of
+        what it pipelined, they must go out (`push_replies`)."""
+        return self._outbox_size > MAX_QUEUED_REPLIES or self.client.write_blocked
+
+    async def push_replies(self) -> None:
+        """Send the queued replies and wait, up to the idle timeout, for the client to
+        take them: one that sends commands but never reads the answers must not make
+        the proxy hold them all."""
+        self.flush()
+        try:
+            await self.client.drain(self.loop.time() + self.idle_timeout)
+        except TimeoutError:
+            raise ClientTimeout(idle=True) from None
 
     def hang_up(self) -> None:
         """Send what the client is owed, then close. A client that does not read its

@@ -209,6 +209,14 @@ class DataCommand:
         """The rest of the message and its end marker; the upstream's answer to it."""
         if upstream is not self._upstream:
             raise UpstreamError("lost", "upstream went away while taking the message")
+        if not self.client.connected:
+            # Closed by a shutdown, or gone: it could not hear the reply and would send
+            # the message again. Without its end marker the upstream discards it.
+            self._abort_upstream()
+            raise ConnectionResetError("client gone before the end of its message was sent")
+        if upstream.spoke:
+            # A reply nobody asked for would be taken as the answer to the message.
+            raise upstream.fail("protocol", "upstream spoke while taking the message")
         self.delivering = True  # until the reply has gone to the client
         try:
             final = await upstream.send(parts, "DATA_END", self.runtime.upstream.data_timeout)

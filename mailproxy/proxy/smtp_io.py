@@ -60,6 +60,8 @@ class SmtpReplies:
         machine = self.machine
         event = machine.next_event()
         if event is not NEED_DATA:
+            if self.replies_backlogged:
+                await self.push_replies()
             return event
         deadline = self.loop.time() + self.runtime.settings.command_timeout
         while event is NEED_DATA:

@@ -148,6 +148,11 @@ class UpstreamConnection:
             return False
         return True
 
+    @property
+    def spoke(self) -> bool:
+        """The upstream sent something that no command asked for yet."""
+        return bool(self._parser.pending) or (self._link is not None and self._link.has_data)
+
     async def ehlo(self, helo: str, extended: bool = True) -> ServerReply:
         verb = "EHLO" if extended else "HELO"
         reply = await self.command(f"{verb} {helo}\r\n".encode("utf-8", "surrogateescape"), verb)

@@ -18,6 +18,9 @@ Options (keyword arguments; the defaults behave like a plain, willing server):
   (b"334 VXNlcm5hbWU6" for one that asks for more where a final reply is due).
 - `stall_in_data=False`: after its 354, read nothing more (an upstream that stops
   reading in the middle of a message).
+- `data_reply_delay=0.0`: seconds to wait before answering DATA.
+- `after_go_ahead=b""`: bytes sent with the 354, in the same write, unasked (an
+  upstream that speaks while it takes the message).
 - `replies={}`: verb -> reply, for any other command (b"NOOP": b"421 4.7.0 bye"); a 421
   closes the connection after it, as a server that ends the session does.
 Multi-line replies are given with CRLF between the lines.
@@ -126,7 +129,9 @@ class _Handler(socketserver.BaseRequestHandler):
                 if owner.replies[verb].startswith(b"421"):
                     return
             elif verb == b"DATA":
-                self.send(owner.data_reply)
+                time.sleep(owner.data_reply_delay)
+                self.send(owner.data_reply + b"\r\n" + owner.after_go_ahead if owner.after_go_ahead
+                          else owner.data_reply)
                 if owner.stall_in_data:
                     owner.stopping.wait()  # until the test is over
                     return
@@ -197,7 +202,11 @@ class RecordingUpstream:
         auth_reply: bytes = b"235 2.7.0 Authentication successful",
         stall_in_data: bool = False,
         replies: dict[bytes, bytes] | None = None,
+        data_reply_delay: float = 0.0,
+        after_go_ahead: bytes = b"",
     ) -> None:
+        self.data_reply_delay = data_reply_delay
+        self.after_go_ahead = after_go_ahead
         self.stall_in_data = stall_in_data
         self.stopping = threading.Event()
         self.replies = replies or {}
