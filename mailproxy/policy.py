@@ -157,28 +157,33 @@ class PolicyEngine:
     async def _call(self, impl: _Impl, hook: str, kwargs: dict[str, Any]) -> Any:
         name = impl.plugin.name
         timeout = impl.plugin.settings.timeout
-        deadline = asyncio.timeout(timeout)
+        deadline = None
         started = time.perf_counter()
         try:
             args = [kwargs[a] for a in impl.argnames]
+            if not impl.is_async and impl.lane is None:
+                # A plain function runs to its end whatever the clock says: no timeout
+                # to arm for it, only a warning when it overstays.
+                result = impl.function(*args)
+                self._warn_if_stalled(name, hook, time.perf_counter() - started, timeout)
+                if not inspect.isawaitable(result):
+                    return result
             # asyncio.timeout, not wait_for: the hook runs in this task, so whatever
             # it raises comes here (a SystemExit out of a task of its own would stop
             # the event loop).
+            deadline = asyncio.timeout(timeout)
             async with deadline:
                 if impl.is_async:
                     return await impl.function(*args)
                 if impl.lane is not None:
                     result = await impl.lane.call(impl.function, args)
-                else:
-                    result = impl.function(*args)
-                    self._warn_if_stalled(name, hook, time.perf_counter() - started, timeout)
                 if inspect.isawaitable(result):
                     result = await result
                 return result
         except BaseException as exc:
             if isinstance(exc, asyncio.CancelledError) and _session_cancelled():
                 raise
-            if isinstance(exc, TimeoutError) and deadline.expired():
+            if isinstance(exc, TimeoutError) and deadline is not None and deadline.expired():
                 metrics.child(metrics.plugin_errors, name, hook, "timeout").inc()
                 log.warning("plugin %s: %s timed out after %ss%s", name, hook, timeout, self._busy(impl))
                 raise _PluginFailed("timeout") from None
