@@ -54,9 +54,11 @@ class DataCommand:
 
     async def _read_message(self, stream: bool = False):
         """Read the client's message to its end marker and return the `EndOfMessage`.
-        Streaming, each `MessageData` goes to `self._pass_on`. Postfix's deadline for
-        DATA: the command timeout, plus a second for every `min_data_rate` bytes that
-        arrived, so only a client slower than that runs out of time."""
+        Streaming, the bytes of each read are collected (`_unsent`) and passed on
+        before the next read, so a message that arrives in one read leaves with its end
+        marker in one write. Postfix's deadline for DATA: the command timeout, plus a
+        second for every `min_data_rate` bytes that arrived, so only a client slower
+        than that runs out of time."""
         settings = self.runtime.settings
         machine = self.machine
         machine.start_message(settings.max_message_size, content=self.runtime.policy.has("smtp_data"), stream=stream)
@@ -64,12 +66,14 @@ class DataCommand:
         while True:
             event = machine.next_event()
             if event is NEED_DATA:
+                if self._unsent:
+                    await self._pass_on()
                 deadline = started + settings.command_timeout + received / rate if rate else None
                 chunk = await self.receive(deadline)
                 received += len(chunk)
                 machine.receive_data(chunk)
             elif isinstance(event, MessageData):
-                await self._pass_on(event.pieces)
+                self._unsent += event.pieces
             elif isinstance(event, EndOfMessage):
                 metrics.child(metrics.message_bytes, settings.name).observe(event.message.size)
                 return event.message
@@ -112,27 +116,29 @@ class DataCommand:
         if reply.code != 354:
             return await self._data_refused(upstream, reply)
         self._relay(reply)
-        if self.envelope.added_headers:
-            await self._pass_on([header_block(self.envelope.added_headers)])
+        self._unsent = [header_block(self.envelope.added_headers)] if self.envelope.added_headers else []
         try:
             message = await self._read_message(stream=True)
         except BaseException:
             self._abort_upstream()  # no end marker: the upstream drops the message
             raise
+        finally:
+            unsent, self._unsent = self._unsent, []
         if message.overflow:
             self._abort_upstream()
             metrics.child(metrics.messages, self.runtime.name, "rejected").inc()
             await self._reset_transaction()
             return self._enforce(TOO_BIG)
         try:
-            reply = await self._finish(upstream, [b".\r\n"])
+            reply = await self._finish(upstream, [*unsent, b".\r\n"])
         except UpstreamError as exc:
             return self._delivery_failed(exc)
         return self._delivered(reply, message.size)
 
-    async def _pass_on(self, pieces: list[bytes]) -> None:
-        """Streaming: the next part of the message to the upstream, waiting while the
-        upstream is backed up. A failure is kept for the end of the message."""
+    async def _pass_on(self) -> None:
+        """Streaming: what arrived of the message so far to the upstream, waiting while
+        the upstream is backed up. A failure is kept for the end of the message."""
+        pieces, self._unsent = self._unsent, []
         upstream = self._upstream
         if upstream is None:
             return

@@ -53,6 +53,7 @@ class SmtpProxySession(AuthCommand, DataCommand, UpstreamPairing, SmtpReplies, P
         # (verb, address, params): replayed if the upstream session must be reopened.
         self._transaction: list[tuple[str, str, dict]] = []
         self._upstream: UpstreamConnection | None = None
+        self._unsent: list[bytes] = []  # streaming: message bytes read, not yet passed on
         # The client's credentials, once the upstream session accepted them: replayed
         # if that session has to be reopened. Kept for the session's life only.
         self._upstream_credentials: tuple[str, str] | None = None
@@ -276,15 +277,22 @@ class SmtpProxySession(AuthCommand, DataCommand, UpstreamPairing, SmtpReplies, P
         if refused is not None:
             self._say(*refused)
             return None
+        # Header lines the hooks add for a command that is then refused do not belong
+        # to the message (a refused MAIL leaves no transaction to carry them).
+        headers = self.envelope.added_headers
+        kept = len(headers)
         verdict = await self.runtime.policy.run(
             f"smtp_{verb.lower()}", self.session, self.envelope, address=address, params=params
         )
         if verdict.action.is_refusal:
+            del headers[kept:]
             return self._enforce(verdict)
         reply = await self._forward_path(verb, address, params)
         if 200 <= reply.code < 300:
             accepted(address, params)
             self._transaction.append((verb, address, params))
+        else:
+            del headers[kept:]
         self._relay(reply)
         return None
 
