@@ -8,7 +8,7 @@ import ssl
 
 import pytest
 
-from tests.support.clients import auth_plain, connect, submission_client
+from tests.support.clients import auth_plain, connect, start_transaction, submission_client
 from tests.support.recorder import RecordingUpstream
 from tests.support.tls import client_context
 
@@ -32,12 +32,6 @@ def data_outcome(client, message: bytes) -> tuple[int, bytes]:
 
 
 DATA_MODES = pytest.mark.parametrize("data_mode", ["stream", "whole"])
-
-
-def start_transaction(client) -> None:
-    client.ehlo("client.test")
-    assert client.mail("a@sender.example")[0] == 250
-    assert client.rcpt("user@example.test")[0] == 250
 
 
 # --- 250 only after the upstream's 250 -------------------------------------------------

@@ -9,18 +9,12 @@ import time
 
 import pytest
 
-from tests.support.clients import connect
+from tests.support.clients import connect, start_transaction
 from tests.support.recorder import RecordingUpstream
 
 pytestmark = pytest.mark.integration
 
 MESSAGE = b"Subject: core\r\n\r\nbody\r\n"
-
-
-def start_transaction(client) -> None:
-    client.ehlo("client.test")
-    assert client.mail("a@sender.example")[0] == 250
-    assert client.rcpt("user@example.test")[0] == 250
 
 
 def settled(count, timeout: float = 30.0, quiet: float = 1.0) -> int:

@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from tests.support.clients import auth_plain, connect
+from tests.support.clients import auth_plain, connect, start_transaction
 from tests.support.recorder import RecordingUpstream
 from tests.support.tls import client_context
 
@@ -64,9 +64,7 @@ def trickle(sock: socket.socket, data: bytes, interval: float = 0.5) -> bytes:
 
 def open_transaction(proxy) -> smtplib.SMTP:
     client = connect(proxy)
-    client.ehlo("client.test")
-    assert client.mail("a@sender.example")[0] == 250
-    assert client.rcpt("user@example.test")[0] == 250
+    start_transaction(client)
     return client
 
 

@@ -6,18 +6,12 @@ import time
 
 import pytest
 
-from tests.support.clients import connect
+from tests.support.clients import connect, start_transaction
 from tests.support.recorder import RecordingUpstream
 
 pytestmark = pytest.mark.integration
 
 MESSAGE = b"Subject: streamed\r\n\r\nhello\r\n"
-
-
-def start_transaction(client) -> None:
-    client.ehlo("client.test")
-    assert client.mail("a@sender.example")[0] == 250
-    assert client.rcpt("user@example.test")[0] == 250
 
 
 def wait_received(upstream: RecordingUpstream, needle: bytes, timeout: float = 10.0) -> None:

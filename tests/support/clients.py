@@ -23,6 +23,13 @@ def submission_client(proxy, certs, user: str | None = None, password: str | Non
     return client
 
 
+def start_transaction(client: smtplib.SMTP) -> None:
+    """EHLO, then MAIL and RCPT to the mx listener's local domain, each accepted."""
+    client.ehlo("client.test")
+    assert client.mail("a@sender.example")[0] == 250
+    assert client.rcpt("user@example.test")[0] == 250
+
+
 def send_raw(client: smtplib.SMTP, mail_from: str, rcpt: str, raw_data: bytes) -> tuple[int, bytes]:
     """MAIL, RCPT, DATA, then exactly `raw_data` on the wire (it must end the DATA
     itself); returns the end-of-data reply."""
