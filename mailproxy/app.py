@@ -19,7 +19,7 @@ from .plugins import LoadedPlugin, PluginContext, PluginSettings, load_plugins, 
 from .policy import PolicyEngine
 from .proxy.runtime import ListenerRuntime, server_tls_context
 from .proxy.upstream import client_tls_context
-from .state import SharedState, make_state
+from .state import SharedState, make_state, with_local_fallback
 
 
 @dataclass
@@ -54,7 +54,9 @@ def build(config: Config) -> Application:
     context = PluginContext(state=state, config=config, logger=logging.getLogger("mailproxy.plugin"))
     loaded += load_plugins(config, context, manager)
     policy = PolicyEngine(manager, loaded, config.policy)
-    throttle = AuthThrottle(config.auth, state)
+    # While a networked state backend is unavailable, AUTH failures are counted per
+    # process: guessing stays limited and correct passwords keep working.
+    throttle = AuthThrottle(config.auth, with_local_fallback(state))
     resolver = Resolver(config.dns) if config.proxy.resolve_client_names else None
     listeners = []
     for index, settings in enumerate(config.listeners):

@@ -44,8 +44,8 @@ def _warnings(config: Config) -> list[str]:
             f"{config.path}: proxy.workers = {workers} with state.backend = \"memory\": AUTH "
             "failure counts and plugin counters are kept per worker process, so a client may "
             f"get up to {workers} times auth.max_failures attempts per failure_window; they "
-            "are shared only by a networked state backend (none is available yet), so run "
-            "one worker where the limits must hold exactly"
+            "are shared across processes by state.backend = \"redis\": use it, or run one "
+            "worker, where the limits must hold exactly"
         ]
     return []
 

@@ -10,11 +10,13 @@ from __future__ import annotations
 import ipaddress
 import socket
 import tomllib
+import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -122,8 +124,35 @@ class MetricsSettings(_Section):
     listen: ListenEndpoint | None = None
 
 
+def _redis_url(value: str) -> str:
+    """Checks the form of a Redis URL without repeating it: it may hold a password."""
+    usage = "use redis://[[USER]:PASSWORD@]HOST[:PORT][/DB], rediss://... (TLS) or unix:///PATH"
+    try:
+        parts = urllib.parse.urlsplit(value)
+        parts.port  # raises for a port that is no number or out of range
+    except ValueError:
+        raise ValueError(f"not a Redis URL: {usage}") from None
+    if parts.scheme in ("redis", "rediss"):
+        database = parts.path.strip("/")
+        if not parts.hostname or not (database == "" or database.isdigit()):
+            raise ValueError(f"not a Redis URL: {usage}")
+    elif parts.scheme != "unix" or not parts.path:
+        raise ValueError(f"not a Redis URL: {usage}")
+    return value
+
+
 class StateSettings(_Section):
-    backend: Literal["memory"] = "memory"
+    # "memory": per process. "redis": one Redis server shared by every worker process
+    # (and every proxy instance pointed at it), so throttles and plugin counters hold
+    # globally.
+    backend: Literal["memory", "redis"] = "memory"
+    # The rest is for backend = "redis".
+    url: Annotated[str, AfterValidator(_redis_url)] = "redis://127.0.0.1:6379/0"
+    # Put before every key, so several proxies (or other programs) can share a server.
+    key_prefix: str = Field("mailproxy:", max_length=64)
+    # Seconds for one operation, connecting included. Past it the operation fails and
+    # each caller's fail mode applies (docs/plugins.md, "Shared state").
+    timeout: float = Field(1.0, gt=0, le=30)
 
 
 class AuthSettings(_Section):

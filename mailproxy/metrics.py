@@ -69,7 +69,9 @@ plugin_checks = Counter(
     "mailproxy_plugin_checks_total",
     "Results of the shipped checks: plugin=spf (check=mailfrom or helo, result=the SPF "
     "result), dnsbl (check=the list's zone, result=listed, not_listed, error), helo "
-    "(check=helo, result=valid, error or the name of the check the HELO name failed).",
+    "(check=helo, result=valid, error or the name of the check the HELO name failed), "
+    "greylist (check=triplet, result=new, early, passed, known, state_error), ratelimit "
+    "(check=the limit, e.g. client_messages, result=within, over).",
     ["plugin", "check", "result"],
 )
 plugin_check_duration = Histogram(
@@ -77,6 +79,13 @@ plugin_check_duration = Histogram(
     "Time one check took: an SPF evaluation, one list's lookup, one HELO name's checks.",
     ["plugin", "check"],
     buckets=_LATENCY_BUCKETS,
+)
+state_errors = Counter(
+    "mailproxy_state_errors_total",
+    "Shared-state operations that failed (the backend unreachable, timed out or refusing "
+    "the command); each caller's fail mode applied instead (operation=incr, get, set, add, "
+    "delete).",
+    ["backend", "operation"],
 )
 auth_attempts = Counter(
     "mailproxy_auth_attempts_total",

@@ -3,7 +3,12 @@ greylisting keep.
 
 Everything that must hold across worker processes or proxy instances goes through this
 interface. `MemoryState` keeps it per process (the default, and right for one worker);
-a networked backend (Redis) implements the same four coroutines.
+`RedisState` (state_redis.py) keeps it in one Redis server for every process.
+
+A networked backend can fail: its operations then raise `StateUnavailable`, and each
+caller decides what that means for it. Counters that protect (the AUTH throttle, rate
+limits) go on per process through `FallbackState`, as if the backend were "memory";
+a check that would refuse mail it cannot judge (greylisting) lets it pass.
 """
 
 from __future__ import annotations
@@ -13,7 +18,14 @@ import heapq
 import time
 
 
+class StateUnavailable(Exception):
+    """The state backend did not answer (unreachable, timed out, refused the command).
+    Nothing is known of whether the operation took effect."""
+
+
 class SharedState(abc.ABC):
+    """Every operation is atomic, also between processes sharing a networked backend."""
+
     @abc.abstractmethod
     async def incr(self, key: str, ttl: float, amount: int = 1) -> int:
         """Add to a counter and return the new value. The expiry is set when the counter
@@ -24,6 +36,10 @@ class SharedState(abc.ABC):
 
     @abc.abstractmethod
     async def set(self, key: str, value: str, ttl: float) -> None: ...
+
+    @abc.abstractmethod
+    async def add(self, key: str, value: str, ttl: float) -> bool:
+        """Set `key` only if it does not exist; whether it was set."""
 
     @abc.abstractmethod
     async def delete(self, key: str) -> None: ...
@@ -80,6 +96,12 @@ class MemoryState(SharedState):
     async def set(self, key: str, value: str, ttl: float) -> None:
         self._store(key, value, ttl)
 
+    async def add(self, key: str, value: str, ttl: float) -> bool:
+        if self._live(key) is not None:
+            return False
+        self._store(key, value, ttl)
+        return True
+
     async def delete(self, key: str) -> None:
         self._values.pop(key, None)
 
@@ -87,7 +109,50 @@ class MemoryState(SharedState):
         return len(self._values)
 
 
+class FallbackState(SharedState):
+    """`shared` while it answers; while it does not, the same operation on `local`, a
+    per-process state. A count then holds per process, as with the memory backend,
+    instead of not at all (fail open) or for nobody (fail closed). Counts taken during
+    an outage stay local; they do not move to `shared` when it is back."""
+
+    def __init__(self, shared: SharedState, local: SharedState | None = None) -> None:
+        self.shared = shared
+        self.local = local if local is not None else MemoryState()
+
+    async def _either(self, operation: str, *args):
+        try:
+            return await getattr(self.shared, operation)(*args)
+        except StateUnavailable:
+            return await getattr(self.local, operation)(*args)
+
+    async def incr(self, key: str, ttl: float, amount: int = 1) -> int:
+        return await self._either("incr", key, ttl, amount)
+
+    async def get(self, key: str) -> str | None:
+        return await self._either("get", key)
+
+    async def set(self, key: str, value: str, ttl: float) -> None:
+        await self._either("set", key, value, ttl)
+
+    async def add(self, key: str, value: str, ttl: float) -> bool:
+        return await self._either("add", key, value, ttl)
+
+    async def delete(self, key: str) -> None:
+        await self._either("delete", key)
+
+    # close(): `shared` belongs to whoever made it, and closes it.
+
+
+def with_local_fallback(state: SharedState) -> SharedState:
+    """`state`, going on per process while it is unavailable (see FallbackState)."""
+    return state if isinstance(state, MemoryState) else FallbackState(state)
+
+
 def make_state(settings) -> SharedState:
     if settings.backend == "memory":
         return MemoryState()
+    if settings.backend == "redis":
+        from .state_redis import RedisState  # imports redis and the metrics
+
+        return RedisState(settings.url, settings.key_prefix, settings.timeout)
     raise ValueError(f"unknown state backend {settings.backend!r}")

@@ -133,6 +133,19 @@ def client_ip(session: Session) -> IPAddress | None:
     return ip
 
 
+def network_of(ip: IPAddress, ipv4_prefix: int, ipv6_prefix: int) -> str:
+    """The network `ip` is in, of the prefix length for its version: `192.0.2.0/24`."""
+    prefix = ipv4_prefix if ip.version == 4 else ipv6_prefix
+    return str(ipaddress.ip_network((ip, prefix), strict=False))
+
+
+def domain_of(address: str) -> str | None:
+    """The domain of a mail address as a host name (see host_name); None for the null
+    sender, an address without a domain, or an address literal."""
+    local, at, domain = address.rpartition("@")
+    return host_name(domain) if at and local else None
+
+
 def verdict(action: str | float, symbol: str, reject: Verdict, tempfail: Verdict) -> Verdict | None:
     """What `action` means for a finding: its refusal, its points, or nothing."""
     if action == "reject":

@@ -1,4 +1,4 @@
-"""MemoryState with an injected clock: fixed-window counters, expiry, set/get/delete."""
+"""MemoryState with an injected clock: fixed-window counters, expiry, set/add/get/delete."""
 
 from __future__ import annotations
 
@@ -122,7 +122,16 @@ def test_close_and_interface(state):
     assert run(state.close()) is None
 
 
+def test_add_sets_only_a_missing_or_expired_key(state, clock):
+    assert run(state.add("k", "first", ttl=10)) is True
+    assert run(state.add("k", "second", ttl=100)) is False
+    assert run(state.get("k")) == "first"
+    clock.now += 10  # expired: as good as missing
+    assert run(state.add("k", "third", ttl=10)) is True
+    assert run(state.get("k")) == "third"
+
+
 def test_make_state():
     assert isinstance(make_state(StateSettings()), MemoryState)
-    with pytest.raises(ValueError, match="^unknown state backend 'redis'$"):
-        make_state(type("S", (), {"backend": "redis"})())
+    with pytest.raises(ValueError, match="^unknown state backend 'mongo'$"):
+        make_state(type("S", (), {"backend": "mongo"})())

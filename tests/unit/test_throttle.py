@@ -205,9 +205,9 @@ def test_check_warns_that_memory_state_is_per_worker(tmp_path):
     assert result.stderr == (
         f'warning: {path}: proxy.workers = 4 with state.backend = "memory": AUTH failure '
         "counts and plugin counters are kept per worker process, so a client may get up to "
-        "4 times auth.max_failures attempts per failure_window; they are shared only by a "
-        "networked state backend (none is available yet), so run one worker where the "
-        "limits must hold exactly\n"
+        "4 times auth.max_failures attempts per failure_window; they are shared across "
+        'processes by state.backend = "redis": use it, or run one worker, where the limits '
+        "must hold exactly\n"
     )
 
 

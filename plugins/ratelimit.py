@@ -1,0 +1,147 @@
+"""ratelimit: how many connections, messages and recipients a client network, an
+authenticated user and a sender domain may have within `window` seconds.
+
+    [plugin.ratelimit]
+    window = 60
+    client_connections = 60      # a limit left out takes its default; 0 turns it off
+    client_messages = 120
+    user_recipients = 500
+    sender_domain_messages = 1000
+    over_limit = "tempfail"      # 450 4.7.1; "disconnect": 421 4.7.0 and close
+
+Connections are counted at connect, messages at MAIL, recipients at RCPT. A session
+counts against its user once authenticated; before that (and never authenticated) it
+counts against its client network, if its listener mode is in `modes` and the client
+is not in `skip_clients`. Messages and recipients also count against the sender's
+domain. Every attempt counts, refused ones included, so a client that keeps trying
+past a limit stays refused until it slows down (as Postfix's anvil counts).
+
+The window slides: the number of events in the last `window` seconds is estimated from
+the counts of the current and the previous fixed window, the previous one weighted by
+how much of it the sliding window still covers. Unlike fixed windows alone, that gives
+no burst of twice the limit across a window's end.
+
+Counts are kept in the shared state, so with the redis backend they hold for every
+worker process and proxy instance. While it is unavailable, each process counts on its
+own (as with the memory backend): limits hold per process, neither dropped nor closed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from typing import Callable, Literal
+
+from pydantic import Field
+
+from mailproxy import Envelope, Session, Verdict, hookimpl
+from mailproxy.state import SharedState, with_local_fallback
+
+from ._common import ClientCheckSettings, ClientFilter, client_ip, count, domain_of, network_of, timed
+
+PLUGIN = "ratelimit"
+
+# Whose events a limit counts, as the refusal says it.
+_WHOSE = {
+    "client": "from your network",
+    "user": "for your account",
+    "sender_domain": "from your sender domain",
+}
+
+
+class SlidingWindow:
+    """Events in the last `window` seconds, estimated from two fixed-window counters
+    kept in `state` (each for two windows, while it may still be the previous one)."""
+
+    def __init__(self, state: SharedState, window: float, clock: Callable[[], float]) -> None:
+        self._state = state
+        self._window = window
+        self._clock = clock
+
+    async def hit(self, key: str) -> float:
+        """Count one event under `key`; the estimate including it."""
+        position = self._clock() / self._window
+        index = math.floor(position)
+        current = await self._state.incr(f"{key}:{index}", ttl=2 * self._window)
+        previous = await self._state.get(f"{key}:{index - 1}")
+        still_covered = 1.0 - (position - index)
+        return current + int(previous or 0) * still_covered
+
+
+class Plugin:
+    class Config(ClientCheckSettings):
+        window: float = Field(60.0, ge=1, le=86400)
+        # Events per window; 0 turns a limit off.
+        client_connections: int = Field(60, ge=0)
+        client_messages: int = Field(120, ge=0)
+        client_recipients: int = Field(600, ge=0)
+        user_messages: int = Field(100, ge=0)
+        user_recipients: int = Field(500, ge=0)
+        # Off by default: the big providers' domains are shared by everyone.
+        sender_domain_messages: int = Field(0, ge=0)
+        sender_domain_recipients: int = Field(0, ge=0)
+        # The client network a limit counts for: one IPv4 address, an IPv6 /64.
+        ipv4_prefix: int = Field(32, ge=8, le=32)
+        ipv6_prefix: int = Field(64, ge=16, le=128)
+        over_limit: Literal["tempfail", "disconnect"] = "tempfail"
+
+    # Wall-clock time: the windows are shared by every process using the state.
+    clock = staticmethod(time.time)
+
+    def __init__(self, settings: Config, context) -> None:
+        self._settings = settings
+        self._filter = ClientFilter(settings)
+        self._window = SlidingWindow(with_local_fallback(context.state), settings.window, lambda: self.clock())
+
+    @hookimpl
+    async def smtp_connect(self, session: Session) -> Verdict | None:
+        return await self._count(session, "connections", "")
+
+    @hookimpl
+    async def smtp_mail(self, session: Session, address: str) -> Verdict | None:
+        return await self._count(session, "messages", address)
+
+    @hookimpl
+    async def smtp_rcpt(self, session: Session, envelope: Envelope) -> Verdict | None:
+        return await self._count(session, "recipients", envelope.mail_from or "")
+
+    def _counted_for(self, session: Session, sender: str) -> list[tuple[str, str]]:
+        """(whose, who) for everyone this session's events count against."""
+        if session.authenticated:
+            whom = [("user", (session.username or "").strip().casefold())]
+        elif not self._filter.skips(session):
+            settings = self._settings
+            whom = [("client", network_of(client_ip(session), settings.ipv4_prefix, settings.ipv6_prefix))]
+        else:
+            return []
+        domain = domain_of(sender)
+        if domain is not None:
+            whom.append(("sender_domain", domain))
+        return whom
+
+    async def _count(self, session: Session, event: str, sender: str) -> Verdict | None:
+        checks = []
+        for whose, who in self._counted_for(session, sender):
+            name = f"{whose}_{event}"
+            limit = getattr(self._settings, name, 0)  # there are no user_connections
+            if limit:
+                checks.append((name, whose, who, limit))
+        if not checks:
+            return None
+        seen = await asyncio.gather(*(self._hit(name, who) for name, _, who, _ in checks))
+        over = None
+        for (name, whose, _, limit), events in zip(checks, seen):
+            count(PLUGIN, name, "over" if events > limit else "within")
+            if events > limit and over is None:
+                over = whose
+        if over is None:
+            return None
+        text = f"Error: too many {event} {_WHOSE[over]}, try again later"
+        if self._settings.over_limit == "disconnect":
+            return Verdict.disconnect(421, "4.7.0", text)
+        return Verdict.tempfail(450, "4.7.1", text)
+
+    async def _hit(self, name: str, who: str) -> float:
+        with timed(PLUGIN, name):
+            return await self._window.hit(f"ratelimit:{name}:{who}")
