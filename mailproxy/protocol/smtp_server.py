@@ -78,10 +78,10 @@ class SmtpServerMachine:
         self._message: WireReceiver | None = None
 
     def receive_data(self, data: bytes) -> None:
-        """The client's next bytes; b"" for the end of its input."""
+        """The client's next bytes, at any time; b"" for the end of its input."""
         if not data:
             self._ended = True
-        elif self._message is not None:
+        elif self._message is not None and not self._message.done:
             self._message.feed(data)
         elif self._position >= len(self._buffer):
             self._buffer, self._position = data, 0
@@ -125,7 +125,8 @@ class SmtpServerMachine:
                 return MessageData(pieces)
         if message.done:
             self._message = None
-            self._buffer, self._position = message.leftover, 0
+            # What the client sent after the end marker, then what arrived since.
+            self._buffer, self._position = message.leftover + self.take_pending(), 0
             return EndOfMessage(message)
         return CLOSED if self._ended else NEED_DATA
 
