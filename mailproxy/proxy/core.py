@@ -159,9 +159,7 @@ class ProxySession:
         upstream or a plugin (each with its own timeout) is not the client's idleness.
         `deadline` (loop time) bounds a whole command or message, however slowly it
         trickles in. ClientTimeout when either runs out."""
-        idle_at = self.loop.time() + self.idle_timeout
-        idle = deadline is None or idle_at < deadline
-        until = idle_at if idle else deadline
+        until, idle = self._clock(deadline)
         try:
             self.flush()
             self.delivering = False  # any end-of-data reply is with the transport
@@ -177,15 +175,24 @@ class ProxySession:
         what it pipelined, they must go out (`push_replies`)."""
         return self._outbox_size > MAX_QUEUED_REPLIES or self.client.write_blocked
 
-    async def push_replies(self) -> None:
-        """Send the queued replies and wait, up to the idle timeout, for the client to
-        take them: one that sends commands but never reads the answers must not make
-        the proxy hold them all."""
+    async def push_replies(self, deadline: float | None = None) -> None:
+        """Send the queued replies and wait for the client to take them, within the
+        idle timeout and `deadline`: one that sends commands but never reads the
+        answers must not make the proxy hold them all."""
+        until, idle = self._clock(deadline)
         self.flush()
         try:
-            await self.client.drain(self.loop.time() + self.idle_timeout)
+            await self.client.drain(until)
         except TimeoutError:
-            raise ClientTimeout(idle=True) from None
+            raise ClientTimeout(idle) from None
+
+    def _clock(self, deadline: float | None) -> tuple[float, bool]:
+        """When a wait on the client ends: at its idle timeout, or at `deadline` if
+        that comes first. Also whether it is the idle timeout."""
+        idle_at = self.loop.time() + self.idle_timeout
+        if deadline is None or idle_at < deadline:
+            return idle_at, True
+        return deadline, False
 
     def hang_up(self) -> None:
         """Send what the client is owed, then close. A client that does not read its

@@ -59,11 +59,11 @@ class SmtpReplies:
         the deadline for a whole command line."""
         machine = self.machine
         event = machine.next_event()
-        if event is not NEED_DATA:
-            if self.replies_backlogged:
-                await self.push_replies()
-            return event
         deadline = self.loop.time() + self.runtime.settings.command_timeout
+        if event is not NEED_DATA:
+            if self.replies_backlogged:  # taking its replies is part of the next command
+                await self.push_replies(deadline)
+            return event
         while event is NEED_DATA:
             machine.receive_data(await self.receive(deadline))
             event = machine.next_event()
