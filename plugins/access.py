@@ -21,6 +21,8 @@ from pydantic import field_validator
 
 from mailproxy import PluginSettings, Session, Verdict, hookimpl
 
+from ._common import networks
+
 _ALLOWED = "access.allowed"
 
 
@@ -35,12 +37,7 @@ class Plugin:
         @field_validator("allow_clients", "deny_clients")
         @classmethod
         def _networks(cls, values: list[str]) -> list[str]:
-            for value in values:
-                try:
-                    ipaddress.ip_network(value, strict=False)
-                except ValueError:
-                    raise ValueError(f"{value!r} is not an IP network (like 192.0.2.0/24)") from None
-            return values
+            return networks(values)
 
     def __init__(self, settings: Config, context) -> None:
         self._allow = [ipaddress.ip_network(n, strict=False) for n in settings.allow_clients]

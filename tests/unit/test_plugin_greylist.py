@@ -23,17 +23,6 @@ CLIENT, SENDER, RECIPIENT = "192.0.2.1", "alice@sender.example", "bob@example.te
 GREYLISTED = (Action.TEMPFAIL, 450, "4.7.1")
 
 
-@pytest.fixture(scope="module")
-def redis_server():
-    with RedisServer() as server:
-        yield server
-
-
-@pytest.fixture(params=["memory", "redis"])
-def backend(request, redis_server):
-    return request.param
-
-
 class Greylist:
     """A greylist plugin on fresh state of one backend, its clock in the test's hand.
     `other_worker()` is a second plugin instance on the same state, as another worker

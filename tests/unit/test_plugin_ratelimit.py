@@ -23,17 +23,6 @@ NO_LIMITS = {name: 0 for name in (
 )}
 
 
-@pytest.fixture(scope="module")
-def redis_server():
-    with RedisServer() as server:
-        yield server
-
-
-@pytest.fixture(params=["memory", "redis"])
-def backend(request, redis_server):
-    return request.param
-
-
 class Ratelimit:
     """A ratelimit plugin with only the given limits, on fresh state of one backend;
     `other_worker()` is a second instance on the same state."""

@@ -11,13 +11,6 @@ import pytest
 
 from mailproxy.state import MemoryState, SharedState
 from mailproxy.state_redis import RedisState
-from tests.support.redis import RedisServer
-
-
-@pytest.fixture(scope="module")
-def redis_server():
-    with RedisServer() as server:
-        yield server
 
 
 @pytest.fixture(params=["memory", "redis"])
