@@ -138,6 +138,11 @@ class Connection(asyncio.Protocol):
             self.transport.writelines(parts)
 
     @property
+    def write_buffer_size(self) -> int:
+        """Bytes written but not yet taken by the socket."""
+        return self.transport.get_write_buffer_size() if self.transport is not None else 0
+
+    @property
     def write_blocked(self) -> bool:
         return self._write_paused and self.transport is not None
 

@@ -201,8 +201,10 @@ class ProxySession:
         self.flush()
         client = self.client
         if client.connected:
+            unsent = client.write_buffer_size
             client.close()
-            self.loop.call_later(ABORT_AFTER_CLOSE, client.abort)
+            if unsent:  # otherwise the close is already complete
+                self.loop.call_later(ABORT_AFTER_CLOSE, client.abort)
 
     def close(self) -> None:
         """Close the client connection (a shutdown); the session's task then ends."""
