@@ -115,10 +115,19 @@ class Verdict:
         return Verdict(Action.DISCONNECT, Reply(code, enhanced, text), reason=self.reason)
 
     def __post_init__(self) -> None:
+        if self.action.is_refusal and self.reply is None:
+            # A refusal always says something: without a reply the client would wait
+            # for one until its timeout.
+            object.__setattr__(self, "reply", _DEFAULT_REPLIES[self.action])
         if self.action is Action.REJECT and self.reply and self.reply.code < 500:
             raise ValueError("a reject needs a 5xx reply")
         if self.action is Action.TEMPFAIL and self.reply and not 400 <= self.reply.code < 500:
             raise ValueError("a tempfail needs a 4xx reply")
 
 
+_DEFAULT_REPLIES = {
+    Action.REJECT: Reply(550, "5.7.1", "Rejected by policy"),
+    Action.TEMPFAIL: Reply(451, "4.7.1", "Temporarily refused by policy, try again later"),
+    Action.DISCONNECT: Reply(421, "4.7.0", "Closing connection"),
+}
 _CONTINUE = Verdict(Action.CONTINUE)

@@ -116,3 +116,10 @@ def test_verdict_is_immutable():
     verdict = Verdict.reject()
     with pytest.raises(AttributeError):
         verdict.action = Action.ACCEPT  # type: ignore[misc]
+
+
+@pytest.mark.parametrize("action, code", [(Action.REJECT, 550), (Action.TEMPFAIL, 451), (Action.DISCONNECT, 421)])
+def test_a_refusal_built_without_a_reply_still_says_something(action, code):
+    # The session writes the verdict's reply; with none the client would wait for ever.
+    assert Verdict(action).reply.code == code
+    assert Verdict(action).reply.lines()[0].startswith(f"{code} ")
