@@ -1,4 +1,4 @@
-"""The `mailproxy` command: run | check | plugins | hash-password.
+"""The `mailproxy` command: run | check | plugins | hash-password | plugin new.
 
 Configuration problems are printed as `FILE: key: problem` lines with exit status 2,
 never as a traceback. Modules that import prometheus_client are imported only after
@@ -13,6 +13,7 @@ import logging
 import os
 import sys
 import tempfile
+from pathlib import Path
 
 from .config import Config, ConfigError, load_config
 
@@ -147,6 +148,20 @@ def cmd_hash_password(args) -> int:
     return 0
 
 
+def cmd_plugin_new(args) -> int:
+    from .scaffold import ScaffoldError, new_plugin
+
+    try:
+        plugin, test = new_plugin(args.name, Path(args.dir))
+    except ScaffoldError as exc:
+        print(f"mailproxy plugin new: {exc}", file=sys.stderr)
+        return 1
+    print(f"wrote {plugin}\nwrote {test}")
+    print(f"test it:   cd {plugin.parent} && python -m pytest {test.relative_to(plugin.parent)}")
+    print(f"enable it: [plugins] directories = [\"{plugin.parent.resolve()}\"], enabled = [\"{args.name}\"]")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="mailproxy", description="Transparent mail filtering proxy")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -161,6 +176,12 @@ def main(argv: list[str] | None = None) -> int:
     hasher = commands.add_parser("hash-password", help="print a users-file line (password on stdin)")
     hasher.add_argument("username")
     hasher.set_defaults(handler=cmd_hash_password)
+    plugin = commands.add_parser("plugin", help="write plugins: `plugin new NAME`")
+    plugin_commands = plugin.add_subparsers(dest="plugin_command", required=True)
+    new = plugin_commands.add_parser("new", help="write a drop-in plugin NAME.py and its test tests/test_NAME.py")
+    new.add_argument("name", help="the plugin's name, a Python identifier")
+    new.add_argument("--dir", default=".", help="where to write them (default: the current directory)")
+    new.set_defaults(handler=cmd_plugin_new)
     args = parser.parse_args(argv)
     try:
         return args.handler(args)
