@@ -57,6 +57,7 @@ def test_a_client_that_leaves_mid_message_delivers_nothing(make_proxy):
         client.close()  # gone, mid-message
         [session] = upstream.wait_ended(1)  # the proxy dropped it without the end marker
     assert upstream.messages == []
+    assert b"QUIT" not in bytes(upstream.received)  # dropped: a QUIT would be a line of the message
     assert proxy.metric("mailproxy_messages_total", outcome="delivered") == 0
 
 
