@@ -40,7 +40,7 @@ class ClientConnection(Connection):
         super().__init__(keep_open_on_eof=True)  # a client that half-closed is owed replies
         self._runtime = runtime
         self._session_class = session_class
-        self.task: asyncio.Task | None = None
+        self.task: asyncio.Task | None = None  # the loop holds tasks only weakly
 
     def connection_made(self, transport: asyncio.Transport) -> None:
         super().connection_made(transport)

@@ -24,7 +24,7 @@ from .. import metrics
 from ..protocol.smtp import ServerReply, header_block, make_reply
 from ..protocol.smtp_server import CLOSED, NEED_DATA, EndOfMessage, MessageData
 from ..verdict import Action, Verdict
-from .upstream import UpstreamError
+from .upstream import UpstreamConnection, UpstreamError
 
 log = logging.getLogger("mailproxy.smtp")
 
@@ -109,26 +109,23 @@ class DataCommand:
         limit, and a client that leaves or runs out of time. A failed upstream is
         noticed at the end, and the client told 451 once it has sent everything."""
         try:
-            upstream = await self._upstream_ready()
-            reply = await upstream.command(b"DATA\r\n", "DATA")
+            upstream, reply = await self._start_data()
         except UpstreamError as exc:
             return self._delivery_failed(exc)
         if reply.code != 354:
-            return await self._data_refused(upstream, reply)
+            return self._delivered(reply, 0)
         self._relay(reply)
         self._unsent = [header_block(self.envelope.added_headers)] if self.envelope.added_headers else []
         try:
             message = await self._read_message(stream=True)
         except BaseException:
-            self._abort_upstream()  # no end marker: the upstream drops the message
+            self.drop_upstream()  # no end marker: the upstream drops the message
             raise
         finally:
             unsent, self._unsent = self._unsent, []
         if message.overflow:
-            self._abort_upstream()
-            metrics.child(metrics.messages, self.runtime.name, "rejected").inc()
-            await self._reset_transaction()
-            return self._enforce(TOO_BIG)
+            self.drop_upstream()
+            return await self._refuse_message(TOO_BIG)
         try:
             reply = await self._finish(upstream, [*unsent, b".\r\n"])
         except UpstreamError as exc:
@@ -147,22 +144,7 @@ class DataCommand:
             await upstream.drain("DATA", upstream.settings.reply_timeout)
         except UpstreamError as exc:
             log.warning("upstream failed while taking the message: %s", exc)
-            self._abort_upstream()
-
-    def _abort_upstream(self) -> None:
-        if self._upstream is not None:
-            self._upstream.abort()
-            self._upstream = None
-
-    async def _data_refused(self, upstream, reply: ServerReply) -> object | None:
-        """The upstream answered DATA with something other than 354. A 4xx/5xx is the
-        answer to the message; anything else (a 250, say) would tell the client its
-        message arrived when it did not."""
-        if reply.code < 400:
-            return self._delivery_failed(upstream.fail("protocol", f"upstream answered DATA with {reply}"))
-        await self._reset_upstream()
-        self._delivered(reply, 0)
-        return None
+            self.drop_upstream()
 
     def _delivered(self, reply: ServerReply, size: int) -> None:
         """The upstream's answer to the message, relayed."""
@@ -180,7 +162,7 @@ class DataCommand:
 
     def _delivery_failed(self, exc: UpstreamError) -> None:
         """The message is not acknowledged; the client keeps it and retries."""
-        self._upstream = None
+        self.drop_upstream()
         if not isinstance(exc, OutcomeUnknown):
             log.warning("upstream failed during DATA: %s", exc)
             outcome = "tempfailed"
@@ -195,21 +177,26 @@ class DataCommand:
         self._new_transaction()
         self._say(451, "4.3.0", "Upstream failure, message not accepted, try again later")
 
-    async def _deliver(self, parts: list[bytes]) -> ServerReply:
-        """DATA to the upstream, then the whole message with its end marker. Returns
-        the upstream's reply to end-of-data, or its refusal of DATA itself.
+    async def _start_data(self) -> tuple[UpstreamConnection, ServerReply]:
+        """DATA to the upstream; returns it with its 354, or with its 4xx/5xx, which is
+        the answer to the message (the upstream's transaction is then reset).
 
-        Only 354 starts the message. A 4xx/5xx is the end-of-data reply; anything else
-        (a 250 to DATA, say) would tell the client its message arrived when it did not.
+        Only 354 starts a message; anything else (a 250 to DATA, say) would tell the
+        client its message arrived when it did not: an UpstreamError.
         """
         upstream = await self._upstream_ready()
         reply = await upstream.command(b"DATA\r\n", "DATA")
-        if reply.code == 354:
-            return await self._finish(upstream, parts)
         if reply.code >= 400:
             await self._reset_upstream()  # whatever state it kept
-            return reply
-        raise upstream.fail("protocol", f"upstream answered DATA with {reply}")
+        elif reply.code != 354:
+            raise upstream.fail("protocol", f"upstream answered DATA with {reply}")
+        return upstream, reply
+
+    async def _deliver(self, parts: list[bytes]) -> ServerReply:
+        """DATA to the upstream, then the whole message with its end marker. Returns
+        the upstream's reply to end-of-data, or its refusal of DATA itself."""
+        upstream, reply = await self._start_data()
+        return await self._finish(upstream, parts) if reply.code == 354 else reply
 
     async def _finish(self, upstream, parts: list[bytes]) -> ServerReply:
         """The rest of the message and its end marker; the upstream's answer to it."""
@@ -218,7 +205,7 @@ class DataCommand:
         if not self.client.connected:
             # Closed by a shutdown, or gone: it could not hear the reply and would send
             # the message again. Without its end marker the upstream discards it.
-            self._abort_upstream()
+            self.drop_upstream()
             raise ConnectionResetError("client gone before the end of its message was sent")
         if upstream.spoke:
             # A reply nobody asked for would be taken as the answer to the message.

@@ -327,8 +327,7 @@ class SmtpProxySession(AuthCommand, DataCommand, UpstreamPairing, SmtpReplies, P
         if self._upstream is not None and self._upstream.connected:
             try:
                 reply = await self._upstream.command(b"QUIT\r\n", "QUIT")
-                self._upstream.abort()
-                self._upstream = None
+                self.drop_upstream()
                 self._relay(reply)
                 return CLOSE_SESSION
             except UpstreamError:
