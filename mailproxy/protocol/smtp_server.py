@@ -17,7 +17,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .smtp import WireReceiver, split_command
+from .smtp import split_command
+from .smtp_message import WireReceiver
 
 MAX_COMMAND_LINE = 4096  # RFC 5321 says 512; extensions (SIZE, DSN, SMTPUTF8) add more
 

@@ -21,7 +21,8 @@ import contextlib
 import logging
 
 from .. import metrics
-from ..protocol.smtp import ServerReply, header_block, make_reply
+from ..protocol.smtp import ServerReply, make_reply
+from ..protocol.smtp_message import header_block
 from ..protocol.smtp_server import CLOSED, NEED_DATA, EndOfMessage, MessageData
 from ..verdict import Action, Verdict
 from .upstream import UpstreamConnection, UpstreamError

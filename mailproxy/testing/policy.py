@@ -35,7 +35,7 @@ from ..plugins import (
     PluginContext, PluginSettings, hookimpl, instantiate, load_plugins, new_plugin_manager, register,
 )
 from ..policy import PolicyEngine
-from ..protocol.smtp import WireReceiver, header_block
+from ..protocol.smtp_message import WireReceiver, header_block
 from ..proxy.smtp_data import TOO_BIG
 from ..session import Envelope, Session
 from ..state import MemoryState, SharedState

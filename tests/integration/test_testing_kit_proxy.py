@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 import mailproxy
-from mailproxy.protocol.smtp import unstuff
+from mailproxy.protocol.smtp_message import unstuff
 from mailproxy.scaffold import new_plugin
 from mailproxy.testing import ConfigError
 

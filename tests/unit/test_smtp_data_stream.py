@@ -9,7 +9,7 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from mailproxy.protocol.smtp import END_OF_DATA, WireNormaliser, WireReceiver, unstuff, wire_body
+from mailproxy.protocol.smtp_message import END_OF_DATA, WireNormaliser, WireReceiver, unstuff, wire_body
 from tests.support.chunks import splits
 
 

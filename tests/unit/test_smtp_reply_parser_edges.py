@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from mailproxy.protocol.smtp import ProtocolError, ReplyParser, WireReceiver, make_reply
+from mailproxy.protocol.smtp import ProtocolError, ReplyParser, make_reply
+from mailproxy.protocol.smtp_message import WireReceiver
 
 
 def parse_all(data: bytes, parser: ReplyParser | None = None) -> list:

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from mailproxy.protocol.smtp import END_OF_DATA, unstuff, wire_body
+from mailproxy.protocol.smtp_message import END_OF_DATA, unstuff, wire_body
 from mailproxy.protocol.smtp_server import (
     CLOSED,
     NEED_DATA,

@@ -1,4 +1,4 @@
-"""mailproxy.protocol.smtp: wire-byte tables and properties, no sockets."""
+"""mailproxy.protocol.smtp and smtp_message: wire-byte tables and properties, no sockets."""
 
 from __future__ import annotations
 
@@ -7,22 +7,24 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from mailproxy.protocol.smtp import (
-    END_OF_DATA,
-    DataReceiver,
     ProtocolError,
     ReplyParser,
     ServerReply,
     client_ehlo_reply,
     ehlo_keywords,
-    has_bare_line_ends,
-    header_block,
     make_reply,
     parse_path,
     parse_size,
     split_command,
+    xtext,
+)
+from mailproxy.protocol.smtp_message import (
+    END_OF_DATA,
+    DataReceiver,
+    has_bare_line_ends,
+    header_block,
     unstuff,
     wire_body,
-    xtext,
 )
 from tests.support.chunks import splits
 
