@@ -9,7 +9,7 @@
 # cprofile: the proxy under cProfile; Python calls per message and the top entries by
 #           own time (wall-clock, so syscalls that get preempted look expensive)
 # Run as root from the repository (smtp-sink drops to nobody). Loopback only; bounded by
-# MESSAGES (default 4000) and a 300 s timeout.
+# MESSAGES (default 4000) and a 300 s timeout. PROFILE_OUT=FILE keeps the cProfile data.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MESSAGES=${1:-4000}; SESSIONS=${2:-20}; MODE=${3:-cpu}
@@ -54,4 +54,5 @@ messages = int(sys.argv[2])
 print(f"Python calls per message: {sum(v[1] for v in stats.stats.values()) / messages:.0f}")
 stats.sort_stats("tottime").print_stats(15)
 PY
+    [ -n "${PROFILE_OUT:-}" ] && cp "$WORK/proxy.prof" "$PROFILE_OUT"
 fi

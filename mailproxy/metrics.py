@@ -143,3 +143,10 @@ def child(metric, *label_values: str):
     """`metric.labels(*label_values)`, memoised: label lookup is the costliest part of
     counting on the hot path, and the label sets are small and closed."""
     return metric.labels(*label_values)
+
+
+@functools.cache
+def reply_counter(protocol: str, code: int, origin: str):
+    """The `replies` child for one reply code: one lookup per reply on the hot path
+    (codes are 200..599, a closed set)."""
+    return replies.labels(protocol, reply_class(code), origin)

@@ -48,6 +48,8 @@ class Plugin:
 
     @staticmethod
     def _in(address: str, networks: list) -> bool:
+        if not networks:
+            return False
         try:
             ip = ipaddress.ip_address(address)
         except ValueError:

@@ -79,6 +79,12 @@ class ReplyParser:
         return bool(self._buffer or self._lines)
 
     def next_reply(self) -> ServerReply | None:
+        buffer = self._buffer
+        if buffer.endswith(b"\n") and buffer.find(b"\n") == len(buffer) - 1:
+            self._buffer = b""  # exactly one line waiting: no slicing
+            reply = self._take_line(buffer)
+            if reply is not None:
+                return reply
         while True:
             end = self._buffer.find(b"\n")
             if end < 0:
@@ -101,12 +107,15 @@ class ReplyParser:
             raise ProtocolError(f"reply code {code} out of range")
         if self._code is not None and code != self._code:
             raise ProtocolError(f"reply code changed from {self._code} to {code} mid-reply")
+        last = body[3:4] != b"-"
+        if last and self._code is None:  # a reply of one line, the common case
+            return ServerReply(code, (body[4:],), body + CRLF)
         self._code = code
         self._lines.append(body + CRLF)
         self._texts.append(body[4:])
         if len(self._lines) > self._max_lines:
             raise ProtocolError("reply has too many lines")
-        if body[3:4] == b"-":
+        if not last:
             return None
         reply = ServerReply(code, tuple(self._texts), b"".join(self._lines))
         self._lines, self._texts, self._code = [], [], None
@@ -180,6 +189,11 @@ def parse_path(argument: str, keyword: str) -> tuple[str, dict[str, str | bool]]
 
 def _closing_bracket(text: str) -> int:
     """Index of the '>' that closes the path, skipping quoted local parts."""
+    if '"' not in text:  # nothing quoted: the first '>' closes it
+        index = text.find(">", 1)
+        if index < 0:
+            raise ValueError("Missing '>' after the address")
+        return index
     quoted = False
     index = 1
     while index < len(text):
@@ -195,8 +209,13 @@ def _closing_bracket(text: str) -> int:
     raise ValueError("Missing '>' after the address")
 
 
+_XTEXT_PLAIN = re.compile(r"[!-*,-<>-~]*")  # printable ASCII but "+" and "="
+
+
 def xtext(value: str) -> str:
     """RFC 3461 xtext, as XCLIENT attribute values need."""
+    if _XTEXT_PLAIN.fullmatch(value):  # nothing to encode, the usual case
+        return value
     return "".join(
         c
         if "!" <= c <= "~" and c not in "+="

@@ -18,11 +18,8 @@ log = logging.getLogger("mailproxy.smtp")
 
 
 class SmtpReplies:
-    def _reply_counter(self, code: int, origin: str):
-        return metrics.child(metrics.replies, "smtp", metrics.reply_class(code), origin)
-
     def _write(self, raw: bytes, code: int, origin: str) -> None:
-        self._reply_counter(code, origin).inc()
+        metrics.reply_counter("smtp", code, origin).inc()
         self._last_code = code
         self.write(raw)
 
@@ -39,7 +36,7 @@ class SmtpReplies:
     # --- the core's protocol replies -------------------------------------------------------
 
     def _proxy_reply(self, code: int, enhanced: str, text: str) -> bytes:
-        self._reply_counter(code, "proxy").inc()
+        metrics.reply_counter("smtp", code, "proxy").inc()
         return make_reply(code, f"{enhanced} {self.hostname} {text}").raw
 
     def timeout_reply(self, idle: bool) -> bytes:

@@ -9,6 +9,7 @@ Mixed into the SMTP session; uses its `session`, `runtime`, `_upstream`,
 from __future__ import annotations
 
 import logging
+from typing import Awaitable
 
 from ..protocol.esmtp import format_path_command, forwarded_parameters
 from ..protocol.smtp import ServerReply
@@ -51,8 +52,9 @@ class UpstreamPairing:
         greeting, the client's EHLO, XCLIENT, credentials and the MAIL and RCPTs it
         already accepted are replayed, none of it shown. Any of that refused is an
         UpstreamError: the client was told those commands succeeded."""
-        if self._upstream is not None and await self._upstream.usable():
-            return self._upstream
+        upstream = self._upstream
+        if upstream is not None and (upstream.fresh or await upstream.usable()):
+            return upstream
         greeting = await self._open_upstream()
         upstream = self._upstream
         if greeting.code != 220:
@@ -114,6 +116,6 @@ class UpstreamPairing:
         return await self._send_path(await self._upstream_ready(), verb, address, params)
 
     @staticmethod
-    async def _send_path(upstream: UpstreamConnection, verb: str, address: str, params: dict) -> ServerReply:
+    def _send_path(upstream: UpstreamConnection, verb: str, address: str, params: dict) -> Awaitable[ServerReply]:
         params = forwarded_parameters(verb, params, upstream.keywords)
-        return await upstream.command(format_path_command(verb, address, params) + b"\r\n", verb)
+        return upstream.command(format_path_command(verb, address, params) + b"\r\n", verb)

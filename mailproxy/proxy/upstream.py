@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 import ipaddress
 import logging
 import ssl
 import time
 from dataclasses import dataclass
+from typing import Awaitable
 
 from .. import metrics
 from ..config import UpstreamSettings
@@ -66,6 +68,7 @@ class ClientFacts:
     name: str | None = None  # verified host name, or XCLIENT's [UNAVAILABLE]/[TEMPUNAVAIL]
 
 
+@functools.lru_cache(maxsize=1024)  # clients come back; parsing an address is not free
 def xclient_address(address: str) -> str:
     """XCLIENT's ADDR form: IPv4 as is, IPv6 with the IPV6: prefix Postfix requires."""
     try:
@@ -82,6 +85,7 @@ class UpstreamConnection:
         self.name = name
         self.settings = settings
         self._tls = tls
+        self._loop = asyncio.get_running_loop()
         self._link: Connection | None = None
         self._parser = ReplyParser()
         self.keywords: dict[str, str] = {}
@@ -97,7 +101,7 @@ class UpstreamConnection:
         """Connect and read the greeting (after the implicit TLS handshake, if any)."""
         host, port = self.settings.address.host, self.settings.address.port
         implicit = self._tls if self.settings.tls == "implicit" else None
-        loop = asyncio.get_running_loop()
+        loop = self._loop
         try:
             async with asyncio.timeout(self.settings.connect_timeout):
                 _, self._link = await loop.create_connection(
@@ -132,16 +136,23 @@ class UpstreamConnection:
             raise self.fail("tls", f"handshake failed: {exc or type(exc).__name__}") from None
         self.keywords = {}
 
+    @property
+    def fresh(self) -> bool:
+        """Connected, and answered a moment ago: usable without a look (see `usable`).
+        A plain property, so the common case costs no coroutine."""
+        link = self._link
+        return link is not None and link.connected and self._loop.time() - self._last_reply < IDLE_CHECK_AFTER
+
     async def usable(self) -> bool:
         """Connected, and not closed by the upstream while the proxy said nothing.
 
         An idle upstream speaks only to go away (`421` after its timeout, then EOF),
         and the transport does not show that until something is read. After a pause,
         look before sending; a session that fails anyway turns into a 4xx."""
+        if self.fresh:
+            return True
         if not self.connected:
             return False
-        if asyncio.get_running_loop().time() - self._last_reply < IDLE_CHECK_AFTER:
-            return True
         if self._parser.pending or await self._link.wait_readable(0):
             log.info("upstream %s closed the idle session", self.name)
             self.abort()
@@ -246,19 +257,22 @@ class UpstreamConnection:
             raise self.fail("protocol", "upstream asked for more after a complete AUTH PLAIN")
         return reply
 
-    async def command(self, line: bytes, verb: str) -> ServerReply:
-        """Send one command line and return the upstream's complete reply."""
-        return await self.send([line], verb)
+    def command(self, line: bytes, verb: str) -> Awaitable[ServerReply]:
+        """Send one command line and return the upstream's complete reply. (Not a
+        coroutine of its own: one round trip is one coroutine, `send`.)"""
+        return self.send([line], verb)
 
     async def send(self, parts: list[bytes], verb: str, timeout: float | None = None) -> ServerReply:
         """Write `parts` in one go (a command, or a whole message and its end marker)
         and wait for one reply, `timeout` seconds at most (default: reply_timeout)."""
-        if not self.connected:
+        link = self._link
+        if link is None or not link.connected:
             raise UpstreamError("lost", "connection already closed")
         started = time.perf_counter()
         timeout = timeout or self.settings.reply_timeout
-        self.write(parts, verb)
-        await self.drain(verb, timeout)
+        link.writelines(parts)
+        if link.write_blocked:
+            await self.drain(verb, timeout)
         try:
             reply = await self._read_reply(verb, timeout)
         except UpstreamError as exc:
@@ -279,26 +293,28 @@ class UpstreamConnection:
         if not self._link.write_blocked:
             return
         try:
-            await self._link.drain(asyncio.get_running_loop().time() + timeout)
+            await self._link.drain(self._loop.time() + timeout)
         except TimeoutError:
             raise self.fail("timeout", f"upstream took nothing for {timeout}s during {verb}") from None
         except ConnectionError as exc:
             raise self.fail("lost", f"write failed: {exc}") from None
 
     async def _read_reply(self, stage: str, timeout: float) -> ServerReply:
-        deadline = asyncio.get_running_loop().time() + timeout
+        loop = self._loop
+        deadline = loop.time() + timeout
         while True:
             try:
                 reply = self._parser.next_reply()
             except ProtocolError as exc:
                 raise self.fail("protocol", str(exc)) from None
             if reply is not None:
-                self._last_reply = asyncio.get_running_loop().time()
+                self._last_reply = loop.time()
                 return reply
-            if self._link is None:
+            link = self._link
+            if link is None:
                 raise self.fail("lost", f"connection closed during {stage}")
             try:
-                chunk = await self._link.receive(deadline)
+                chunk = await link.receive(deadline)
             except TimeoutError:
                 raise self.fail("timeout", f"no reply to {stage} within {timeout}s") from None
             except OSError as exc:
