@@ -7,6 +7,7 @@ it a real authoritative server instead, whose NXDOMAIN carries the zone's SOA.
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import tempfile
 from pathlib import Path
@@ -52,7 +53,11 @@ class Dnsmasq:
         ]
         self.process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                         stderr=subprocess.PIPE)
-        wait_for_listen(self.port, timeout=10, process=self.process)  # its TCP side
+        try:
+            wait_for_listen(self.port, timeout=10, process=self.process)  # its TCP side
+        except BaseException:
+            self.__exit__()
+            raise
         return self
 
     def log(self) -> str:
@@ -68,3 +73,4 @@ class Dnsmasq:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+        shutil.rmtree(self._directory, ignore_errors=True)
