@@ -21,6 +21,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    FiniteFloat,
     ValidationError,
     ValidationInfo,
     field_validator,
@@ -293,11 +294,36 @@ class PluginsSettings(_Section):
         return names
 
 
-class PolicySettings(_Section):
-    # Thresholds on the transaction's summed plugin scores; unset means scores are only
-    # recorded (logged and counted), never enforced.
-    tempfail_score: float | None = None
-    reject_score: float | None = None
+class ScoreSettings(_Section):
+    # What the session's plus the message's points lead to (Rspamd's actions): a 5xx at
+    # `reject_score`, a 4xx at `tempfail_score`, `X-Spam-Flag: YES` on the delivered
+    # message at `add_header_score`. Unset: that action never happens, and with none set
+    # scores are only recorded (logged and counted). Declared in the order they are
+    # checked against each other.
+    reject_score: FiniteFloat | None = None
+    tempfail_score: FiniteFloat | None = None
+    add_header_score: FiniteFloat | None = None
+    # X-Spam-Score, X-Spam-Status and X-Spam-Symbols on every delivered message; unset
+    # means on when add_header_score is set.
+    spam_headers: bool | None = None
+
+    @field_validator("tempfail_score", "add_header_score")
+    @classmethod
+    def _not_above_a_refusal(cls, value: float | None, info: ValidationInfo) -> float | None:
+        # A lower action's threshold above a higher one's could never be reached.
+        for higher in ("reject_score", "tempfail_score"):
+            limit = info.data.get(higher)
+            if higher != info.field_name and value is not None and limit is not None and value > limit:
+                raise ValueError(f"{value:g} is above {higher} ({limit:g}), so it could never apply")
+        return value
+
+
+class PolicySettings(ScoreSettings):
+    # X-Mailproxy-Trace on every delivered message: what each plugin said, in short.
+    trace_header: bool = False
+    # `[policy.authenticated]`: the score settings for sessions that logged in, instead
+    # of the ones above; a threshold it leaves out does not apply to them.
+    authenticated: ScoreSettings | None = None
 
 
 class Config(_Section):

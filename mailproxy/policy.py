@@ -3,6 +3,10 @@
 The engine knows nothing of SMTP: it turns plugin answers into one `Verdict` for the
 phase, and the protocol session decides what that means on the wire.
 
+Each verdict other than `continue` is recorded in the why-trace (trace.py) of the
+scope its scores go to; the score thresholds and the action stage are in actions.py.
+`transaction_ended` writes a transaction's trace line.
+
 Isolation: whatever a plugin raises, `SystemExit`, `KeyboardInterrupt` and its own
 `CancelledError` included, is that plugin's failure and gets its `fail_mode`; only a
 cancellation of the session's task itself passes through. A plain hook runs inline,
@@ -23,17 +27,20 @@ from typing import Any, Callable, Sequence
 
 import pluggy
 
-from . import metrics
+from . import actions, metrics, trace
+from .actions import SCORE_REJECT, SCORE_TEMPFAIL, Thresholds
 from .config import PolicySettings
 from .plugins import LoadedPlugin
+from .session import POLICY, TraceEntry
 from .verdict import Action, Verdict
+
+# SCORE_REJECT and SCORE_TEMPFAIL live in actions.py, and are imported from here too.
+__all__ = ["PolicyEngine", "FAILED_TEMPFAIL", "FAILED_REJECT", "SCORE_REJECT", "SCORE_TEMPFAIL"]
 
 log = logging.getLogger("mailproxy.policy")
 
 FAILED_TEMPFAIL = Verdict.tempfail(451, "4.3.0", "Temporary local problem, try again later")
 FAILED_REJECT = Verdict.reject(554, "5.3.0", "Rejected by local policy")
-SCORE_TEMPFAIL = Verdict.tempfail(451, "4.7.1", "Message scored as suspicious, try again later")
-SCORE_REJECT = Verdict.reject(550, "5.7.1", "Message scored as spam")
 
 # Where a score belongs. These hooks judge one message, so their scores go with the
 # transaction (the Envelope) and end with it; `smtp_command` does too while a
@@ -51,10 +58,12 @@ BLOCKING_THREADS = 8
 
 
 class _PluginFailed(Exception):
-    """A hook call that raised or timed out; `kind` is the metric label."""
+    """A hook call that raised or timed out; `kind` is the metric label, `elapsed` the
+    seconds it took."""
 
-    def __init__(self, kind: str) -> None:
+    def __init__(self, kind: str, elapsed: float) -> None:
         self.kind = kind
+        self.elapsed = elapsed
 
 
 class _ThreadLane:
@@ -132,7 +141,15 @@ class PolicyEngine:
         plugins: list[LoadedPlugin],
         settings: PolicySettings | None = None,
     ) -> None:
-        self._settings = settings or PolicySettings()
+        self._settings = settings = settings or PolicySettings()
+        self._thresholds = Thresholds.of(settings)
+        self._thresholds_authenticated = (
+            self._thresholds if settings.authenticated is None else Thresholds.of(settings.authenticated)
+        )
+        # Without a refusal threshold no score is ever held against one.
+        self._judges = self._thresholds.can_refuse or self._thresholds_authenticated.can_refuse
+        # Whether the action stage (`act`) has anything to do for a message.
+        self.acts = self._thresholds.acts or self._thresholds_authenticated.acts or settings.trace_header
         order = {p.name: i for i, p in enumerate(plugins)}
         by_name = {p.name: p for p in plugins}
         lanes = {p.name: _ThreadLane(p.name) for p in plugins if p.settings.blocking}
@@ -154,7 +171,8 @@ class PolicyEngine:
     def has(self, hook: str) -> bool:
         return bool(self._impls.get(hook))
 
-    async def _call(self, impl: _Impl, hook: str, kwargs: dict[str, Any]) -> Any:
+    async def _call(self, impl: _Impl, hook: str, kwargs: dict[str, Any]) -> tuple[Any, float]:
+        """One implementation's answer and the seconds it took."""
         name = impl.plugin.name
         timeout = impl.plugin.settings.timeout
         deadline = None
@@ -166,32 +184,34 @@ class PolicyEngine:
                 # to arm for it, only a warning when it overstays.
                 result = impl.function(*args)
                 self._warn_if_stalled(name, hook, time.perf_counter() - started, timeout)
-                if not inspect.isawaitable(result):
-                    return result
-            # asyncio.timeout, not wait_for: the hook runs in this task, so whatever
-            # it raises comes here (a SystemExit out of a task of its own would stop
-            # the event loop).
-            deadline = asyncio.timeout(timeout)
-            async with deadline:
-                if impl.is_async:
-                    return await impl.function(*args)
-                if impl.lane is not None:
-                    result = await impl.lane.call(impl.function, args)
-                if inspect.isawaitable(result):
-                    result = await result
-                return result
+            if impl.is_async or impl.lane is not None or inspect.isawaitable(result):
+                # asyncio.timeout, not wait_for: the hook runs in this task, so whatever
+                # it raises comes here (a SystemExit out of a task of its own would stop
+                # the event loop).
+                deadline = asyncio.timeout(timeout)
+                async with deadline:
+                    if impl.is_async:
+                        result = await impl.function(*args)
+                    else:
+                        if impl.lane is not None:
+                            result = await impl.lane.call(impl.function, args)
+                        if inspect.isawaitable(result):
+                            result = await result
         except BaseException as exc:
+            elapsed = time.perf_counter() - started
+            metrics.child(metrics.plugin_duration, name, hook).observe(elapsed)
             if isinstance(exc, asyncio.CancelledError) and _session_cancelled():
                 raise
             if isinstance(exc, TimeoutError) and deadline is not None and deadline.expired():
                 metrics.child(metrics.plugin_errors, name, hook, "timeout").inc()
                 log.warning("plugin %s: %s timed out after %ss%s", name, hook, timeout, self._busy(impl))
-                raise _PluginFailed("timeout") from None
+                raise _PluginFailed("timeout", elapsed) from None
             metrics.child(metrics.plugin_errors, name, hook, "exception").inc()
             log.exception("plugin %s: %s raised", name, hook)
-            raise _PluginFailed("exception") from None
-        finally:
-            metrics.child(metrics.plugin_duration, name, hook).observe(time.perf_counter() - started)
+            raise _PluginFailed("exception", elapsed) from None
+        elapsed = time.perf_counter() - started
+        metrics.child(metrics.plugin_duration, name, hook).observe(elapsed)
+        return result, elapsed
 
     @staticmethod
     def _busy(impl: _Impl) -> str:
@@ -218,57 +238,88 @@ class PolicyEngine:
     async def run(self, hook: str, session: Any, envelope: Any = None, **kwargs: Any) -> Verdict:
         """Run a policy hook; return the verdict that decides the command.
 
-        Scores are recorded on the session or the envelope, as the hook decides (see
-        TRANSACTION_HOOKS). Their sum is held against the configured thresholds after a
-        phase that scored, and at every transaction phase: a threshold refuses the
-        message, never a command such as RSET or QUIT for an old score.
+        A hook may answer one Verdict or a list (or tuple) of them, taken in order as if
+        given one after the other. Scores and trace entries are recorded on the session
+        or the envelope, as the hook decides (see TRANSACTION_HOOKS). Their sum is held
+        against the configured thresholds after a phase that scored, and at every
+        transaction phase: a threshold refuses the message, never a command such as
+        RSET or QUIT for an old score.
         """
         impls = self._impls.get(hook)
         if not impls:
             return Verdict.cont()
         kwargs["session"] = session
         kwargs["envelope"] = envelope
-        scores = self._scores_for(hook, session, envelope)
+        scope = self._scores_for(hook, session, envelope)
         if hook in RESCORED_HOOKS:
-            scores.forget_scores(hook)
+            scope.forget_scores(hook)
         scored = False
         for impl in impls:
-            plugin = impl.plugin
+            failed = ""
             try:
-                verdict = await self._call(impl, hook, kwargs)
-            except _PluginFailed:
-                verdict = self._on_failure(impl)
-            if verdict is None:
+                answer, elapsed = await self._call(impl, hook, kwargs)
+            except _PluginFailed as failure:
+                answer, elapsed, failed = self._on_failure(impl), failure.elapsed, failure.kind
+            if answer is None:
                 continue
-            # Checked before `.action` is read: a plugin returning True or a string must be
-            # contained like one that raised, not crash the session with AttributeError.
-            if not isinstance(verdict, Verdict):
-                metrics.child(metrics.plugin_errors, plugin.name, hook, "bad_result").inc()
-                log.error("plugin %s: %s returned %r, not a Verdict", plugin.name, hook, verdict)
-                verdict = self._on_failure(impl)
-            if verdict.action is Action.CONTINUE:
-                continue
-            enforced = not plugin.settings.observe
-            metrics.child(metrics.verdicts, plugin.name, hook, verdict.action.value, str(enforced).lower()).inc()
-            log.info(
-                "session %s: plugin %s %s: %s%s%s",
-                getattr(session, "id", "-"),
-                plugin.name,
-                hook,
-                verdict.action.value,
-                f" {verdict.symbol}={verdict.points:+g}" if verdict.symbol else "",
-                "" if enforced else " (observe mode, not enforced)",
-            )
-            if not enforced:
-                continue
-            if verdict.action is Action.SCORE:
-                scores.add_score(verdict.symbol or plugin.name, verdict.points, plugin.name, hook)
-                scored = True
-                continue
-            return verdict
-        if scored or hook in TRANSACTION_HOOKS:
-            return self._score_verdict(session, envelope)
+            if isinstance(answer, Verdict):
+                if answer.action is Action.CONTINUE:
+                    continue
+                answers = (answer,)
+            else:
+                # Checked before `.action` is read: a plugin returning True or a string
+                # must be contained like one that raised, not crash the session.
+                answers = self._several(impl.plugin.name, hook, answer)
+                if answers is None:
+                    answers, failed = (self._on_failure(impl),), "bad_result"
+            for verdict in answers:
+                if verdict.action is Action.CONTINUE:
+                    continue
+                if not self._heed(impl.plugin, hook, verdict, scope, elapsed, failed, session):
+                    continue  # observe mode
+                if verdict.action is Action.SCORE:
+                    scored = True
+                    continue
+                return verdict
+        if self._judges and (scored or hook in TRANSACTION_HOOKS):
+            return self._judge(hook, session, envelope, scope)
         return Verdict.cont()
+
+    @staticmethod
+    def _several(name: str, hook: str, answer: Any) -> tuple[Verdict, ...] | None:
+        """A list or tuple of verdicts (None items skipped); None for anything else."""
+        if isinstance(answer, (list, tuple)) and all(v is None or isinstance(v, Verdict) for v in answer):
+            return tuple(v for v in answer if v is not None)
+        metrics.child(metrics.plugin_errors, name, hook, "bad_result").inc()
+        log.error("plugin %s: %s returned %r, not a Verdict", name, hook, answer)
+        return None
+
+    @staticmethod
+    def _heed(
+        plugin: LoadedPlugin, hook: str, verdict: Verdict, scope: Any, elapsed: float, failed: str, session: Any
+    ) -> bool:
+        """Count, log and trace a verdict; book its points. Returns whether it is
+        enforced (not in observe mode)."""
+        enforced = not plugin.settings.observe
+        action = verdict.action.value
+        metrics.child(metrics.verdicts, plugin.name, hook, action, str(enforced).lower()).inc()
+        log.info(
+            "session %s: plugin %s %s: %s%s%s",
+            getattr(session, "id", "-"),
+            plugin.name,
+            hook,
+            action,
+            f" {verdict.symbol}={verdict.points:+g}" if verdict.symbol else "",
+            "" if enforced else " (observe mode, not enforced)",
+        )
+        scoring = verdict.action is Action.SCORE
+        symbol = (verdict.symbol or plugin.name) if scoring else (verdict.symbol or "")
+        reason = f"plugin failed ({failed})" if failed else verdict.reason
+        entry = TraceEntry(plugin.name, hook, action, symbol, verdict.points, reason, elapsed * 1000, not enforced)
+        scope.record(entry)
+        if enforced and scoring:
+            scope.add_score(symbol, verdict.points, plugin.name, hook)
+        return enforced
 
     @staticmethod
     def _scores_for(hook: str, session: Any, envelope: Any) -> Any:
@@ -280,14 +331,65 @@ class PolicyEngine:
             return envelope
         return session
 
-    def _score_verdict(self, session: Any, envelope: Any) -> Verdict:
+    def thresholds_for(self, session: Any) -> Thresholds:
+        """`[policy.authenticated]` for a session that logged in, if configured."""
+        return self._thresholds_authenticated if session.authenticated else self._thresholds
+
+    def _judge(self, hook: str, session: Any, envelope: Any, scope: Any) -> Verdict:
+        """The session's and the transaction's points against the refusal thresholds; a
+        refusal is traced, as the `[policy]` section's verdict, where the hook's are."""
+        thresholds = self.thresholds_for(session)
         total = session.score + (envelope.score if envelope is not None else 0.0)
-        reject_at, tempfail_at = self._settings.reject_score, self._settings.tempfail_score
-        if reject_at is not None and total >= reject_at:
-            return SCORE_REJECT
-        if tempfail_at is not None and total >= tempfail_at:
-            return SCORE_TEMPFAIL
+        action = thresholds.action(total)
+        if action not in (actions.REJECT, actions.TEMPFAIL):
+            return Verdict.cont()
+        verdict = actions.refusal(action, total, actions.total_symbols(session, envelope))
+        limit = actions.format_points(thresholds.limit(action))
+        why = f"score {actions.format_points(total)} >= {action}_score {limit}"
+        scope.record(TraceEntry(POLICY, hook, verdict.action.value, reason=why))
+        return verdict
+
+    def act(self, session: Any, envelope: Any) -> Verdict:
+        """The action stage, once the message's score is final: when it streams, as DATA
+        is answered (no hook can score after that); when it is taken whole, after the
+        data hooks. Returns the score's refusal, or `continue` after adding the header
+        lines the message is delivered with (X-Spam-*, X-Mailproxy-Trace)."""
+        if self._judges:
+            verdict = self._judge("smtp_data", session, envelope, envelope)
+            if verdict.action.is_refusal:
+                return verdict
+        thresholds = self.thresholds_for(session)
+        total = session.score + envelope.score
+        headers = actions.spam_headers(thresholds, total, actions.total_symbols(session, envelope))
+        if self._settings.trace_header:
+            items = trace.header_items(session.id, total, trace.entries_of(session, envelope))
+            headers.append(("X-Mailproxy-Trace", actions.folded("X-Mailproxy-Trace", items, ";")))
+        # Not through `add_header`: these values are folded over several lines.
+        envelope.added_headers += headers
         return Verdict.cont()
+
+    def transaction_ended(
+        self,
+        session: Any,
+        envelope: Any,
+        outcome: str | None = None,
+        reply: Any = None,
+        by: str | None = None,
+        sender: str | None = None,
+    ) -> None:
+        """Log the trace line of a transaction that ended, once per envelope: `outcome`
+        (from the reply's code if not given), the final `reply` and `by` whom ("policy":
+        the plugin or threshold that refused). A refused MAIL began no transaction: its
+        line names the `sender`, and the envelope is used again. With `envelope` None:
+        the line of a session refused at connect."""
+        outcome = outcome or trace.outcome_of(reply)
+        if envelope is not None and envelope.mail_from is not None:
+            if envelope.outcome is not None:
+                return
+            envelope.outcome = outcome
+        if trace.log.isEnabledFor(logging.INFO):
+            thresholds = self.thresholds_for(session)
+            trace.log.info("%s", trace.line(session, envelope, thresholds, outcome, reply, by, sender))
 
     async def first_result(self, hook: str, **kwargs: Any) -> tuple[Any, int]:
         """Ask implementations in order; the first answer other than None wins.
@@ -298,7 +400,7 @@ class PolicyEngine:
         failures = 0
         for impl in self._impls.get(hook, ()):
             try:
-                result = await self._call(impl, hook, kwargs)
+                result, _ = await self._call(impl, hook, kwargs)
             except _PluginFailed:
                 failures += 1
                 continue

@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable
 
-__all__ = ["Session", "Envelope", "ScoreEntry"]
+__all__ = ["Session", "Envelope", "ScoreEntry", "TraceEntry", "POLICY"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,18 +27,45 @@ class ScoreEntry:
     points: float
 
 
+# The `plugin` of a trace entry that the score thresholds of `[policy]` gave.
+POLICY = "[policy]"
+
+
+@dataclass(frozen=True, slots=True)
+class TraceEntry:
+    """One verdict given in a scope, for the why-trace: which plugin (POLICY for the
+    score thresholds), in which hook, what it said and how long the hook call took.
+    `observed`: given in observe mode, so recorded and not enforced."""
+
+    plugin: str
+    hook: str
+    action: str  # an Action's value: "score", "accept", "reject", "tempfail", "disconnect"
+    symbol: str = ""
+    points: float = 0.0
+    reason: str = ""
+    ms: float = 0.0
+    observed: bool = False
+
+
 class Scored:
     """The scores given within one scope, one entry each; `score` and `symbols` are
-    views of the entries."""
+    views of the entries. `trace` holds every verdict given in the scope, in order."""
 
     score_entries: list[ScoreEntry]
+    # A tuple, shared and empty until a verdict comes: most scopes never get one.
+    trace: tuple[TraceEntry, ...] = ()
 
     def add_score(self, symbol: str, points: float, plugin: str = "", hook: str = "") -> None:
         self.score_entries.append(ScoreEntry(plugin, hook, symbol, float(points)))
 
+    def record(self, entry: TraceEntry) -> None:
+        self.trace += (entry,)
+
     def forget_scores(self, hook: str) -> None:
-        """Drop what `hook` scored: a repeated HELO or MAIL is judged anew."""
+        """Drop what `hook` scored and said: a repeated HELO or MAIL is judged anew."""
         self.score_entries = [e for e in self.score_entries if e.hook != hook]
+        if self.trace:
+            self.trace = tuple(e for e in self.trace if e.hook != hook)
 
     @property
     def score(self) -> float:
@@ -108,6 +135,10 @@ class Envelope(Scored):
         self.score_entries: list[ScoreEntry] = []  # scores about this transaction
         self.notes: dict[str, Any] = {}
         self.content: bytes | None = None  # the message, set after end-of-data
+
+    # How the transaction ended, once it has: "delivered", "rejected", "tempfailed",
+    # "unknown", "reset" or "abandoned" (its trace line is written then, once).
+    outcome: str | None = None
 
     def add_header(self, name: str, value: str) -> None:
         """Add `name: value` at the top of the message sent to the upstream."""

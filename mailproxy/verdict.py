@@ -46,6 +46,10 @@ class Reply:
         if "\r" in self.text or "\0" in self.text:
             raise ValueError("reply text must not contain CR or NUL")
 
+    def __str__(self) -> str:
+        """The first line of the SMTP wire form, as logs quote a reply."""
+        return self.lines()[0]
+
     def lines(self) -> list[str]:
         """The SMTP wire form, one string per line without CRLF."""
         texts = self.text.split("\n") or [""]

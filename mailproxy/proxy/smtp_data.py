@@ -93,6 +93,10 @@ class DataCommand:
             verdict = await policy.run("smtp_data", self.session, envelope, message=envelope.content)
             if verdict.action.is_refusal:
                 return await self._refuse_message(verdict)
+        if policy.acts:  # the score is final: the action stage
+            verdict = policy.act(self.session, envelope)
+            if verdict.action.is_refusal:
+                return await self._refuse_message(verdict)
         parts = [message.body, b".\r\n"]
         if envelope.added_headers:
             parts.insert(0, header_block(envelope.added_headers))
@@ -109,6 +113,11 @@ class DataCommand:
         the end marker, which makes it discard the message: a message over the size
         limit, and a client that leaves or runs out of time. A failed upstream is
         noticed at the end, and the client told 451 once it has sent everything."""
+        policy = self.runtime.policy
+        if policy.acts:  # no data hook runs: the score is final, the action stage is now
+            verdict = policy.act(self.session, self.envelope)
+            if verdict.action.is_refusal:
+                return await self._refuse_message(verdict)
         try:
             upstream, reply = await self._start_data()
         except UpstreamError as exc:
@@ -158,6 +167,7 @@ class DataCommand:
             "message from <%s> to %d recipient(s), %d bytes: upstream %s",
             envelope.mail_from, len(envelope.rcpt_tos), size, reply,
         )
+        self.runtime.policy.transaction_ended(self.session, envelope, outcome, reply, "upstream")
         self._new_transaction()
         self._relay(reply)
 
@@ -175,6 +185,7 @@ class DataCommand:
             )
             outcome = "unknown"
         metrics.child(metrics.messages, self.runtime.name, outcome).inc()
+        self.runtime.policy.transaction_ended(self.session, self.envelope, outcome, by="proxy")
         self._new_transaction()
         self._say(451, "4.3.0", "Upstream failure, message not accepted, try again later")
 
@@ -274,10 +285,13 @@ class DataCommand:
         await task
 
     async def _refuse_message(self, verdict: Verdict) -> object | None:
-        """Answer end-of-data with a refusal. The upstream never heard DATA; its
-        transaction is reset so the next one starts clean."""
+        """Answer end-of-data (or DATA itself, refused by the score before a message
+        streams) with a refusal. The upstream never heard DATA; its transaction is
+        reset so the next one starts clean."""
         outcome = "rejected" if verdict.action is Action.REJECT else "tempfailed"
         metrics.child(metrics.messages, self.runtime.name, outcome).inc()
+        by = "proxy" if verdict is TOO_BIG else "policy"
+        self.runtime.policy.transaction_ended(self.session, self.envelope, outcome, verdict.reply, by)
         await self._reset_transaction()
         await self._reset_upstream()
         return self._enforce(verdict)

@@ -85,6 +85,7 @@ class SmtpProxySession(AuthCommand, DataCommand, UpstreamPairing, SmtpReplies, P
     async def goodbye(self) -> None:
         policy = self.runtime.policy
         if self._in_transaction():
+            policy.transaction_ended(self.session, self.envelope, "abandoned")
             await policy.notify("smtp_reset", session=self.session, envelope=self.envelope)
         await policy.notify("smtp_disconnect", session=self.session)
         if self._upstream is not None:
@@ -100,7 +101,9 @@ class SmtpProxySession(AuthCommand, DataCommand, UpstreamPairing, SmtpReplies, P
             self.session.client_name = await self.runtime.resolver.client_name(self.session.client_address)
         verdict = await self.runtime.policy.run("smtp_connect", self.session, self.envelope)
         if verdict.action.is_refusal:
-            self._enforce(verdict.as_greeting(self.hostname))
+            refusal = verdict.as_greeting(self.hostname)
+            self.runtime.policy.transaction_ended(self.session, None, reply=refusal.reply, by="policy")
+            self._enforce(refusal)
             return
         try:
             greeting = await self._open_upstream()
@@ -164,6 +167,7 @@ class SmtpProxySession(AuthCommand, DataCommand, UpstreamPairing, SmtpReplies, P
 
     async def _reset_transaction(self) -> None:
         if self._in_transaction():
+            self.runtime.policy.transaction_ended(self.session, self.envelope, "reset", by="client")
             await self.runtime.policy.notify("smtp_reset", session=self.session, envelope=self.envelope)
         self._new_transaction()
 
@@ -286,6 +290,8 @@ class SmtpProxySession(AuthCommand, DataCommand, UpstreamPairing, SmtpReplies, P
         )
         if verdict.action.is_refusal:
             del headers[kept:]
+            if verb == "MAIL":  # ends the transaction it would have begun
+                self._mail_refused(address, verdict.reply, "policy")
             return self._enforce(verdict)
         reply = await self._forward_path(verb, address, params)
         if 200 <= reply.code < 300:
@@ -293,8 +299,13 @@ class SmtpProxySession(AuthCommand, DataCommand, UpstreamPairing, SmtpReplies, P
             self._transaction.append((verb, address, params))
         else:
             del headers[kept:]
+            if verb == "MAIL":
+                self._mail_refused(address, reply, "upstream")
         self._relay(reply)
         return None
+
+    def _mail_refused(self, address: str, reply, by: str) -> None:
+        self.runtime.policy.transaction_ended(self.session, self.envelope, reply=reply, by=by, sender=address)
 
     async def smtp_RSET(self, argument: str) -> object | None:
         await self._reset_transaction()

@@ -17,7 +17,7 @@ pytestmark = pytest.mark.integration
 UNRULY = {"enabled": ["access", "unruly"], "directories": [str(DROPINS)]}
 SCORER = {"enabled": ["access", "scorer"], "directories": [str(DROPINS)]}
 LOCAL_PROBLEM = (451, b"4.3.0 Temporary local problem, try again later")
-SPAM = (550, b"5.7.1 Message scored as spam")
+SPAM = (550, b"5.7.1 Message scored as spam (score 7.0; CONNECT, SENDER, HELO)")
 
 
 def wait_for_log(proxy, text: str, timeout: float = 15.0) -> None:

@@ -24,7 +24,6 @@ from mailproxy.policy import (
     BLOCKING_THREADS,
     FAILED_REJECT,
     FAILED_TEMPFAIL,
-    SCORE_REJECT,
     SCORE_TEMPFAIL,
     PolicyEngine,
 )
@@ -597,8 +596,7 @@ def test_reject_score_turns_scores_into_550():
     envelope = Envelope()
     engine = build(*scorers(3, 4), settings=PolicySettings(reject_score=7))
     verdict = mail(engine, envelope)
-    assert verdict is SCORE_REJECT
-    assert verdict.reply == Reply(550, "5.7.1", "Message scored as spam")
+    assert verdict.reply == Reply(550, "5.7.1", "Message scored as spam (score 7.0; SYM_1, SYM_0)")
     assert envelope.score == 7.0
 
 
@@ -621,7 +619,7 @@ def test_scores_without_envelope_are_the_sessions():
     session = Session("smtp", "test")
     engine = build(*scorers(30), settings=PolicySettings(reject_score=1))
     verdict = asyncio.run(engine.run("smtp_mail", session, None, address="a@example.test", params={}))
-    assert verdict is SCORE_REJECT
+    assert verdict.reply.text == "Message scored as spam (score 30.0; SYM_0)"
     assert session.symbols == {"SYM_0": 30.0}
 
 
@@ -697,9 +695,9 @@ def test_thresholds_apply_to_session_and_transaction_together_in_every_transacti
     )
     session = Session("smtp", "test")
     assert run(engine, "smtp_connect", session, Envelope()) is Verdict.cont()
-    assert run(engine, "smtp_mail", session, Envelope()) is SCORE_REJECT
+    assert run(engine, "smtp_mail", session, Envelope()).action is Action.REJECT
     # RSET, a new EHLO or STARTTLS start a fresh Envelope: the session's points remain.
-    assert run(engine, "smtp_mail", session, Envelope()) is SCORE_REJECT
+    assert run(engine, "smtp_mail", session, Envelope()).action is Action.REJECT
     assert session.score == 3.0
 
 
@@ -718,11 +716,11 @@ def test_a_repeated_helo_replaces_the_points_of_the_last_one():
 def test_an_old_score_refuses_the_next_message_but_no_other_command():
     engine = build((unique("scores"), ScoresBy(smtp_auth=6), None), settings=PolicySettings(reject_score=5))
     session = Session("smtp", "test")
-    assert run(engine, "smtp_auth", session, Envelope()) is SCORE_REJECT
+    assert run(engine, "smtp_auth", session, Envelope()).action is Action.REJECT
     # Its smtp_command hook scores nothing: RSET or QUIT are not refused for old points,
     assert run(engine, "smtp_command", session, Envelope()) is Verdict.cont()
     # but every message of the session is.
-    assert run(engine, "smtp_mail", session, Envelope()) is SCORE_REJECT
+    assert run(engine, "smtp_mail", session, Envelope()).action is Action.REJECT
 
 
 def test_score_entries_and_their_views():

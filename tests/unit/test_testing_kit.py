@@ -224,7 +224,7 @@ async def test_session_and_message_scores_meet_the_thresholds(mailproxy_policy):
     assert (await smtp.connect()).code == 220
     assert str(await smtp.mail("a@example.org")) == "250 2.1.0 Ok"
     await smtp.rset()
-    assert str(await smtp.mail("a@free.example")) == "550 5.7.1 Message scored as spam"
+    assert str(await smtp.mail("a@free.example")) == "550 5.7.1 Message scored as spam (score 4.5; DYNAMIC_CLIENT, FREEMAIL)"
     assert (smtp.session.score, smtp.envelope.score) == (3, 1.5)
 
 
