@@ -102,6 +102,10 @@ class Session(Scored):
         # Set by proxies that pair the session with an upstream session: checks a
         # username/password by authenticating that upstream session (True, False, None).
         self.upstream_login: Callable[[str, str], Awaitable[bool | None]] | None = None
+        # Set by the proxy: waits up to N seconds for the client to do anything, reading
+        # nothing: "spoke" (what it sent stays for the session), "left" (its input ended
+        # or its connection is gone) or "silent". For checks before the greeting.
+        self.wait_for_client: Callable[[float], Awaitable[str]] | None = None
         self.transactions = 0  # messages the upstream accepted in this session
         # Scores about the client (connect, HELO, AUTH, commands outside a transaction),
         # kept for the whole session; thresholds apply to these plus the envelope's.

@@ -81,10 +81,16 @@ class DnsCheckSettings(ClientCheckSettings):
     @field_validator("lookup_timeout")
     @classmethod
     def _fits_in_timeout(cls, value: float, info: ValidationInfo) -> float:
-        limit = info.data.get("timeout")
-        if limit is not None and value >= limit:
-            raise ValueError(f"must be less than timeout ({limit:g}), the limit of the whole hook")
-        return value
+        return within_hook_timeout(value, info)
+
+
+def within_hook_timeout(value: float, info: ValidationInfo) -> float:
+    """Validates a wait that happens inside a hook: it must end before the hook's own
+    `timeout`, or every call would fail."""
+    limit = info.data.get("timeout")
+    if limit is not None and value >= limit:
+        raise ValueError(f"must be less than timeout ({limit:g}), the limit of the whole hook")
+    return value
 
 
 class ClientFilter:

@@ -59,6 +59,7 @@ class ProxySession:
         self.session = session = Session(self.protocol, settings.name, settings.mode)
         session.peer = client.transport.get_extra_info("peername")
         session.loop = self.loop
+        session.wait_for_client = self.wait_for_client
         if client.tls:  # an implicit-TLS listener: the handshake is done
             session.ssl = tls_facts(client)
         self.hostname = runtime.hostname
@@ -168,6 +169,20 @@ class ProxySession:
             return await self.client.receive(until)
         except TimeoutError:
             raise ClientTimeout(idle) from None
+
+    async def wait_for_client(self, seconds: float) -> str:
+        """`Session.wait_for_client`: "spoke", "left" or "silent" within `seconds`.
+        Nothing is read: what the client sent is the conversation's first input."""
+        if not await self.client.wait_readable(seconds):
+            return "silent"
+        return "left" if self.client_left else "spoke"
+
+    @property
+    def client_left(self) -> bool:
+        """Nobody is left to answer: the connection is gone, or the client ended its
+        input with nothing unread."""
+        client = self.client
+        return not client.connected or (client.pending and not client.has_data)
 
     @property
     def replies_backlogged(self) -> bool:

@@ -105,6 +105,9 @@ class SmtpProxySession(AuthCommand, DataCommand, UpstreamPairing, SmtpReplies, P
             self.runtime.policy.transaction_ended(self.session, None, reply=refusal.reply, by="policy")
             self._enforce(refusal)
             return
+        if self.client_left:  # during the lookups and hooks: an upstream session for nobody
+            log.info("client left before the greeting")
+            return
         try:
             greeting = await self._open_upstream()
         except UpstreamError as exc:
