@@ -180,7 +180,7 @@ class SmtpProxySession(AuthCommand, DataCommand, UpstreamPairing, SmtpReplies, P
             return address.lower() == "postmaster"
         # Source routes (@a:b@c), the percent hack (b%c@a), bang paths and comments in
         # the local part make some upstreams relay onwards: not a local recipient.
-        if not local or any(c in local for c in ROUTING_CHARACTERS):
+        if not local or not ROUTING_CHARACTERS.isdisjoint(local):
             return False
         domain = domain.lower().removesuffix(".")  # one final dot: a fully qualified name
         if "" in domain.split("."):  # "example.test..", ".example.test": not a domain
