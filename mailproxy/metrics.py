@@ -63,6 +63,13 @@ plugin_duration = Histogram(
     ["plugin", "hook"],
     buckets=_LATENCY_BUCKETS,
 )
+plugin_threads_busy = Gauge(
+    "mailproxy_plugin_threads_busy",
+    "Threads of a blocking plugin running a hook call now, out of its 8; one held by a "
+    "call that timed out stays busy until the plugin returns.",
+    ["plugin"],
+    multiprocess_mode="livesum",
+)
 # The shipped checks (plugins/): label values come from their code and configuration,
 # never from a client (no addresses, no names).
 plugin_checks = Counter(

@@ -20,6 +20,7 @@ import asyncio
 import contextvars
 import inspect
 import logging
+import queue
 import threading
 import time
 from dataclasses import dataclass
@@ -70,15 +71,20 @@ class _ThreadLane:
     """Runs one `blocking` plugin's plain hooks in threads, at most BLOCKING_THREADS at
     once; a call that finds them all busy waits for one, within its own timeout.
 
-    Python cannot stop a thread: a call that timed out runs on in the background until
-    the plugin returns, and is counted in `busy` until then. The threads are daemon
+    The threads are started as calls need them and then kept, waiting for the next
+    call: starting a thread per call costs more than many hooks do. Python cannot stop
+    a thread: a call that timed out runs on in the background until the plugin returns,
+    and is counted in `busy` (and holds its thread) until then. The threads are daemon
     threads, so one still stuck at shutdown does not keep the process alive.
     """
 
     def __init__(self, name: str) -> None:
         self._name = name
         self._slots = asyncio.Semaphore(BLOCKING_THREADS)
+        self._jobs: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
+        self._threads = 0
         self.busy = 0
+        self._busy_gauge = metrics.child(metrics.plugin_threads_busy, name)
 
     async def call(self, function: Callable[..., Any], args: Sequence[Any]) -> Any:
         await self._slots.acquire()
@@ -87,6 +93,7 @@ class _ThreadLane:
 
         def finished(result: Any, error: BaseException | None) -> None:  # on the loop
             self.busy -= 1
+            self._busy_gauge.dec()
             self._slots.release()
             if outcome.done():  # the caller timed out or was cancelled
                 return
@@ -95,7 +102,7 @@ class _ThreadLane:
             else:
                 outcome.set_exception(error)
 
-        def work() -> None:  # in the thread
+        def work() -> None:  # in a thread of the lane
             result, error = None, None
             try:
                 result = function(*args)
@@ -106,16 +113,23 @@ class _ThreadLane:
             except RuntimeError:  # the loop is closed: the proxy stopped meanwhile
                 pass
 
-        self.busy += 1
         try:
-            context = contextvars.copy_context()  # the session's log id goes along
-            thread = threading.Thread(target=context.run, args=(work,), name=f"plugin {self._name}", daemon=True)
-            thread.start()
+            if self.busy >= self._threads:  # every thread is busy: one more
+                thread = threading.Thread(target=self._serve, name=f"plugin {self._name}", daemon=True)
+                thread.start()
+                self._threads += 1
         except BaseException:
-            self.busy -= 1
             self._slots.release()
             raise
+        self.busy += 1
+        self._busy_gauge.inc()
+        context = contextvars.copy_context()  # the session's log id goes along
+        self._jobs.put(lambda: context.run(work))
         return await outcome
+
+    def _serve(self) -> None:
+        while True:
+            self._jobs.get()()
 
 
 @dataclass(frozen=True, slots=True)

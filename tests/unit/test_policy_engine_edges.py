@@ -52,12 +52,27 @@ def test_without_a_transaction_the_session_score_alone_meets_the_threshold(point
 class BlocksUntilReleased:
     def __init__(self) -> None:
         self.release = threading.Event()
+        self.returned = threading.Event()
         self.threads: list[threading.Thread] = []
 
     @hookimpl
     def smtp_mail(self):
         self.threads.append(threading.current_thread())
-        self.release.wait(10)
+        try:
+            self.release.wait(10)
+        finally:
+            self.returned.set()
+
+
+def busy_threads(name: str) -> float:
+    return REGISTRY.get_sample_value("mailproxy_plugin_threads_busy", {"plugin": name}) or 0.0
+
+
+async def until_no_thread_is_busy(name: str) -> None:
+    deadline = time.monotonic() + 10
+    while busy_threads(name):
+        assert time.monotonic() < deadline, "the lane never took its thread back"
+        await asyncio.sleep(0.01)
 
 
 def test_a_thread_that_came_back_is_no_longer_counted_busy(caplog):
@@ -70,10 +85,9 @@ def test_a_thread_that_came_back_is_no_longer_counted_busy(caplog):
 
     async def scenario():
         first = await mail()
+        assert busy_threads(name) == 1  # held by the call that timed out
         plugin.release.set()
-        plugin.threads[0].join(10)  # it has handed its result to the loop
-        for _ in range(3):
-            await asyncio.sleep(0)  # the loop takes it back
+        await until_no_thread_is_busy(name)  # it came back, and the loop took it back
         plugin.release.clear()
         second = await mail()
         return first, second
@@ -95,8 +109,35 @@ def test_a_thread_that_comes_back_after_the_loop_closed_ends_quietly(monkeypatch
     verdict = asyncio.run(engine.run("smtp_mail", session, None, address="a@example.test", params={}))
     assert verdict is FAILED_TEMPFAIL
     plugin.release.set()  # the plugin returns when the loop is gone (the proxy stopped)
-    plugin.threads[0].join(10)
+    assert plugin.returned.wait(10)
+    time.sleep(0.2)  # what follows the hook's return in its thread: nothing must escape
     assert unhandled == []
+
+
+class CountsItsThreads:
+    def __init__(self) -> None:
+        self.threads: set[threading.Thread] = set()
+
+    @hookimpl
+    def smtp_mail(self):
+        self.threads.add(threading.current_thread())
+
+
+def test_a_blocking_plugin_reuses_its_threads():
+    plugin = CountsItsThreads()
+    engine, name = engine_with(plugin, PluginSettings(blocking=True, timeout=5))
+    session = Session("smtp", "test")
+
+    async def calls():
+        for _ in range(5):  # one after another: one thread serves them all
+            await engine.run("smtp_mail", session, None, address="a@example.test", params={})
+        await asyncio.gather(*(  # at once: one thread each, up to the lane's bound
+            engine.run("smtp_mail", session, None, address="a@example.test", params={}) for _ in range(3)))
+
+    asyncio.run(calls())
+    assert 1 <= len(plugin.threads) <= 3
+    assert all(t.daemon and t.name == f"plugin {name}" and t is not threading.main_thread() for t in plugin.threads)
+    assert busy_threads(name) == 0
 
 
 class Answers:
