@@ -6,7 +6,9 @@ next plugin; `Verdict.score(...)` adds points and passes on; `Verdict.accept()` 
 phase, skipping the remaining plugins; `reject`, `tempfail` and `disconnect` end the
 phase and are sent to the client, unless the plugin runs in observe mode, in which case
 they are logged and counted only. If no plugin refuses, the command goes to the
-upstream, whose reply the client receives.
+upstream, whose reply the client receives. A hook that finds several things (one score
+per matched rule, say) may return a list or tuple of Verdicts: they are taken in order,
+as if returned one after another.
 
 Scores: points given in `smtp_connect`, `smtp_helo`, `smtp_auth`, and in `smtp_command`
 outside a transaction, judge the client and stay on the Session for its whole life;

@@ -263,6 +263,11 @@ class ScriptedSession:
         verdict = await self.engine.run("smtp_data", self.session, envelope, message=envelope.content)
         if verdict.action.is_refusal:
             return await self._refuse_message(verdict)
+        # The action stage, as the proxy runs it once the score is final: the score's
+        # refusal, or the X-Spam-* (and X-Mailproxy-Trace) lines added.
+        final = self.engine.act(self.session, envelope)
+        if final.action.is_refusal:
+            return await self._refuse_message(final)
         forwarded = header_block(envelope.added_headers) + envelope.content
         self.session.transactions += 1
         self.envelope = Envelope()  # delivered: a new transaction, no smtp_reset

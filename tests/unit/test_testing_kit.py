@@ -228,6 +228,16 @@ async def test_session_and_message_scores_meet_the_thresholds(mailproxy_policy):
     assert (smtp.session.score, smtp.envelope.score) == (3, 1.5)
 
 
+async def test_a_message_is_tagged_by_the_action_stage_as_the_proxy_tags_it(mailproxy_policy):
+    smtp = mailproxy_policy(Scores(), name=unique("scores"), policy={"add_header_score": 4, "reject_score": 10})
+    await smtp.mail("a@free.example")
+    await smtp.rcpt("b@example.test")
+    result = await smtp.data(b"Subject: hi\r\n\r\nbody\r\n")
+    assert result.message == (
+        b"X-Spam-Flag: YES\r\nX-Spam-Score: 4.5\r\nX-Spam-Status: Yes, score=4.5 required=4.0\r\n"
+        b"X-Spam-Symbols: DYNAMIC_CLIENT(3.0), FREEMAIL(1.5)\r\nSubject: hi\r\n\r\nbody\r\n")
+
+
 async def test_a_multi_line_refusal_is_rendered_line_by_line(mailproxy_policy):
     refusal = Verdict.reject(554, "5.7.1", "Message refused\nsee https://example.org/why")
     smtp = mailproxy_policy(Says("smtp_mail", refusal), name=unique("says"))
