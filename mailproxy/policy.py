@@ -197,7 +197,12 @@ class PolicyEngine:
                 # A plain function runs to its end whatever the clock says: no timeout
                 # to arm for it, only a warning when it overstays.
                 result = impl.function(*args)
-                self._warn_if_stalled(name, hook, time.perf_counter() - started, timeout)
+                elapsed = time.perf_counter() - started
+                if elapsed > timeout:
+                    self._warn_if_stalled(name, hook, elapsed, timeout)
+                if result is None or type(result) is Verdict:  # the usual answers: no need to look further
+                    metrics.child(metrics.plugin_duration, name, hook).observe(elapsed)
+                    return result, elapsed
             if impl.is_async or impl.lane is not None or inspect.isawaitable(result):
                 # asyncio.timeout, not wait_for: the hook runs in this task, so whatever
                 # it raises comes here (a SystemExit out of a task of its own would stop
@@ -236,12 +241,11 @@ class PolicyEngine:
 
     @staticmethod
     def _warn_if_stalled(name: str, hook: str, elapsed: float, timeout: float) -> None:
-        if elapsed > timeout:
-            log.warning(
-                "plugin %s: %s ran %.1fs inside the event loop, past its %ss timeout, and "
-                "held up every session meanwhile; set blocking = true for it",
-                name, hook, elapsed, timeout,
-            )
+        log.warning(
+            "plugin %s: %s ran %.1fs inside the event loop, past its %ss timeout, and "
+            "held up every session meanwhile; set blocking = true for it",
+            name, hook, elapsed, timeout,
+        )
 
     def _on_failure(self, impl: _Impl) -> Verdict:
         mode = impl.plugin.settings.fail_mode
