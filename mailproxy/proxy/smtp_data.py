@@ -244,45 +244,50 @@ class DataCommand:
         """While a slow client uploads, a NOOP every `keepalive` seconds keeps the
         upstream session from timing out. A NOOP in flight is let finish, never cut,
         so the upstream conversation stays in step; a session that failed anyway is
-        reopened (and the transaction replayed) before the message is sent."""
-        stop = asyncio.Event()
-        in_flight = False
+        reopened (and the transaction replayed) before the message is sent.
 
-        async def keep_alive() -> None:
-            nonlocal in_flight
-            interval = self.runtime.upstream.keepalive
-            while True:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), interval)
-                    return
-                upstream = self._upstream
-                if upstream is None or not upstream.connected:
-                    return
-                in_flight = True
-                try:
-                    reply = await upstream.command(b"NOOP\r\n", "NOOP")
-                except UpstreamError as exc:
-                    log.info("keepalive: upstream session lost (%s); will reconnect", exc)
-                    return
-                finally:
-                    in_flight = False
-                if not 200 <= reply.code < 300:
-                    log.info("keepalive: upstream answered NOOP with %s; will reconnect", reply)
-                    upstream.abort()
-                    return
+        One timer per message, and a task only when a NOOP is due: most messages
+        arrive well within the interval."""
+        loop, interval = self.loop, self.runtime.upstream.keepalive
+        noop: asyncio.Task | None = None
+        stopped = False
 
-        task = asyncio.ensure_future(keep_alive())
+        def due() -> None:
+            nonlocal noop
+            upstream = self._upstream
+            if not stopped and upstream is not None and upstream.connected:
+                noop = asyncio.ensure_future(send_noop(upstream))
+
+        async def send_noop(upstream) -> None:
+            nonlocal timer
+            try:
+                reply = await upstream.command(b"NOOP\r\n", "NOOP")
+            except UpstreamError as exc:
+                log.info("keepalive: upstream session lost (%s); will reconnect", exc)
+                return
+            if not 200 <= reply.code < 300:
+                log.info("keepalive: upstream answered NOOP with %s; will reconnect", reply)
+                upstream.abort()
+            elif not stopped:
+                timer = loop.call_later(interval, due)
+
+        timer = loop.call_later(interval, due)
         try:
             yield
         except BaseException:
             # The session is ending (the client left, or ran out of time). A NOOP cut
             # off mid-reply would put the upstream conversation out of step: drop it.
-            if in_flight and self._upstream is not None:
-                self._upstream.abort()
-            task.cancel()
+            stopped = True
+            timer.cancel()
+            if noop is not None and not noop.done():
+                noop.cancel()
+                if self._upstream is not None:
+                    self._upstream.abort()
             raise
-        stop.set()
-        await task
+        stopped = True
+        timer.cancel()
+        if noop is not None:
+            await noop
 
     async def _refuse_message(self, verdict: Verdict) -> object | None:
         """Answer end-of-data (or DATA itself, refused by the score before a message
