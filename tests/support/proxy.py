@@ -7,7 +7,6 @@ stops it with SIGTERM (checking that it exits cleanly).
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -17,46 +16,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from mailproxy.testing.toml_writer import to_toml
 from tests.support.servers import free_port, wait_for_listen
-
-
-def _toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return repr(value)
-    if isinstance(value, (str, Path)):
-        return json.dumps(str(value))  # a JSON string is a valid TOML basic string
-    if isinstance(value, list):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    raise TypeError(f"cannot write {value!r} as TOML")
-
-
-def to_toml(config: dict[str, Any]) -> str:
-    """Enough TOML for our configs: tables, one level of sub-tables, arrays of tables."""
-    lines: list[str] = []
-
-    def table(header: str, body: dict[str, Any]) -> None:
-        lines.append(header)
-        nested = []
-        for key, value in body.items():
-            if isinstance(value, dict):
-                nested.append((key, value))
-            else:
-                lines.append(f"{key} = {_toml_value(value)}")
-        lines.append("")
-        for key, value in nested:
-            table(f"[{header.strip('[]')}.{key}]", value)
-
-    for key, value in config.items():
-        if isinstance(value, list) and value and isinstance(value[0], dict):
-            for item in value:
-                table(f"[[{key}]]", item)
-        elif isinstance(value, dict):
-            table(f"[{key}]", value)
-        else:
-            raise TypeError(f"top-level key {key!r} must be a table")
-    return "\n".join(lines)
 
 
 class ProxyProcess:
