@@ -3,11 +3,12 @@ what a finding does, and how each check is timed and counted."""
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 import time
-from contextlib import contextmanager
-from typing import Annotated, Iterator, Literal
+from collections import OrderedDict
+from typing import Annotated, Callable, Generic, Hashable, Literal, TypeVar
 
 from pydantic import AfterValidator, BeforeValidator, Field, ValidationInfo, field_validator
 
@@ -15,6 +16,7 @@ from mailproxy import PluginSettings, Session, Verdict
 from mailproxy import metrics
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+Value = TypeVar("Value")
 
 # Clients that are never judged unless the administrator says otherwise: loopback,
 # private, shared (carrier-grade NAT) and link-local networks. Public lists know
@@ -93,23 +95,34 @@ def within_hook_timeout(value: float, info: ValidationInfo) -> float:
     return value
 
 
+# Bounds of the memos below: enough for the clients of a busy minute; a client that
+# comes back after its entry went costs one parse more, nothing else.
+_MEMO_ENTRIES = 4096
+
+
 class ClientFilter:
     def __init__(self, settings: ClientCheckSettings) -> None:
         self._modes = frozenset(settings.modes)
         self._skip = [ipaddress.ip_network(n, strict=False) for n in settings.skip_clients]
+        # Every hook of a check asks, for the same few clients: each answer is kept.
+        self._skips_address = functools.lru_cache(_MEMO_ENTRIES)(self._skips_address)
 
     def skips(self, session: Session) -> bool:
         """Whether `session` is none of this check's business: an authenticated user, a
         listener mode not checked, a client in `skip_clients` (or no address at all)."""
         if session.authenticated or session.mode not in self._modes:
             return True
-        ip = client_ip(session)
+        return self._skips_address(session.client_address)
+
+    def _skips_address(self, address: str) -> bool:
+        ip = _parse_ip(address)
         return ip is None or any(ip in network for network in self._skip)
 
 
 _LABEL = re.compile(r"(?!-)[A-Za-z0-9_-]{1,63}(?<!-)")
 
 
+@functools.lru_cache(_MEMO_ENTRIES)  # the same senders and HELO names, hook after hook
 def host_name(text: str) -> str | None:
     """`text` as a lower-case ASCII host name (an internationalised one in its A-label
     form, a trailing dot dropped), or None when it cannot be one. Underscores are
@@ -130,8 +143,15 @@ def host_name(text: str) -> str | None:
 
 def client_ip(session: Session) -> IPAddress | None:
     """The real client's address (an IPv4-mapped IPv6 address as the IPv4 one)."""
+    return _parse_ip(session.client_address)
+
+
+# Memoised: each hook of each check asks again for the session's client, and parsing
+# an address is dozens of calls. Addresses are immutable, so sharing one is safe.
+@functools.lru_cache(_MEMO_ENTRIES)
+def _parse_ip(text: str) -> IPAddress | None:
     try:
-        ip = ipaddress.ip_address(session.client_address)
+        ip = ipaddress.ip_address(text)
     except ValueError:
         return None
     if ip.version == 6 and ip.ipv4_mapped is not None:
@@ -139,6 +159,7 @@ def client_ip(session: Session) -> IPAddress | None:
     return ip
 
 
+@functools.lru_cache(_MEMO_ENTRIES)
 def network_of(ip: IPAddress, ipv4_prefix: int, ipv6_prefix: int) -> str:
     """The network `ip` is in, of the prefix length for its version: `192.0.2.0/24`."""
     prefix = ipv4_prefix if ip.version == 4 else ipv6_prefix
@@ -177,10 +198,51 @@ def count(plugin: str, check: str, result: str) -> None:
     metrics.child(metrics.plugin_checks, plugin, check, result).inc()
 
 
-@contextmanager
-def timed(plugin: str, check: str) -> Iterator[None]:
-    started = time.perf_counter()
-    try:
-        yield
-    finally:
-        metrics.child(metrics.plugin_check_duration, plugin, check).observe(time.perf_counter() - started)
+class timed:
+    """`with timed(plugin, check):` observes how long the block took. A class, not a
+    generator context manager: it is entered for every check of every message."""
+
+    __slots__ = ("_histogram", "_started")
+
+    def __init__(self, plugin: str, check: str) -> None:
+        self._histogram = metrics.child(metrics.plugin_check_duration, plugin, check)
+
+    def __enter__(self) -> None:
+        self._started = time.perf_counter()
+
+    def __exit__(self, *exc_info) -> None:
+        self._histogram.observe(time.perf_counter() - self._started)
+
+
+class ExpiringCache(Generic[Value]):
+    """Values kept for a time each, at most `entries` of them: the least recently used
+    go first. `clock` is monotonic seconds."""
+
+    def __init__(self, entries: int, clock: Callable[[], float] = time.monotonic) -> None:
+        self._entries = entries
+        self._clock = clock
+        self._values: OrderedDict[Hashable, tuple[float, Value]] = OrderedDict()
+
+    def get(self, key: Hashable) -> Value | None:
+        """The value kept under `key`, or None when there is none or it expired."""
+        kept = self._values.get(key)
+        if kept is None:
+            return None
+        expires, value = kept
+        if expires <= self._clock():
+            del self._values[key]
+            return None
+        self._values.move_to_end(key)
+        return value
+
+    def put(self, key: Hashable, value: Value, ttl: float) -> None:
+        """Keep `value` under `key` for `ttl` seconds (not at all when `ttl` is 0)."""
+        if ttl <= 0 or self._entries <= 0:
+            return
+        self._values[key] = (self._clock() + ttl, value)
+        self._values.move_to_end(key)
+        while len(self._values) > self._entries:
+            self._values.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._values)

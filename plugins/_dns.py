@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections import OrderedDict
 from typing import Any, Callable
 
 import dns.asyncresolver
@@ -23,6 +22,8 @@ import dns.name
 import dns.nameserver
 import dns.rdatatype
 import dns.resolver
+
+from ._common import ExpiringCache
 
 
 class LookupFailed(Exception):
@@ -76,20 +77,14 @@ class CachedLookups:
         self._resolver = resolver
         self._max_ttl = max_ttl
         self._max_negative_ttl = max_negative_ttl
-        self._entries = entries
-        self._clock = clock
-        self._cache: OrderedDict[tuple[str, str], tuple[float, tuple[Any, ...]]] = OrderedDict()
+        self._cache: ExpiringCache[tuple[Any, ...]] = ExpiringCache(entries, clock)
         self._queries: dict[tuple[str, str], asyncio.Task] = {}
 
     async def lookup(self, name: str, rdtype: str, timeout: float) -> tuple[Any, ...]:
         key = (name.lower().removesuffix("."), rdtype)
-        cached = self._cache.get(key)
-        if cached is not None:
-            expires, records = cached
-            if expires > self._clock():
-                self._cache.move_to_end(key)
-                return records
-            del self._cache[key]
+        records = self._cache.get(key)
+        if records is not None:
+            return records
         # Callers that ask for the same name at once (one zone under several filters, a
         # client in many sessions) share one query; one that gives up (its hook timed
         # out) does not cancel it for the others.
@@ -107,10 +102,7 @@ class CachedLookups:
 
     async def _ask_and_keep(self, key: tuple[str, str], timeout: float) -> tuple[Any, ...]:
         records, ttl = await self._ask(*key, timeout)
-        if ttl > 0:
-            self._cache[key] = (self._clock() + ttl, records)
-            while len(self._cache) > self._entries:
-                self._cache.popitem(last=False)
+        self._cache.put(key, records, ttl)
         return records
 
     async def _ask(self, name: str, rdtype: str, timeout: float) -> tuple[tuple[Any, ...], float]:

@@ -89,6 +89,7 @@ class MessageContents:
             self.limits_hit.add("max_parts")
             del self._parts[limits.parts:]
         self._corrupt_archives = 0
+        self._payloads: dict[int, bytes] = {}
 
     @property
     def defects(self) -> int:
@@ -108,10 +109,9 @@ class MessageContents:
             raw = body.encode("utf-8", "surrogateescape") if isinstance(body, str) else b""
             return [decoded(self._bounded(raw), None)]
         texts = []
-        for part in self._parts:
-            if part.get_content_type() in TEXT_TYPES:
-                body = part.get_payload(decode=True) or b""
-                texts.append(decoded(self._bounded(body), _charset(part)))
+        for index, (part, content_type) in enumerate(zip(self._parts, self.content_types)):
+            if content_type in TEXT_TYPES:
+                texts.append(decoded(self._bounded(self._payload(index)), _charset(part)))
         return texts
 
     @cached_property
@@ -126,16 +126,23 @@ class MessageContents:
         every file in the zip and tar archives among them; each without its directory,
         lower-case, without the trailing dots and spaces Windows ignores."""
         names = []
-        for part in self._parts:
+        for index, (part, content_type) in enumerate(zip(self._parts, self.content_types)):
             if part.is_multipart():
                 continue
             own = _file_names(part)
             names += own
-            payload = part.get_payload(decode=True) or b""
-            kind = archive_kind(own[0] if own else "", part.get_content_type(), payload)
+            payload = self._payload(index)
+            kind = archive_kind(own[0] if own else "", content_type, payload)
             if kind is not None:
                 names += self._archive_members(kind, payload)
         return [base_name(name) for name in names]
+
+    def _payload(self, index: int) -> bytes:
+        """The decoded body of part `index`: decoded once, for the texts and the names."""
+        payload = self._payloads.get(index)
+        if payload is None:
+            payload = self._payloads[index] = self._parts[index].get_payload(decode=True) or b""
+        return payload
 
     @property
     def corrupt_archives(self) -> int:

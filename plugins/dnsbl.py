@@ -81,7 +81,10 @@ class Plugin:
         return None
 
     async def _look_up(self, lists: list[DnsList], key: str) -> list[Listing]:
-        found = await asyncio.gather(*(self._listing(dns_list, key) for dns_list in lists))
+        if len(lists) == 1:  # no task needed: most answers come from the cache at once
+            found = [await self._listing(lists[0], key)]
+        else:
+            found = await asyncio.gather(*(self._listing(dns_list, key) for dns_list in lists))
         return [listing for listing in found if listing is not None]
 
     async def _listing(self, dns_list: DnsList, key: str) -> Listing | None:

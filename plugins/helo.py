@@ -140,13 +140,26 @@ class Plugin:
 
     async def _resolves(self, name: str) -> bool:
         """Whether `name` has an A, AAAA or MX record. LookupFailed when none was found
-        and a lookup failed: the name may exist after all."""
-        timeout = self._settings.lookup_timeout
+        and a lookup failed: the name may exist after all.
+
+        The A record first, alone: nearly every mail server's name has one, so one
+        lookup (most often from the cache) usually settles it. Then AAAA and MX at once,
+        in what is left of `lookup_timeout`."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._settings.lookup_timeout
+        failure = None
+        try:
+            if await self._dns.lookup(name, "A", self._settings.lookup_timeout):
+                return True
+        except LookupFailed as exc:
+            failure = exc
+        left = deadline - loop.time()
+        if left <= 0:
+            raise failure or LookupFailed(f"{name}: no time left for AAAA and MX")
         answers = await asyncio.gather(
-            *(self._dns.lookup(name, rdtype, timeout) for rdtype in ("A", "AAAA", "MX")),
+            *(self._dns.lookup(name, rdtype, left) for rdtype in ("AAAA", "MX")),
             return_exceptions=True,
         )
-        failure = None
         for answer in answers:
             if isinstance(answer, LookupFailed):
                 failure = answer

@@ -28,7 +28,6 @@ own (as with the memory backend): limits hold per process, neither dropped nor c
 
 from __future__ import annotations
 
-import asyncio
 import math
 import time
 from typing import Callable, Literal
@@ -129,9 +128,12 @@ class Plugin:
                 checks.append((name, whose, who, limit))
         if not checks:
             return None
-        seen = await asyncio.gather(*(self._hit(name, who) for name, _, who, _ in checks))
         over = None
-        for (name, whose, _, limit), events in zip(checks, seen):
+        # One after the other: the memory backend answers at once, and a task per
+        # counter would cost more than the counting. (With redis, each counter is its
+        # own round trips; the hook waits for them, the other sessions do not.)
+        for name, whose, who, limit in checks:
+            events = await self._hit(name, who)
             count(PLUGIN, name, "over" if events > limit else "within")
             if events > limit and over is None:
                 over = whose

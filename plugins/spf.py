@@ -4,6 +4,7 @@
     on_fail = 2.0           # each result: "reject", "tempfail", "off" or points
     on_softfail = 1.0
     check_timeout = 10.0    # seconds for one whole SPF evaluation
+    result_cache_ttl = 60   # seconds a result is reused for the same check; 0: never
 
 At MAIL FROM the client's address is checked against the SPF policy of the sender's
 domain, or of its HELO name for the null sender (RFC 7208 2.4). pyspf does the work
@@ -14,12 +15,24 @@ and the message gets `Received-SPF` (RFC 7208 9.1) and `Authentication-Results`
 pyspf is synchronous: each evaluation runs in a thread of this plugin's own pool and
 keeps to `check_timeout` by itself, so neither the event loop nor a thread waits
 longer on a slow DNS.
+
+A result is reused for `result_cache_ttl` seconds by the checks of the very same client
+address, MAIL FROM address (letter case included) and HELO name: the messages of a
+mailing list or of a regular correspondent are evaluated once a minute, not once each.
+That is sound because a result depends on those three and on the DNS alone, and the DNS
+answers would be reused anyway (the resolver keeps them for their TTL); a change of
+the sender domain's policy takes effect within `result_cache_ttl`. A temperror is never
+reused: the next message asks again. Each message still gets its own header lines and
+counts its result; mailproxy_plugin_check_duration_seconds times evaluations only, so
+its count against mailproxy_plugin_checks_total shows how many results were reused.
+At most `result_cache_entries` results are kept, the least recently used go first.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextvars
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import dns.exception
@@ -29,7 +42,9 @@ from pydantic import Field, ValidationInfo, field_validator
 
 from mailproxy import Envelope, Session, Verdict, hookimpl
 
-from ._common import Action, ClientCheckSettings, ClientFilter, client_ip, count, printable, timed, verdict
+from ._common import (
+    Action, ClientCheckSettings, ClientFilter, ExpiringCache, client_ip, count, printable, timed, verdict,
+)
 from ._dns import blocking_resolver
 from ._spf_headers import SpfOutcome, authentication_results, comment, received_spf
 
@@ -95,6 +110,8 @@ class Plugin:
         timeout: float = Field(15.0, gt=0, le=300)
         check_timeout: float = Field(10.0, gt=0, le=120)
         threads: int = Field(8, ge=1, le=64)  # evaluations at once; more wait their turn
+        result_cache_ttl: float = Field(60.0, ge=0, le=3600)  # 0: every check is evaluated
+        result_cache_entries: int = Field(10000, ge=1)
         add_headers: bool = True
         # Who did the check, in the headers: the [proxy] hostname unless set.
         authserv_id: str | None = Field(None, pattern=r"^[A-Za-z0-9.-]+$")
@@ -122,22 +139,48 @@ class Plugin:
         self._resolver = blocking_resolver(context.config.dns)
         self._resolver.cache = dns.resolver.LRUCache(_RESOLVER_CACHE_ENTRIES)
         self._pool = ThreadPoolExecutor(settings.threads, thread_name_prefix="spf")
+        self._results: ExpiringCache[tuple[SpfOutcome, tuple[tuple[str, str], ...]]] = ExpiringCache(
+            settings.result_cache_entries, lambda: self.clock()
+        )
+
+    # Monotonic seconds, for the result cache.
+    clock = staticmethod(time.monotonic)
 
     @hookimpl
     async def smtp_mail(self, session: Session, envelope: Envelope, address: str) -> Verdict | None:
         if self._filter.skips(session) or not (address or session.host_name):
             return None
-        outcome = await self._check(str(client_ip(session)), address, session.host_name or "")
+        outcome, header_lines = await self._check(str(client_ip(session)), address, session.host_name or "")
         # Added now, not in an smtp_data hook: one of those would make the proxy take
         # every message whole instead of streaming it. The envelope ends with the
         # transaction, so the lines go with this message only.
-        if self._settings.add_headers:
-            envelope.add_header("Received-SPF", received_spf(outcome, self._authserv_id))
-            envelope.add_header("Authentication-Results", authentication_results(outcome, self._authserv_id))
+        for name, value in header_lines:
+            envelope.add_header(name, value)
         return self._verdict(outcome)
 
-    async def _check(self, ip: str, sender: str, helo: str) -> SpfOutcome:
+    async def _check(self, ip: str, sender: str, helo: str) -> tuple[SpfOutcome, tuple[tuple[str, str], ...]]:
+        """The outcome, and the header lines that record it (the same for every message
+        of the same check, so they are kept with it)."""
         identity = "mailfrom" if sender else "helo"
+        key = (ip, sender, helo)
+        checked = self._results.get(key)
+        if checked is None:
+            result, explanation = await self._evaluated(identity, ip, sender, helo)
+            outcome = SpfOutcome(result, identity, ip, sender, helo, explanation)
+            checked = (outcome, self._header_lines(outcome))
+            if result != "temperror":  # the DNS may answer the next time
+                self._results.put(key, checked, self._settings.result_cache_ttl)
+        count(PLUGIN, identity, checked[0].result)
+        return checked
+
+    def _header_lines(self, outcome: SpfOutcome) -> tuple[tuple[str, str], ...]:
+        if not self._settings.add_headers:
+            return ()
+        return (("Received-SPF", received_spf(outcome, self._authserv_id)),
+                ("Authentication-Results", authentication_results(outcome, self._authserv_id)))
+
+    async def _evaluated(self, identity: str, ip: str, sender: str, helo: str) -> tuple[str, str]:
+        """The result and its explanation (printable) of one evaluation in the pool."""
         limit = self._settings.check_timeout
         with timed(PLUGIN, identity):
             loop = asyncio.get_running_loop()
@@ -146,8 +189,7 @@ class Plugin:
                     result, explanation = await loop.run_in_executor(self._pool, self._evaluate, ip, sender, helo)
             except TimeoutError:
                 result, explanation = "temperror", f"no answer within {limit:g}s"
-        count(PLUGIN, identity, result)
-        return SpfOutcome(result, identity, ip, sender, helo, printable(explanation))
+        return result, printable(explanation)
 
     def _evaluate(self, ip: str, sender: str, helo: str) -> tuple[str, str]:
         """One evaluation, in a thread of the pool."""
@@ -162,6 +204,8 @@ class Plugin:
 
     def _verdict(self, outcome: SpfOutcome) -> Verdict | None:
         action = getattr(self._settings, f"on_{outcome.result}")
+        if action == "off":  # the usual answer for a pass: no reply text to write
+            return None
         enhanced, what = _REFUSALS[outcome.result]
         explanation = f" ({outcome.explanation})" if outcome.explanation else ""
         text = printable(f"{what}: {comment(outcome)}{explanation}", 400)

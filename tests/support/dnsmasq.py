@@ -7,10 +7,14 @@ it a real authoritative server instead, whose NXDOMAIN carries the zone's SOA.
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import tempfile
+import time
 from pathlib import Path
+
+from dns.resolver import NXDOMAIN, Resolver
 
 from tests.support.servers import free_port, wait_for_listen
 
@@ -64,6 +68,25 @@ class Dnsmasq:
         """What dnsmasq logged; with the option `--log-queries`, every query it got."""
         path = self._directory / "log"
         return path.read_text() if path.exists() else ""
+
+    def queries(self, name: str, rdtype: str = "TXT") -> int:
+        """How many queries for `name` and `rdtype` this server (with `--log-queries`)
+        answered, up to a marker query asked last: dnsmasq logs in the order it answers,
+        so the marker's line comes after theirs."""
+        marker = f"marker{time.monotonic_ns()}.test"
+        resolver = Resolver(configure=False)
+        resolver.nameservers, resolver.port = ["127.0.0.1"], self.port
+        try:
+            resolver.resolve(marker, "TXT", lifetime=5)
+        except NXDOMAIN:
+            pass
+        deadline = time.monotonic() + 10
+        while f"auth[TXT] {marker} " not in self.log():
+            if time.monotonic() > deadline:
+                raise AssertionError(f"dnsmasq logged no query for {marker}")
+            time.sleep(0.01)
+        # "auth[TXT]" for a name in its zone, "query[TXT]" for any other
+        return len(re.findall(rf"\b(?:auth|query)\[{rdtype}\] {re.escape(name)} from ", self.log()))
 
     def stop(self) -> None:
         """Stop answering (a test of what is cached then); stopping twice is harmless."""

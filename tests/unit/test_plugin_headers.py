@@ -4,6 +4,7 @@ engine where the reply or the score threshold matters."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import io
 import tarfile
@@ -40,11 +41,16 @@ def plugin():
     return load()
 
 
+def judge(plugin, message: bytes, session=None) -> list[Verdict] | None:
+    """The hook's answer for `message`."""
+    return asyncio.run(plugin.smtp_data(session=session or client_session(), message=message))
+
+
 def scan(plugin, message: bytes, session=None) -> tuple:
     """(refusal, points) as the engine reads the hook's verdicts, in order, up to the
     first refusal: the refusal as (action, code, enhanced, text) or None, and the
     points given before it by symbol."""
-    answer = plugin.smtp_data(session=session or client_session(), message=message)
+    answer = judge(plugin, message, session)
     points = {}
     for verdict in answer or []:
         if verdict.action is Action.SCORE:
@@ -413,7 +419,7 @@ def test_a_malformed_rfc_2231_file_name_still_counts(plugin):
 def test_any_bytes_are_judged_without_raising(plugin, head, body):
     # A multipart skeleton with arbitrary bytes in it, and arbitrary bytes alone.
     for message in (mime(head + b"\r\n\r\n" + body, head=head), head + body):
-        answer = plugin.smtp_data(session=client_session(), message=message)
+        answer = judge(plugin, message)
         assert answer is None or all(isinstance(verdict, Verdict) for verdict in answer)
 
 
@@ -518,6 +524,55 @@ def test_bad_options_are_config_errors(options, problem):
     with pytest.raises(ConfigError) as error:
         load(**options)
     assert str(error.value).startswith(f"config: plugin.headers.{problem}")
+
+
+# --- where a message is parsed ------------------------------------------------------------
+
+
+def judged_while_ticking(plugin, message: bytes) -> tuple[list[Verdict] | None, int]:
+    """The hook's answer, and how often another coroutine ran while the hook worked: 0
+    when it parsed the message in the event loop, at least 1 when it waited for a thread."""
+
+    async def judge_while_ticking():
+        ticks = 0
+
+        async def tick():
+            nonlocal ticks
+            while True:
+                await asyncio.sleep(0)
+                ticks += 1
+
+        ticker = asyncio.create_task(tick())
+        answer = await plugin.smtp_data(session=client_session(), message=message)
+        ticker.cancel()
+        return answer, ticks
+
+    return asyncio.run(judge_while_ticking())
+
+
+def gtube_message(size: int) -> bytes:
+    """A message of exactly `size` bytes with the GTUBE in its text."""
+    message = b"Subject: test\r\n\r\n" + GTUBE + b"\r\n"
+    return message + b"x" * (size - len(message) - 2) + b"\r\n"
+
+
+def test_a_small_message_is_parsed_in_the_event_loop_a_big_one_in_a_thread():
+    plugin = load(thread_bytes=4096)
+    for size, parsed_in_a_thread in ((4095, False), (4096, True), (1_000_000, True)):
+        answer, ticks = judged_while_ticking(plugin, gtube_message(size))
+        assert [verdict.reply.text for verdict in answer] == ["Message content rejected (GTUBE)"]
+        assert (ticks > 0) == parsed_in_a_thread, size
+
+
+def test_by_default_a_message_of_64_kib_is_parsed_in_a_thread(plugin):
+    assert judged_while_ticking(plugin, gtube_message(65535))[1] == 0
+    assert judged_while_ticking(plugin, gtube_message(65536))[1] > 0
+
+
+def test_a_thread_bytes_of_0_parses_every_message_in_a_thread():
+    plugin = load(thread_bytes=0)
+    answer, ticks = judged_while_ticking(plugin, mime(text()))
+    assert answer is None and ticks > 0
 
 
 # --- metrics -----------------------------------------------------------------------------

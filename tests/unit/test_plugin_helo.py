@@ -156,6 +156,19 @@ def test_sessions_it_does_not_judge_get_nothing(dns, session):
     assert greet(plugin, "a..b", client, **session) is None
 
 
+def test_a_name_with_an_a_record_is_settled_by_that_lookup_alone():
+    with Dnsmasq([*authoritative(), *RECORDS, "--log-queries"], zones=()) as server:
+        plugin = load_plugin("helo", server.address, skip_clients=[])
+        assert greet(plugin, "mail.client.test") is None
+        assert greet(plugin, "v6only.client.test") is None  # no A: AAAA and MX asked
+        asked = {(name, rdtype): server.queries(name, rdtype)
+                 for name in ("mail.client.test", "v6only.client.test") for rdtype in ("A", "AAAA", "MX")}
+    assert asked == {
+        ("mail.client.test", "A"): 1, ("mail.client.test", "AAAA"): 0, ("mail.client.test", "MX"): 0,
+        ("v6only.client.test", "A"): 1, ("v6only.client.test", "AAAA"): 1, ("v6only.client.test", "MX"): 1,
+    }
+
+
 def test_a_dns_that_cannot_say_is_no_finding():
     silent = f"127.0.0.1:{free_port()}"  # nothing listens there
     plugin = load_plugin("helo", silent, skip_clients=[], not_resolving="reject", lookup_timeout=0.5)

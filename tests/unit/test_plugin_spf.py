@@ -48,7 +48,9 @@ def dns():
 
 @pytest.fixture(scope="module")
 def spf(dns):
-    return load_plugin("spf", dns.address, **ACTIONS)
+    # Every check evaluated: these tests are about the evaluation (the result cache has
+    # its own tests below).
+    return load_plugin("spf", dns.address, result_cache_ttl=0, **ACTIONS)
 
 
 def mail(plugin, sender: str, client: str = CLIENT, helo: str = "helo.test", **session):
@@ -219,7 +221,101 @@ def test_a_dns_server_that_never_answers_is_a_temperror_and_the_loop_runs_on():
     assert ticks >= 10  # ... and other coroutines ran meanwhile: pyspf blocked no loop
 
 
+# --- the result cache ---------------------------------------------------------------------
+
+
+@pytest.fixture
+def uncached_dns():
+    """A DNS server whose answers may not be cached (TTL 0), logging every query: a check
+    that evaluates asks it again, one whose result is reused does not."""
+    with Dnsmasq([*authoritative(ttl=0), *RECORDS, "--log-queries"], zones=()) as server:
+        yield server
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_a_repeated_check_reuses_the_result_without_asking_the_dns(uncached_dns):
+    plugin = load_plugin("spf", uncached_dns.address, **ACTIONS)
+    before, timed = checks("mailfrom", "pass"), timings("mailfrom")
+    first = mail(plugin, "a@pass.test", CLIENT)
+    asked = uncached_dns.queries("pass.test")
+    assert asked >= 1
+    second = mail(plugin, "a@pass.test", CLIENT)
+    assert uncached_dns.queries("pass.test") == asked
+    # The same verdict, and the second message has its own header lines.
+    assert second == first and second[1]["Authentication-Results"] == (
+        "proxy.test; spf=pass smtp.mailfrom=a@pass.test")
+    assert checks("mailfrom", "pass") == before + 2  # each message counts its result
+    assert timings("mailfrom") == timed + 1  # one evaluation
+
+
+@pytest.mark.parametrize("sender, client, helo", [
+    ("A@pass.test", CLIENT, "helo.test"),  # letter case: an exp= text may quote the sender
+    ("a@pass.test", OTHER, "helo.test"),
+    ("a@pass.test", CLIENT, "other.test"),
+])
+def test_a_check_differing_in_anything_is_evaluated(uncached_dns, sender, client, helo):
+    plugin = load_plugin("spf", uncached_dns.address, **ACTIONS)
+    mail(plugin, "a@pass.test", CLIENT, helo="helo.test")
+    timed = timings("mailfrom")
+    mail(plugin, sender, client, helo=helo)
+    assert timings("mailfrom") == timed + 1
+
+
+def test_a_temperror_is_never_reused(uncached_dns):
+    plugin = load_plugin("spf", uncached_dns.address, **ACTIONS)
+    timed = timings("mailfrom")
+    for _ in range(2):
+        verdict, _ = mail(plugin, "a@unreachable.test", CLIENT)
+        assert verdict.reply.enhanced == "4.7.24"
+    assert timings("mailfrom") == timed + 2
+    assert uncached_dns.queries("spf.example.invalid") >= 2
+
+
+def test_a_result_is_reused_for_result_cache_ttl_seconds(uncached_dns):
+    plugin = load_plugin("spf", uncached_dns.address, result_cache_ttl=60, **ACTIONS)
+    plugin.clock = clock = Clock()
+    mail(plugin, "a@pass.test", CLIENT)
+    timed = timings("mailfrom")
+    clock.now += 59
+    mail(plugin, "a@pass.test", CLIENT)
+    assert timings("mailfrom") == timed
+    clock.now += 2  # 61 s after the evaluation: evaluated again
+    mail(plugin, "a@pass.test", CLIENT)
+    assert timings("mailfrom") == timed + 1
+
+
+def test_at_most_result_cache_entries_are_kept_the_least_recently_used_go(uncached_dns):
+    plugin = load_plugin("spf", uncached_dns.address, result_cache_entries=2, **ACTIONS)
+
+    def evaluated(sender: str) -> bool:
+        timed = timings("mailfrom")
+        mail(plugin, sender, CLIENT)
+        return timings("mailfrom") == timed + 1
+
+    assert [evaluated(s) for s in ("a@pass.test", "b@pass.test", "a@pass.test", "c@pass.test")] == [
+        True, True, False, True]
+    # c came in, b went: a was used after it
+    assert [evaluated(s) for s in ("a@pass.test", "c@pass.test", "b@pass.test")] == [False, False, True]
+
+
+def test_a_result_cache_ttl_of_0_evaluates_every_check(uncached_dns):
+    plugin = load_plugin("spf", uncached_dns.address, result_cache_ttl=0, **ACTIONS)
+    timed = timings("mailfrom")
+    mail(plugin, "a@pass.test", CLIENT)
+    mail(plugin, "a@pass.test", CLIENT)
+    assert timings("mailfrom") == timed + 2
+    assert uncached_dns.queries("pass.test") == 2
+
+
 @pytest.mark.parametrize("options, message", [
+    ({"result_cache_ttl": -1}, "plugin.spf.result_cache_ttl: Input should be greater than or equal to 0"),
     ({"on_fail": "rejct"}, f"plugin.spf.on_fail: 'rejct' {NOT_AN_ACTION}"),
     ({"on_pass": "score"}, f"plugin.spf.on_pass: 'score' {NOT_AN_ACTION}"),
     ({"check_timeout": 10.0, "timeout": 10.0},
