@@ -4,8 +4,12 @@
 Postfix's smtp-source sends 2 KB messages, one message per session, at 1, 20 and 50
 parallel sessions, to each target; every target relays to the same smtp-sink. The
 targets: the sink itself, nginx's mail proxy, and mailproxy with 1 and 2 workers
-(streaming the message) and with 2 workers taking the whole message before forwarding
-it (a bench-only plugin with an empty `smtp_data` hook selects that mode).
+(streaming the message), with 2 workers taking the whole message before forwarding
+it (a bench-only plugin with an empty `smtp_data` hook selects that mode), and with 2
+workers running every shipped filtering plugin and the [policy] action stage, their DNS
+from a dnsmasq on loopback (bench/plugin_set.py): that one's throughput is reported
+against the other 2-worker targets and nginx, and each of its runs is checked against
+the proxy's metrics (every check ran and passed, every lookup came from a cache).
 
 Then, per target, while smtp-source keeps 20 sessions busy, a probe client runs
 sequential sessions and times each command's round trip (bench/latency.py); the
@@ -43,6 +47,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from latency import COMMANDS, STEPS, Samples, run_probe
+from plugin_set import PLUGINS, PluginSet, PrimeError, Snapshot
 
 BENCH_DIR = Path(__file__).resolve().parent
 NGINX_TEMPLATE = BENCH_DIR / "nginx-mail.conf.in"
@@ -51,6 +56,10 @@ BENCH_PLUGINS = BENCH_DIR / "plugins"  # whole_message.py: the empty smtp_data h
 
 SENDER = "sender@bench.example"
 RECIPIENT = "user@example.test"  # example.test is the listener's local domain
+# HELO names: smtp-source's (-M), and the one latency.py's probe says in its EHLO.
+# mailproxy-plugins's DNS gives both an A record, as the helo plugin wants.
+SOURCE_HELO = "source.bench.example"
+PROBE_HELO = "probe.bench.example"
 MESSAGE_SIZE = 2048
 SESSION_COUNTS = (1, 20, 50)
 MAILPROXY_TARGETS = {  # name -> (workers, whole message before forwarding)
@@ -58,20 +67,27 @@ MAILPROXY_TARGETS = {  # name -> (workers, whole message before forwarding)
     "mailproxy-2w": (2, False),
     "mailproxy-whole": (2, True),
 }
-TARGET_NAMES = ("direct", "nginx", *MAILPROXY_TARGETS)
+PLUGINS_TARGET = "mailproxy-plugins"  # 2 workers, every shipped filtering plugin
+TARGET_NAMES = ("direct", "nginx", *MAILPROXY_TARGETS, PLUGINS_TARGET)
 
 LOAD_SESSIONS = 20  # smtp-source sessions beside the latency probe
 LOAD_MESSAGES = 1_000_000  # the load is stopped when the probe ends: this only bounds it
 
-# The project's targets. Throughput: (label, target, sessions, minimum ratio to nginx).
+# The project's targets. Throughput: (label, target, reference, sessions, minimum ratio).
 RATIO_GOALS = (
-    ("mailproxy-2w", "mailproxy-2w", 20, 0.5),
-    ("mailproxy-2w", "mailproxy-2w", 1, 0.5),
-    ("streaming (mailproxy-2w)", "mailproxy-2w", 20, 0.7),
+    ("mailproxy-2w", "mailproxy-2w", "nginx", 20, 0.5),
+    ("mailproxy-2w", "mailproxy-2w", "nginx", 1, 0.5),
+    ("streaming (mailproxy-2w)", "mailproxy-2w", "nginx", 20, 0.7),
+    # The full plugin set costs at most 25 % of the throughput of access alone.
+    (PLUGINS_TARGET, PLUGINS_TARGET, "mailproxy-2w", 20, 0.75),
+    (PLUGINS_TARGET, PLUGINS_TARGET, "mailproxy-2w", 1, 0.75),
 )
+# What the plugins target is compared with, in its own table.
+PLUGIN_COST_REFERENCES = ("mailproxy-2w", "mailproxy-whole", "nginx")
 LATENCY_GOAL_TARGET = "mailproxy-2w"
 ADDED_P99_GOAL_MS = 1.0  # per command, at LOAD_SESSIONS sessions, target minus direct
 
+NAME_WIDTH = max(len(name) for name in TARGET_NAMES)  # the target column of every table
 START_TIMEOUT = 15.0  # seconds for a server to start accepting
 STOP_TIMEOUT = 15.0  # mailproxy drains for shutdown_grace (default 10 s) on SIGTERM
 SETTLE = 0.2  # pause after a run so closing connections are charged to that run's CPU
@@ -137,8 +153,12 @@ def stop(proc: subprocess.Popen | None) -> None:
         proc.wait(5)
 
 
+def substitute(template: Path, **values) -> str:
+    return string.Template(template.read_text()).substitute(**values)
+
+
 def render(template: Path, dest: Path, **values) -> Path:
-    dest.write_text(string.Template(template.read_text()).substitute(**values))
+    dest.write_text(substitute(template, **values))
     return dest
 
 
@@ -254,6 +274,18 @@ class Target:
         """CPU of the proxy's process tree; None when there is no proxy."""
         return tree_cpu_seconds(self.proc.pid) if self.proc else None
 
+    def prepare(self) -> str:
+        """Bring the target to the state it is measured in, after start and before the
+        warm-up; what that took, in words ('' when there is nothing to do)."""
+        return ""
+
+    def run_started(self) -> None:
+        """Just before an smtp-source run (outside its timing and CPU)."""
+
+    def run_error(self, messages: int) -> str:
+        """After a run whose messages all arrived: why it does not count ('' if it does)."""
+        return ""
+
 
 @dataclass
 class Direct(Target):
@@ -292,16 +324,28 @@ class Mailproxy(Target):
     workers: int = 2
     whole_message: bool = False  # enable the bench's empty smtp_data hook
     executable: Path = field(default_factory=lambda: Path(sys.executable).parent / "mailproxy")
+    metrics_port: int = 0
 
     def __post_init__(self) -> None:
-        mode = ("whole message (plugin whole_message: empty smtp_data hook)"
-                if self.whole_message else "streaming (no smtp_data hook)")
-        self.note = (f"workers = {self.workers}, plugin access, metrics on, "
-                     f"client_identity xclient, {mode} ({self.executable})")
+        plugins = ", ".join(p for p in self.plugins if p != "whole_message")
+        self.note = (f"workers = {self.workers}, plugins {plugins}, metrics on, "
+                     f"client_identity xclient, {self.mode} ({self.executable})")
 
     @property
     def plugins(self) -> list[str]:
         return ["access", "whole_message"] if self.whole_message else ["access"]
+
+    @property
+    def mode(self) -> str:
+        return ("whole message (plugin whole_message: empty smtp_data hook)"
+                if self.whole_message else "streaming (no smtp_data hook)")
+
+    def config(self, sink: Sink) -> str:
+        directories = [str(BENCH_PLUGINS)] if self.whole_message else []
+        # JSON arrays of plain strings are TOML arrays too.
+        return substitute(MAILPROXY_TEMPLATE, port=self.port, sink_port=sink.port,
+                          metrics_port=self.metrics_port, workers=self.workers,
+                          enabled=json.dumps(self.plugins), directories=json.dumps(directories))
 
     def start(self, sink: Sink, workdir: Path) -> None:
         if not self.executable.exists():
@@ -309,15 +353,63 @@ class Mailproxy(Target):
                              "into the venv that runs this script)")
         home = workdir / self.name
         home.mkdir()
-        self.port = free_port()
-        directories = [str(BENCH_PLUGINS)] if self.whole_message else []
-        # JSON arrays of plain strings are TOML arrays too.
-        conf = render(MAILPROXY_TEMPLATE, home / "mailproxy.toml", port=self.port,
-                      sink_port=sink.port, metrics_port=free_port(), workers=self.workers,
-                      enabled=json.dumps(self.plugins), directories=json.dumps(directories))
+        self.port, self.metrics_port = free_port(), free_port()
+        conf = home / "mailproxy.toml"
+        conf.write_text(self.config(sink))
         self.log = home / "mailproxy.log"
         self.proc = spawn([str(self.executable), "run", "-c", str(conf)], self.log, home)
         wait_accepting(self.port, self.proc, self.name, self.log)
+
+
+@dataclass
+class MailproxyPlugins(Mailproxy):
+    """2 workers and every shipped filtering plugin, each doing its full work for every
+    message and letting it through (bench/plugin_set.py): its DNS from a dnsmasq on
+    loopback, warm caches, a greylist that knows the bench's triplet. Every run is
+    checked against the proxy's metrics: a run in which a check did not run, or did not
+    pass, fails."""
+
+    name: str = PLUGINS_TARGET
+    plugin_set: PluginSet = field(default_factory=PluginSet)
+    before: Snapshot | None = None
+
+    @property
+    def plugins(self) -> list[str]:
+        return PLUGINS
+
+    @property
+    def mode(self) -> str:
+        return "whole message (plugin headers: smtp_data hook)"
+
+    def config(self, sink: Sink) -> str:
+        return super().config(sink) + "\n" + self.plugin_set.config()
+
+    def start(self, sink: Sink, workdir: Path) -> None:
+        try:
+            self.plugin_set.start_dns(SENDER.rpartition("@")[2], (SOURCE_HELO, PROBE_HELO))
+        except (OSError, RuntimeError) as exc:  # TimeoutError is an OSError
+            raise SetupError(f"dnsmasq: {exc}") from None
+        self.note += (f"; [policy] thresholds and X-Spam headers; DNS from dnsmasq on "
+                      f"{self.plugin_set.dns_address}, state in memory")
+        super().start(sink, workdir)
+
+    def prepare(self) -> str:
+        try:
+            return self.plugin_set.prime(self.port, SENDER, RECIPIENT, (PROBE_HELO, SOURCE_HELO),
+                                         probe_message())
+        except (OSError, PrimeError) as exc:
+            raise SetupError(f"priming the greylist: {exc}") from None
+
+    def run_started(self) -> None:
+        self.before = self.plugin_set.snapshot(self.metrics_port)
+
+    def run_error(self, messages: int) -> str:
+        return self.plugin_set.check_run(self.before, self.plugin_set.snapshot(self.metrics_port),
+                                         messages)
+
+    def stop(self) -> None:
+        super().stop()
+        self.plugin_set.stop()
 
 
 # ---------------------------------------------------------------------- measuring
@@ -343,7 +435,7 @@ class Result:
 
 def source_command(port: int, sessions: int, messages: int) -> list[str]:
     return ["smtp-source", "-s", str(sessions), "-m", str(messages), "-l", str(MESSAGE_SIZE),
-            "-f", SENDER, "-t", RECIPIENT, f"inet:127.0.0.1:{port}"]
+            "-M", SOURCE_HELO, "-f", SENDER, "-t", RECIPIENT, f"inet:127.0.0.1:{port}"]
 
 
 def run_source(port: int, sessions: int, messages: int, timeout: float) -> tuple[float, str]:
@@ -370,6 +462,11 @@ def measure(target: Target, sink: Sink, sessions: int, messages: int, timeout: f
         result.error = str(exc)
         return result
     delivered_before = sink.messages()
+    try:
+        target.run_started()
+    except OSError as exc:  # e.g. the metrics endpoint did not answer
+        result.error = f"before the run: {exc}"
+        return result
     cpu_before = target.cpu_seconds()
     result.seconds, result.error = run_source(target.port, sessions, messages, timeout)
     delivered = sink.wait_messages(delivered_before + messages) - delivered_before
@@ -382,13 +479,17 @@ def measure(target: Target, sink: Sink, sessions: int, messages: int, timeout: f
     if not result.error:
         try:
             target.check_alive()
+            result.error = target.run_error(messages)
         except SetupError as exc:
             result.error = str(exc)
+        except OSError as exc:
+            result.error = f"after the run: {exc}"
     return result
 
 
 def describe(r: Result, round_no: int, rounds: int) -> str:
-    head = f"  round {round_no}/{rounds}  {r.target:<15} {r.sessions:>2} sessions  {r.messages:>5} msgs"
+    head = (f"  round {round_no}/{rounds}  {r.target:<{NAME_WIDTH}} {r.sessions:>2} sessions  "
+            f"{r.messages:>5} msgs")
     if r.error:
         return f"{head}  FAILED: {r.error}"
     cpu = "" if r.cpu is None else f"  proxy CPU {r.cpu_us_per_msg:6.0f} µs/msg"
@@ -448,7 +549,7 @@ def measure_latency(target: Target, sink: Sink, args: argparse.Namespace,
 
 
 def describe_latency(name: str, samples: Samples, error: str, round_no: int, rounds: int) -> str:
-    head = f"  round {round_no}/{rounds}  {name:<15} probe beside {LOAD_SESSIONS} sessions"
+    head = f"  round {round_no}/{rounds}  {name:<{NAME_WIDTH}} probe beside {LOAD_SESSIONS} sessions"
     if error:
         return f"{head}  FAILED: {error}"
     worst = max(COMMANDS, key=lambda step: samples.percentile_ms(step, 0.99) or 0.0)
@@ -490,17 +591,35 @@ def ratio(cells, name: str, reference: str, sessions: int) -> float | None:
 
 def print_table(cells, targets: list[str], failed: set[tuple[str, int]]) -> None:
     print(f"\nthroughput (median over rounds)\n"
-          f"{'target':<16} {'sessions':>8} {'msg/s':>9} {'/direct':>8} {'/nginx':>8} "
+          f"{'target':<{NAME_WIDTH}} {'sessions':>8} {'msg/s':>9} {'/direct':>8} {'/nginx':>8} "
           f"{'proxy CPU µs/msg':>17}")
     for sessions in SESSION_COUNTS:
         for name in targets:
             if (name, sessions) in failed:
-                print(f"{name:<16} {sessions:>8} {'FAILED':>9}")
+                print(f"{name:<{NAME_WIDTH}} {sessions:>8} {'FAILED':>9}")
                 continue
             rate, cpu = cells[name, sessions]
-            print(f"{name:<16} {sessions:>8} {rate:>9.0f} "
+            print(f"{name:<{NAME_WIDTH}} {sessions:>8} {rate:>9.0f} "
                   f"{fmt(ratio(cells, name, 'direct', sessions), '.2f'):>8} "
                   f"{fmt(ratio(cells, name, 'nginx', sessions), '.2f'):>8} {fmt(cpu, '.0f'):>17}")
+
+
+def print_plugin_cost(cells, targets: list[str], failed: set[tuple[str, int]]) -> None:
+    """The plugins target against mailproxy with access alone (streaming, and taking the
+    whole message, the mode a plugin with an smtp_data hook selects) and against nginx."""
+    references = [name for name in PLUGIN_COST_REFERENCES if name in targets]
+    print(f"\ncost of every shipped plugin ({', '.join(PLUGINS)}), median over rounds\n"
+          f"{'target':<{NAME_WIDTH}} {'sessions':>8} {'msg/s':>9}"
+          + "".join(f" {'/' + name:>16}" for name in references) + f" {'proxy CPU µs/msg':>17}")
+    for sessions in SESSION_COUNTS:
+        if (PLUGINS_TARGET, sessions) in failed:
+            print(f"{PLUGINS_TARGET:<{NAME_WIDTH}} {sessions:>8} {'FAILED':>9}")
+            continue
+        rate, cpu = cells[PLUGINS_TARGET, sessions]
+        print(f"{PLUGINS_TARGET:<{NAME_WIDTH}} {sessions:>8} {rate:>9.0f}"
+              + "".join(f" {fmt(ratio(cells, PLUGINS_TARGET, name, sessions), '.2f'):>16}"
+                        for name in references)
+              + f" {fmt(cpu, '.0f'):>17}")
 
 
 def added_ms(latency: dict[str, Samples], name: str, step: str, fraction: float) -> float | None:
@@ -515,10 +634,10 @@ def added_ms(latency: dict[str, Samples], name: str, step: str, fraction: float)
 def print_latency(latency: dict[str, Samples], targets: list[str], failed: set[str]) -> None:
     print(f"\nround trip per command at {LOAD_SESSIONS} sessions of load, ms (probe sessions "
           f"pooled over rounds; +p50/+p99: minus direct's)")
-    print(f"{'target':<16} {'probes':>6} {'':>4}" + "".join(f"{step:>9}" for step in STEPS))
+    print(f"{'target':<{NAME_WIDTH}} {'probes':>6} {'':>4}" + "".join(f"{step:>9}" for step in STEPS))
     for name in targets:
         if name in failed or name not in latency:
-            print(f"{name:<16} {'FAILED' if name in failed else '-':>6}")
+            print(f"{name:<{NAME_WIDTH}} {'FAILED' if name in failed else '-':>6}")
             continue
         samples = latency[name]
         rows = {"p50": [samples.percentile_ms(step, 0.5) for step in STEPS],
@@ -527,7 +646,8 @@ def print_latency(latency: dict[str, Samples], targets: list[str], failed: set[s
             rows["+p50"] = [added_ms(latency, name, step, 0.5) for step in STEPS]
             rows["+p99"] = [added_ms(latency, name, step, 0.99) for step in STEPS]
         for index, (stat, values) in enumerate(rows.items()):
-            label = f"{name:<16} {samples.sessions:>6}" if index == 0 else " " * 23
+            label = (f"{name:<{NAME_WIDTH}} {samples.sessions:>6}" if index == 0
+                     else " " * (NAME_WIDTH + 7))
             print(f"{label} {stat:>4}" + "".join(f"{fmt(v, '.2f'):>9}" for v in values))
 
 
@@ -538,10 +658,10 @@ def verdict_line(goal: str, measured: str, met: bool | None) -> str:
 
 def print_verdict(cells, latency: dict[str, Samples]) -> None:
     print("\ntargets (from this run's figures; a missed target is reported, not an error)")
-    for label, name, sessions, minimum in RATIO_GOALS:
-        value = ratio(cells, name, "nginx", sessions)
+    for label, name, reference, sessions, minimum in RATIO_GOALS:
+        value = ratio(cells, name, reference, sessions)
         plural = "session" if sessions == 1 else "sessions"
-        print(verdict_line(f"{label} >= {minimum:.2f}x nginx at {sessions} {plural}",
+        print(verdict_line(f"{label} >= {minimum:.2f}x {reference} at {sessions} {plural}",
                            fmt(value, ".2f") + "x" if value is not None else "-",
                            None if value is None else value >= minimum))
     added = {step: added_ms(latency, LATENCY_GOAL_TARGET, step, 0.99) for step in COMMANDS}
@@ -606,11 +726,14 @@ def make_target(name: str, args: argparse.Namespace) -> Target:
     if name in MAILPROXY_TARGETS:
         workers, whole_message = MAILPROXY_TARGETS[name]
         return Mailproxy(name=name, workers=workers, whole_message=whole_message)
+    if name == PLUGINS_TARGET:
+        return MailproxyPlugins()
     return Direct()
 
 
 def check_tools(targets: list[str]) -> None:
-    needed = ["smtp-sink", "smtp-source"] + (["nginx"] if "nginx" in targets else [])
+    needed = ["smtp-sink", "smtp-source"] + (["nginx"] if "nginx" in targets else []) \
+        + (["dnsmasq"] if PLUGINS_TARGET in targets else [])
     missing = [tool for tool in needed if shutil.which(tool) is None]
     if missing:
         raise SystemExit(f"missing tools: {', '.join(missing)} (see bench/README.md)")
@@ -643,17 +766,22 @@ def run(args: argparse.Namespace, workdir: Path) -> int:
             print(f"latency probe: per target and round, at most {args.probe_sessions} "
                   f"sessions or {args.probe_seconds:g} s beside a {LOAD_SESSIONS}-session load")
         for t in targets:
-            print(f"  {t.name:<15} {t.note}")
+            print(f"  {t.name:<{NAME_WIDTH}} {t.note}")
 
         live = [t for t in targets if (t.name, SESSION_COUNTS[0]) not in failed]
         for t in list(live):  # first connections, worker start-up, imports: not measured
-            if args.warmup:
-                w = measure(t, sink, min(20, args.warmup), args.warmup, args.timeout)
-                if w.error:
-                    print(f"  warm-up {t.name}: FAILED: {w.error}")
-                    failed.update((t.name, s) for s in SESSION_COUNTS)
-                    latency_failed.add(t.name)
-                    live.remove(t)
+            try:
+                if prepared := t.prepare():
+                    print(f"  prepared {t.name}: {prepared}")
+                if args.warmup:
+                    w = measure(t, sink, min(20, args.warmup), args.warmup, args.timeout)
+                    if w.error:
+                        raise SetupError(w.error)
+            except SetupError as exc:
+                print(f"  warm-up {t.name}: FAILED: {exc}")
+                failed.update((t.name, s) for s in SESSION_COUNTS)
+                latency_failed.add(t.name)
+                live.remove(t)
 
         # Targets interleaved inside each round: drift on a shared machine hits all alike.
         for round_no in range(1, args.rounds + 1):
@@ -681,6 +809,11 @@ def run(args: argparse.Namespace, workdir: Path) -> int:
 
     cells = summarize(results, args.targets, failed)
     print_table(cells, args.targets, failed)
+    for t in targets:
+        if isinstance(t, MailproxyPlugins):
+            print_plugin_cost(cells, args.targets, failed)
+            print(f"\nchecked in {t.name}'s runs after priming (warm-up included), from its "
+                  f"/metrics and dnsmasq's query log:\n  {t.plugin_set.evidence.summary()}")
     # A target with a failed round is left out, as in the throughput table.
     latency = {name: s for name, s in latency.items()
                if name not in latency_failed and s.sessions and args.probe_sessions}
