@@ -18,6 +18,7 @@ import mailproxy_plugins.headers as headers
 from mailproxy import Action, Verdict
 from mailproxy.testing import ConfigError, policy_session
 from tests.support.plugins import client_session
+from tests.support.ticks import counting_ticks
 
 GTUBE = b"XJS*C4JDBQADN1.NSBN3*2IDNEN*GTUBE-STANDARD-ANTI-UBE-TEST-EMAIL*C.34X"
 RULES = [
@@ -533,21 +534,7 @@ def judged_while_ticking(plugin, message: bytes) -> tuple[list[Verdict] | None, 
     """The hook's answer, and how often another coroutine ran while the hook worked: 0
     when it parsed the message in the event loop, at least 1 when it waited for a thread."""
 
-    async def judge_while_ticking():
-        ticks = 0
-
-        async def tick():
-            nonlocal ticks
-            while True:
-                await asyncio.sleep(0)
-                ticks += 1
-
-        ticker = asyncio.create_task(tick())
-        answer = await plugin.smtp_data(session=client_session(), message=message)
-        ticker.cancel()
-        return answer, ticks
-
-    return asyncio.run(judge_while_ticking())
+    return asyncio.run(counting_ticks(plugin.smtp_data(session=client_session(), message=message)))
 
 
 def gtube_message(size: int) -> bytes:
