@@ -11,20 +11,17 @@ Isolation: whatever a plugin raises, `SystemExit`, `KeyboardInterrupt` and its o
 `CancelledError` included, is that plugin's failure and gets its `fail_mode`; only a
 cancellation of the session's task itself passes through. A plain hook runs inline,
 unless its plugin says `blocking = true`: then it runs in a thread of its own, so the
-timeout holds for it too (see `_ThreadLane`).
+timeout holds for it too (see `threads.ThreadLane`).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import inspect
 import logging
-import queue
-import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
 import pluggy
 
@@ -33,6 +30,7 @@ from .actions import SCORE_REJECT, SCORE_TEMPFAIL, Thresholds
 from .config import PolicySettings
 from .plugins import LoadedPlugin
 from .session import POLICY, TraceEntry
+from .threads import DEFAULT_THREADS, ThreadLane
 from .verdict import Action, Verdict
 
 # SCORE_REJECT and SCORE_TEMPFAIL live in actions.py, and are imported from here too.
@@ -55,7 +53,7 @@ RESCORED_HOOKS = frozenset({"smtp_helo", "smtp_mail"})
 # Threads one `blocking` plugin may hold at once. A call that times out keeps its
 # thread until the plugin returns, so a plugin that hangs holds at most this many,
 # and only its own callers wait for them.
-BLOCKING_THREADS = 8
+BLOCKING_THREADS = DEFAULT_THREADS
 
 
 class _PluginFailed(Exception):
@@ -67,78 +65,13 @@ class _PluginFailed(Exception):
         self.elapsed = elapsed
 
 
-class _ThreadLane:
-    """Runs one `blocking` plugin's plain hooks in threads, at most BLOCKING_THREADS at
-    once; a call that finds them all busy waits for one, within its own timeout.
-
-    The threads are started as calls need them and then kept, waiting for the next
-    call: starting a thread per call costs more than many hooks do. Python cannot stop
-    a thread: a call that timed out runs on in the background until the plugin returns,
-    and is counted in `busy` (and holds its thread) until then. The threads are daemon
-    threads, so one still stuck at shutdown does not keep the process alive.
-    """
-
-    def __init__(self, name: str) -> None:
-        self._name = name
-        self._slots = asyncio.Semaphore(BLOCKING_THREADS)
-        self._jobs: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
-        self._threads = 0
-        self.busy = 0
-        self._busy_gauge = metrics.child(metrics.plugin_threads_busy, name)
-
-    async def call(self, function: Callable[..., Any], args: Sequence[Any]) -> Any:
-        await self._slots.acquire()
-        loop = asyncio.get_running_loop()
-        outcome = loop.create_future()
-
-        def finished(result: Any, error: BaseException | None) -> None:  # on the loop
-            self.busy -= 1
-            self._busy_gauge.dec()
-            self._slots.release()
-            if outcome.done():  # the caller timed out or was cancelled
-                return
-            if error is None:
-                outcome.set_result(result)
-            else:
-                outcome.set_exception(error)
-
-        def work() -> None:  # in a thread of the lane
-            result, error = None, None
-            try:
-                result = function(*args)
-            except BaseException as exc:  # the caller's containment deals with it
-                error = exc
-            try:
-                loop.call_soon_threadsafe(finished, result, error)
-            except RuntimeError:  # the loop is closed: the proxy stopped meanwhile
-                pass
-
-        try:
-            if self.busy >= self._threads:  # every thread is busy: one more
-                thread = threading.Thread(target=self._serve, name=f"plugin {self._name}", daemon=True)
-                thread.start()
-                self._threads += 1
-        except BaseException:
-            self._slots.release()
-            raise
-        self.busy += 1
-        self._busy_gauge.inc()
-        context = contextvars.copy_context()  # the session's log id goes along
-        self._jobs.put(lambda: context.run(work))
-        return await outcome
-
-    def _serve(self) -> None:
-        while True:
-            self._jobs.get()()
-
-
 @dataclass(frozen=True, slots=True)
 class _Impl:
     plugin: LoadedPlugin
     function: Callable[..., Any]
     argnames: tuple[str, ...]
     is_async: bool
-    lane: _ThreadLane | None  # where a plain hook of a `blocking` plugin runs
+    lane: ThreadLane | None  # where a plain hook of a `blocking` plugin runs
 
 
 def _session_cancelled() -> bool:
@@ -166,7 +99,7 @@ class PolicyEngine:
         self.acts = self._thresholds.acts or self._thresholds_authenticated.acts or settings.trace_header
         order = {p.name: i for i, p in enumerate(plugins)}
         by_name = {p.name: p for p in plugins}
-        lanes = {p.name: _ThreadLane(p.name) for p in plugins if p.settings.blocking}
+        lanes = {p.name: ThreadLane(p.name, BLOCKING_THREADS) for p in plugins if p.settings.blocking}
         self._impls: dict[str, tuple[_Impl, ...]] = {}
         for name, caller in vars(manager.hook).items():
             if not isinstance(caller, pluggy.HookCaller):

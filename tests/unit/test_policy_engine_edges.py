@@ -231,3 +231,27 @@ def test_the_time_a_hook_took_is_what_it_took():
     asyncio.run(engine.run("smtp_mail", Session("smtp", "test"), None, address="a@example.test", params={}))
     elapsed = time.perf_counter() - started
     assert 0 <= REGISTRY.get_sample_value("mailproxy_plugin_duration_seconds_sum", labels) <= elapsed
+
+
+class RaisesFromItsThread:
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+
+    @hookimpl
+    def smtp_mail(self):
+        raise self.error
+
+
+@pytest.mark.parametrize("error", [StopIteration(), GeneratorExit(), SystemExit(3), KeyboardInterrupt()],
+                         ids=lambda e: type(e).__name__)
+def test_whatever_a_blocking_hook_raises_is_its_failure_at_once(error, caplog):
+    # StopIteration cannot be set on a Future, and GeneratorExit thrown into the
+    # awaiting coroutine would end the session instead of reaching the containment.
+    engine, name = engine_with(RaisesFromItsThread(error), PluginSettings(blocking=True, timeout=5))
+    session = Session("smtp", "test")
+    started = time.monotonic()
+    verdict = asyncio.run(engine.run("smtp_mail", session, None, address="a@example.test", params={}))
+    assert verdict is FAILED_TEMPFAIL
+    assert time.monotonic() - started < 4  # failed when it raised, not at its timeout
+    assert f"plugin {name}: smtp_mail raised" in caplog.text and "timed out" not in caplog.text
+    assert busy_threads(name) == 0
