@@ -145,6 +145,11 @@ def folded(name: str, items: list[str], separator: str) -> str:
     return "\r\n ".join(lines)
 
 
+# The fields the action stage writes; a client's own are dropped where it writes them.
+SPAM_HEADER_NAMES = ("X-Spam-Flag", "X-Spam-Score", "X-Spam-Status", "X-Spam-Symbols")
+TRACE_HEADER_NAME = "X-Mailproxy-Trace"
+
+
 def spam_headers(thresholds: Thresholds, score: float, symbols: dict[str, float]) -> list[tuple[str, str]]:
     """The header lines for a message that is delivered with this score: X-Spam-Flag
     at the tag threshold, and with `spam_headers` X-Spam-Score, X-Spam-Status and

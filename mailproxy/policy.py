@@ -314,10 +314,18 @@ class PolicyEngine:
         headers = actions.spam_headers(thresholds, total, actions.total_symbols(session, envelope))
         if self._settings.trace_header:
             items = trace.header_items(session.id, total, trace.entries_of(session, envelope))
-            headers.append(("X-Mailproxy-Trace", actions.folded("X-Mailproxy-Trace", items, ";")))
+            headers.append((actions.TRACE_HEADER_NAME, actions.folded(actions.TRACE_HEADER_NAME, items, ";")))
         # Not through `add_header`: these values are folded over several lines.
         envelope.added_headers += headers
         return Verdict.cont()
+
+    def claimed_headers(self, session: Any) -> tuple[str, ...]:
+        """The header fields the action stage writes on this session's messages: a
+        client's own fields of those names are dropped from what it sends, so that
+        nothing downstream reads the client's X-Spam-Flag beside the proxy's."""
+        thresholds = self.thresholds_for(session)
+        names = actions.SPAM_HEADER_NAMES if thresholds.add_header is not None or thresholds.spam_headers else ()
+        return names + (actions.TRACE_HEADER_NAME,) if self._settings.trace_header else names
 
     def transaction_ended(
         self,

@@ -22,7 +22,7 @@ import logging
 
 from .. import metrics
 from ..protocol.smtp import ServerReply, make_reply
-from ..protocol.smtp_message import header_block
+from ..protocol.smtp_message import HeaderFieldFilter, header_block
 from ..protocol.smtp_server import CLOSED, NEED_DATA, EndOfMessage, MessageData
 from ..verdict import Action, Verdict
 from .upstream import UpstreamConnection, UpstreamError
@@ -74,8 +74,14 @@ class DataCommand:
                 received += len(chunk)
                 machine.receive_data(chunk)
             elif isinstance(event, MessageData):
-                self._unsent += event.pieces
+                if self._header_filter is None:
+                    self._unsent += event.pieces
+                else:
+                    self._unsent += [self._header_filter.feed(piece) for piece in event.pieces]
             elif isinstance(event, EndOfMessage):
+                if self._header_filter is not None:
+                    self._unsent.append(self._header_filter.finish())
+                    self._header_filter = None
                 metrics.child(metrics.message_bytes, settings.name).observe(event.message.size)
                 return event.message
             elif event is CLOSED:
@@ -97,7 +103,7 @@ class DataCommand:
             verdict = policy.act(self.session, envelope)
             if verdict.action.is_refusal:
                 return await self._refuse_message(verdict)
-        parts = [message.body, b".\r\n"]
+        parts = [self._without_claimed_headers(message.body), b".\r\n"]
         if envelope.added_headers:
             parts.insert(0, header_block(envelope.added_headers))
         try:
@@ -105,6 +111,16 @@ class DataCommand:
         except UpstreamError as exc:
             return self._delivery_failed(exc)
         return self._delivered(reply, message.size)
+
+    def _without_claimed_headers(self, body: bytes) -> bytes:
+        """Whole mode: the message without the client's own fields of the names the
+        action stage writes (see PolicyEngine.claimed_headers)."""
+        policy = self.runtime.policy
+        claimed = policy.claimed_headers(self.session) if policy.acts else ()
+        if not claimed:
+            return body
+        fields = HeaderFieldFilter(claimed)
+        return fields.feed(body) + fields.finish()
 
     async def _stream_message(self) -> object | None:
         """DATA to the upstream; its 354 relayed; the message passed on as it arrives.
@@ -126,13 +142,15 @@ class DataCommand:
             return self._delivered(reply, 0)
         self._relay(reply)
         self._unsent = [header_block(self.envelope.added_headers)] if self.envelope.added_headers else []
+        claimed = self.runtime.policy.claimed_headers(self.session) if policy.acts else ()
+        self._header_filter = HeaderFieldFilter(claimed) if claimed else None
         try:
             message = await self._read_message(stream=True)
         except BaseException:
             self.drop_upstream()  # no end marker: the upstream drops the message
             raise
         finally:
-            unsent, self._unsent = self._unsent, []
+            unsent, self._unsent, self._header_filter = self._unsent, [], None
         if message.overflow:
             self.drop_upstream()
             return await self._refuse_message(TOO_BIG)

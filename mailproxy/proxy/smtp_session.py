@@ -54,6 +54,7 @@ class SmtpProxySession(AuthCommand, DataCommand, UpstreamPairing, SmtpReplies, P
         self._transaction: list[tuple[str, str, dict]] = []
         self._upstream: UpstreamConnection | None = None
         self._unsent: list[bytes] = []  # streaming: message bytes read, not yet passed on
+        self._header_filter = None  # streaming: drops the client's own X-Spam-* fields
         # The client's credentials, once the upstream session accepted them: replayed
         # if that session has to be reopened. Kept for the session's life only.
         self._upstream_credentials: tuple[str, str] | None = None

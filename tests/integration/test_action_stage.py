@@ -218,3 +218,39 @@ def test_a_score_final_only_at_data_is_refused_there(certs, users_file, tmp_path
         ("client_symbols", "smtp_connect", "score"),
         ("[policy]", "smtp_data", "reject"),
     ]
+
+
+SPOOFED = (
+    b"From: <a@sender.example>\r\n"
+    b"X-Spam-Flag: NO\r\n"
+    b"X-Spam-Score: -9.0\r\n"
+    b"X-Spam-Status: No, score=-9.0\r\n"
+    b"\trequired=99\r\n"
+    b"X-Mailproxy-Trace: nobody looked\r\n"
+    b"Subject: hello\r\n\r\n"
+    b"X-Spam-Flag: NO (in the body, and so not a field)\r\n"
+)
+
+
+@pytest.mark.parametrize("data_mode", MODES)
+def test_the_clients_own_spam_and_trace_fields_are_dropped_where_the_proxy_writes_them(make_proxy, data_mode):
+    with RecordingUpstream() as upstream:
+        proxy = proxy_for(make_proxy, upstream, data_mode, policy={**POLICY, "trace_header": True})
+        with connect(proxy) as client:
+            assert client.sendmail("borderline@sender.example", [RCPT], SPOOFED) == {}
+        upstream.wait_ended(1)
+    [delivered] = upstream.messages
+    ours, _, theirs = delivered.partition(b"From: ")
+    assert b"X-Spam-Flag: YES\r\n" in ours and b"X-Mailproxy-Trace: " in ours
+    assert theirs == (
+        b"<a@sender.example>\r\nSubject: hello\r\n\r\nX-Spam-Flag: NO (in the body, and so not a field)"
+    )
+
+
+def test_where_the_proxy_writes_no_spam_fields_the_clients_pass_unchanged(make_proxy):
+    with RecordingUpstream() as upstream:
+        proxy = proxy_for(make_proxy, upstream, policy={"reject_score": 10})
+        with connect(proxy) as client:
+            assert client.sendmail("borderline@sender.example", [RCPT], SPOOFED) == {}
+        upstream.wait_ended(1)
+    assert upstream.messages == [SPOOFED.removesuffix(b"\r\n")]
