@@ -12,9 +12,10 @@ and asks the servers of `[dns]`. Each result does what its `on_<result>` option 
 and the message gets `Received-SPF` (RFC 7208 9.1) and `Authentication-Results`
 (RFC 8601) header lines. Authenticated sessions are not checked.
 
-pyspf is synchronous: each evaluation runs in a thread of this plugin's own pool and
-keeps to `check_timeout` by itself, so neither the event loop nor a thread waits
-longer on a slow DNS.
+pyspf is synchronous: each evaluation runs in one of this plugin's own `threads`
+(daemon threads, counted in `mailproxy_plugin_threads_busy{plugin="spf"}`) and keeps
+to `check_timeout` by itself, so neither the event loop nor a thread waits longer on a
+slow DNS.
 
 A result is reused for `result_cache_ttl` seconds by the checks of the very same client
 address, MAIL FROM address (letter case included) and HELO name: the messages of a
@@ -33,7 +34,6 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import time
-from concurrent.futures import ThreadPoolExecutor
 
 import dns.exception
 import dns.resolver
@@ -41,6 +41,7 @@ import spf as pyspf
 from pydantic import Field, ValidationInfo, field_validator
 
 from mailproxy import Envelope, Session, Verdict, hookimpl
+from mailproxy.threads import ThreadLane
 
 from ._common import (
     Action, ClientCheckSettings, ClientFilter, ExpiringCache, client_ip, count, printable, timed, verdict,
@@ -138,7 +139,7 @@ class Plugin:
         self._authserv_id = settings.authserv_id or context.config.proxy.hostname
         self._resolver = blocking_resolver(context.config.dns)
         self._resolver.cache = dns.resolver.LRUCache(_RESOLVER_CACHE_ENTRIES)
-        self._pool = ThreadPoolExecutor(settings.threads, thread_name_prefix="spf")
+        self._lane = ThreadLane(PLUGIN, settings.threads)  # daemon threads, counted busy
         self._results: ExpiringCache[tuple[SpfOutcome, tuple[tuple[str, str], ...]]] = ExpiringCache(
             settings.result_cache_entries, lambda: self.clock()
         )
@@ -180,19 +181,18 @@ class Plugin:
                 ("Authentication-Results", authentication_results(outcome, self._authserv_id)))
 
     async def _evaluated(self, identity: str, ip: str, sender: str, helo: str) -> tuple[str, str]:
-        """The result and its explanation (printable) of one evaluation in the pool."""
+        """The result and its explanation (printable) of one evaluation in a thread."""
         limit = self._settings.check_timeout
         with timed(PLUGIN, identity):
-            loop = asyncio.get_running_loop()
             try:
                 async with asyncio.timeout(limit + _GRACE):
-                    result, explanation = await loop.run_in_executor(self._pool, self._evaluate, ip, sender, helo)
+                    result, explanation = await self._lane.call(self._evaluate, (ip, sender, helo))
             except TimeoutError:
                 result, explanation = "temperror", f"no answer within {limit:g}s"
         return result, printable(explanation)
 
     def _evaluate(self, ip: str, sender: str, helo: str) -> tuple[str, str]:
-        """One evaluation, in a thread of the pool."""
+        """One evaluation, in a thread of the lane."""
         token = _resolver.set(self._resolver)
         try:
             query = pyspf.query(i=ip, s=sender, h=helo, receiver=self._authserv_id,
