@@ -8,6 +8,7 @@ are counted as OTHER) so that a hostile client cannot grow the series count.
 from __future__ import annotations
 
 import functools
+from typing import Any
 
 from prometheus_client import Counter, Gauge, Histogram
 
@@ -47,10 +48,22 @@ replies = Counter(
     "(upstream: relayed unchanged; proxy: written by mailproxy or a plugin).",
     ["protocol", "class", "origin"],
 )
+# Symbols are a plugin's words; a plugin that makes them up per message must not make
+# the metric grow without bound.
+SYMBOLS_PER_PLUGIN = 100
+_symbol_children: dict[tuple[str, str, str], Any] = {}
+_symbols_seen: dict[str, set[str]] = {}
+
 verdicts = Counter(
     "mailproxy_verdicts_total",
     "Plugin verdicts other than continue; enforced=false for observe mode.",
     ["plugin", "hook", "action", "enforced"],
+)
+symbols = Counter(
+    "mailproxy_symbols_total",
+    "Verdicts that named a symbol (a rule that matched), by plugin and symbol; past "
+    f"{SYMBOLS_PER_PLUGIN} distinct symbols of one plugin, the rest count as OTHER.",
+    ["plugin", "symbol", "enforced"],
 )
 plugin_errors = Counter(
     "mailproxy_plugin_errors_total",
@@ -157,3 +170,17 @@ def reply_counter(protocol: str, code: int, origin: str):
     """The `replies` child for one reply code: one lookup per reply on the hot path
     (codes are 200..599, a closed set)."""
     return replies.labels(protocol, reply_class(code), origin)
+
+
+def symbol_counter(plugin: str, symbol: str, enforced: str):
+    """The `symbols` child for this plugin's symbol, or its OTHER child once the
+    plugin has shown SYMBOLS_PER_PLUGIN distinct symbols."""
+    key = (plugin, symbol, enforced)
+    counter = _symbol_children.get(key)
+    if counter is None:
+        seen = _symbols_seen.setdefault(plugin, set())
+        if symbol not in seen and len(seen) >= SYMBOLS_PER_PLUGIN:
+            return child(symbols, plugin, "OTHER", enforced)
+        seen.add(symbol)
+        counter = _symbol_children[key] = symbols.labels(plugin, symbol, enforced)
+    return counter

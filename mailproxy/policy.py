@@ -254,6 +254,8 @@ class PolicyEngine:
         enforced = not plugin.settings.observe
         action = verdict.action.value
         metrics.child(metrics.verdicts, plugin.name, hook, action, str(enforced).lower()).inc()
+        if verdict.symbol:
+            metrics.symbol_counter(plugin.name, verdict.symbol, str(enforced).lower()).inc()
         log.info(
             "session %s: plugin %s %s: %s%s%s",
             getattr(session, "id", "-"),

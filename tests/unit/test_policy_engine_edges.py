@@ -255,3 +255,32 @@ def test_whatever_a_blocking_hook_raises_is_its_failure_at_once(error, caplog):
     assert time.monotonic() - started < 4  # failed when it raised, not at its timeout
     assert f"plugin {name}: smtp_mail raised" in caplog.text and "timed out" not in caplog.text
     assert busy_threads(name) == 0
+
+
+class ScoresAFreshSymbolEachTime:
+    def __init__(self) -> None:
+        self.calls = 0
+
+    @hookimpl
+    def smtp_mail(self):
+        self.calls += 1
+        return Verdict.score(f"RULE_{self.calls}", 1)
+
+
+def test_symbols_are_counted_per_plugin_and_bounded():
+    from mailproxy.metrics import SYMBOLS_PER_PLUGIN
+
+    engine, name = engine_with(ScoresAFreshSymbolEachTime())
+
+    async def messages():
+        for _ in range(SYMBOLS_PER_PLUGIN + 5):
+            await engine.run("smtp_mail", Session("smtp", "test"), Envelope(), address="a@example.test", params={})
+
+    asyncio.run(messages())
+
+    def counted(symbol):
+        return REGISTRY.get_sample_value("mailproxy_symbols_total", {"plugin": name, "symbol": symbol, "enforced": "true"})
+
+    assert counted("RULE_1") == 1 and counted(f"RULE_{SYMBOLS_PER_PLUGIN}") == 1
+    assert counted(f"RULE_{SYMBOLS_PER_PLUGIN + 1}") is None  # past the bound: OTHER
+    assert counted("OTHER") == 5
