@@ -5,11 +5,17 @@ attachments and of the files inside its zip and tar archives.
 The message is parsed with the standard library's `email` package in its compat32
 policy, which keeps header values as they came and records what is wrong with a
 message as defects instead of raising. Everything is bounded by `Limits`, so a hostile
-message costs bounded work: the parser reads the message only up to its
-`BOUNDARY_LINES_PER_PART * parts`-th line that starts with `--` (its time grows with
-the number of parts, and with the square of their nesting), at most `parts` parts are
-looked at, each text up to `text_bytes`; archives are listed, never extracted, and
-archives inside archives are not opened.
+message costs bounded work. Before the parser sees it, one linear pass over its lines
+(`survey`) finds what would make the parser slow: a Content-Type or
+Content-Disposition field longer than `FIELD_BYTES` or with more than
+`FIELD_PARAMETERS` parameters (the email package splits parameters in time that grows
+with the square of their number) means the message is not parsed at all, its raw body
+is its one text; the parser reads the message only up to its
+`BOUNDARY_LINES_PER_PART * parts`-th delimiter line (one of a declared boundary) and
+up to its `depth + 1`-th nested multipart (the parser checks each line against every
+open boundary). At most `parts` parts are looked at, each text up to `text_bytes`;
+archives are listed, never extracted, their unpacking shares one budget per message,
+and archives inside archives are not opened.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ from dataclasses import dataclass
 from email import policy
 from email.message import Message
 from email.parser import BytesParser
+from email.utils import collapse_rfc2231_value
 from functools import cached_property
 from itertools import islice
 from typing import IO
@@ -35,9 +42,15 @@ from urllib.parse import unquote
 
 log = logging.getLogger("mailproxy.plugin.headers")
 
-# A part takes one delimiter line, a multipart a closing one too; the rest is room for
-# text lines that happen to start with "--" (signatures, quoted replies).
-BOUNDARY_LINES_PER_PART = 4
+# A part takes one delimiter line, a multipart a closing one too.
+BOUNDARY_LINES_PER_PART = 2
+# Bigger Content-Type and Content-Disposition fields are an attack on the email
+# package, not mail: a long RFC 2231 file name takes a quarter of this.
+FIELD_BYTES = 4096
+FIELD_PARAMETERS = 100  # the ";" in one field
+# The limits that leave a part, an archive member or a whole message unlooked at: a
+# message that reaches one is MIME_LIMIT (a text cut at max_text_bytes is not).
+HIDING_LIMITS = frozenset({"max_parts", "max_depth", "abusive_field", "max_archive_bytes", "max_archive_members"})
 # The text types whose decoded text body rules see; HTML as it is, tags and all.
 TEXT_TYPES = frozenset({"text/plain", "text/html"})
 ZIP_TYPES = frozenset({"application/zip", "application/x-zip", "application/x-zip-compressed"})
@@ -46,54 +59,86 @@ TAR_TYPES = frozenset({"application/x-tar", "application/x-gtar", "application/x
 ZIP_SUFFIXES = (".zip",)
 TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tbz2", ".tar.xz", ".txz")
 ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")  # a local file header; an empty archive
+ZIP_END = b"PK\x05\x06"  # the end of central directory record
+PACKED_MAGIC = (b"\x1f\x8b", b"BZh", b"\xfd7zXZ\x00")  # gzip, bzip2, xz
 
 _ENCODED_WORD = re.compile(r"=\?([^?\s]+)\?([bBqQ])\?([^?\s]*)\?=")
 _FOLD = re.compile(r"\r?\n(?=[ \t])")
 _NAME_PARAMETER = re.compile(r"""(?i)(?:file)?name(?:\*\d*)*\s*=\s*("[^"]*"|[^;\s]*)""")
+_NAME_KEYS = frozenset({"filename", "name"})
+# At the start of a line (after CR, LF or none): a Content-Type or Content-Disposition
+# field with its folded lines, or a line that starts with "--". Linear: each
+# alternative goes on only while it matches.
+_FIELD_OR_DELIMITER = re.compile(
+    rb"(?<![^\r\n])(?:(?P<name>content-(?:type|disposition))[ \t]*:"
+    rb"(?P<value>[^\r\n]*(?:(?:\r\n|\r|\n)[ \t][^\r\n]*)*)|--(?P<delimiter>[^\r\n]*))", re.IGNORECASE)
+_BLANK_LINE = re.compile(rb"(?:^|\n)\r?\n")
 
 
 @dataclass(frozen=True, slots=True)
 class Limits:
     parts: int  # parts looked at, the message itself the first
     text_bytes: int  # of each text part's decoded body, and of each header value
-    archive_bytes: int  # an archive larger is not opened; a compressed tar is read this far unpacked
+    archive_bytes: int  # an archive larger is not opened; all the message's tars are unpacked this far
     archive_members: int  # names listed per archive
+    depth: int = 20  # multiparts inside one another
 
 
 class MessageContents:
     """One message, parsed at once; each kind of content is read when a rule first
     asks for it. `defects` counts what the parser found wrong, `parse_failed` says it
-    gave up (the message is then one part: its headers and raw body), `limits_hit`
-    names the limits the message reached and `corrupt_archives` counts the archives
-    that could not be read."""
+    gave up and `parsed` whether the message was taken apart at all (when not, it is
+    its headers and its raw body, one text; no part, type or name), `limits_hit` names
+    the limits the message reached and `corrupt_archives` counts the archives that
+    could not be read."""
 
     def __init__(self, message: bytes, limits: Limits) -> None:
         self._limits = limits
         self.limits_hit: set[str] = set()
         self.parse_failed = False
-        cut = _cut_before_line(message, b"--", BOUNDARY_LINES_PER_PART * limits.parts)
-        if len(cut) < len(message):
-            self.limits_hit.add("max_parts")
+        self._unpack_budget = Budget(limits.archive_bytes)
+        self._corrupt_archives = 0
+        self._payloads: dict[int, bytes] = {}
+        end, limit = survey(message, limits)
+        if limit is not None:
+            self.limits_hit.add(limit)
         parser = BytesParser(policy=policy.compat32)
+        if limit == "abusive_field":
+            self._not_parsed(parser, message)
+            return
         try:
-            self._root = parser.parsebytes(cut)
+            self._root = parser.parsebytes(message[:end])
             self._parts = list(islice(self._root.walk(), limits.parts + 1))
-        except Exception as exc:  # meant never to raise, it does: RecursionError on deep
-            # nesting, TypeError on some malformed RFC 2231 parameters (a boundary*0*=...)
+        except Exception as exc:  # meant never to raise, it does: TypeError on some
+            # malformed RFC 2231 parameters (a boundary*0*=...)
             log.info("the message could not be parsed (%s: %s); matching its raw body",
                      type(exc).__name__, exc)
             self.parse_failed = True
-            self._root = parser.parsebytes(message, headersonly=True)
-            self._parts = [self._root]
+            self._not_parsed(parser, message)
+            return
+        self.parsed = True
         if len(self._parts) > limits.parts:
             self.limits_hit.add("max_parts")
             del self._parts[limits.parts:]
-        self._corrupt_archives = 0
-        self._payloads: dict[int, bytes] = {}
+
+    def _not_parsed(self, parser: BytesParser, message: bytes) -> None:
+        """The message as its headers (they are read as they are, whatever their
+        parameters) and its raw body."""
+        self.parsed = False
+        self._root = parser.parsebytes(message, headersonly=True)
+        self._parts = []
+        blank = _BLANK_LINE.search(message)
+        self._raw_body = message[blank.end():] if blank else b""
 
     @property
     def defects(self) -> int:
         return sum(len(part.defects) for part in self._parts)
+
+    @property
+    def limit_reached(self) -> bool:
+        """Whether something of the message was left unlooked at by a limit (of the
+        contents read so far: ask last)."""
+        return not self.limits_hit.isdisjoint(HIDING_LIMITS)
 
     def header(self, name: str) -> list[str]:
         """Every value of the message's own header `name`, as text (see header_text)."""
@@ -102,12 +147,10 @@ class MessageContents:
     @cached_property
     def texts(self) -> list[str]:
         """The decoded text of every text/plain and text/html part (transfer encoding
-        and charset undone), each up to `text_bytes` of it. A message the parser gave
-        up on is one text: its raw body."""
-        if self.parse_failed:
-            body = self._root.get_payload()
-            raw = body.encode("utf-8", "surrogateescape") if isinstance(body, str) else b""
-            return [decoded(self._bounded(raw), None)]
+        and charset undone), each up to `text_bytes` of it. A message not taken apart
+        is one text: its raw body."""
+        if not self.parsed:
+            return [decoded(self._bounded(self._raw_body), None)]
         texts = []
         for index, (part, content_type) in enumerate(zip(self._parts, self.content_types)):
             if content_type in TEXT_TYPES:
@@ -122,8 +165,8 @@ class MessageContents:
 
     @cached_property
     def file_names(self) -> list[str]:
-        """The name of every part that has one (RFC 2231 and RFC 2047 decoded), and of
-        every file in the zip and tar archives among them; each without its directory,
+        """Every name each part gives itself (see _file_names), and the name of every
+        file in the zip and tar archives among them; each without its directory,
         lower-case, without the trailing dots and spaces Windows ignores."""
         names = []
         for index, (part, content_type) in enumerate(zip(self._parts, self.content_types)):
@@ -132,7 +175,7 @@ class MessageContents:
             own = _file_names(part)
             names += own
             payload = self._payload(index)
-            kind = archive_kind(own[0] if own else "", content_type, payload)
+            kind = archive_kind(own, content_type, payload)
             if kind is not None:
                 names += self._archive_members(kind, payload)
         return [base_name(name) for name in names]
@@ -150,6 +193,8 @@ class MessageContents:
         return self._corrupt_archives
 
     def _archive_members(self, kind: str, payload: bytes) -> list[str]:
+        """The names in an archive of `kind` ("zip", "tar", or "packed": gzip, bzip2
+        or xz data that may be a tar, and is no finding when it is not)."""
         limits = self._limits
         if len(payload) > limits.archive_bytes:
             self.limits_hit.add("max_archive_bytes")
@@ -159,13 +204,14 @@ class MessageContents:
             if kind == "zip":
                 names = zip_members(payload, most)
             else:
-                names, complete = tar_members(payload, most, limits.archive_bytes)
+                names, complete = tar_members(payload, most, self._unpack_budget)
                 if not complete:
                     self.limits_hit.add("max_archive_bytes")
         except (zipfile.BadZipFile, zipfile.LargeZipFile, tarfile.TarError, zlib.error, lzma.LZMAError,
                 EOFError, OSError, ValueError, NotImplementedError):
             # What zipfile, tarfile and the decompressors raise on damaged data.
-            self._corrupt_archives += 1
+            if kind != "packed":
+                self._corrupt_archives += 1
             return []
         if len(names) > limits.archive_members:
             self.limits_hit.add("max_archive_members")
@@ -181,6 +227,65 @@ class MessageContents:
         return data[:limit]
 
 
+def survey(message: bytes, limits: Limits) -> tuple[int, str | None]:
+    """How much of `message` the parser may read, and the limit that ended it there
+    (None: all of it), in one linear pass over its lines: "abusive_field" (do not
+    parse it at all), "max_parts" (up to its `BOUNDARY_LINES_PER_PART * parts + 1`-th
+    delimiter line) or "max_depth" (up to the field that opens its `depth + 1`-th
+    multipart inside the others).
+
+    Every Content-Type field of a multipart (in any header, or in a text that looks
+    like one) opens a boundary; a line "--boundary" of an open boundary is a
+    delimiter and closes those opened after it, "--boundary--" it too. Where this
+    guesses otherwise than the parser, it counts more nesting, never less."""
+    opened: dict[bytes, int] = {}  # an open boundary: its place in `nesting`
+    nesting: list[bytes | None] = []  # None: a boundary no line can close
+    delimiters = 0
+    for match in _FIELD_OR_DELIMITER.finditer(message):
+        value = match["value"]
+        if value is not None:
+            if len(value) > FIELD_BYTES or value.count(b";") > FIELD_PARAMETERS:
+                return 0, "abusive_field"
+            if match["name"].lower() == b"content-type" and b"multipart" in value.lower():
+                boundary = _multipart_boundary(value)
+                if boundary is not False:
+                    if len(nesting) >= limits.depth:
+                        return match.start(), "max_depth"
+                    if boundary is not None:
+                        opened.setdefault(boundary, len(nesting))
+                    nesting.append(boundary)
+            continue
+        line = match["delimiter"].rstrip(b" \t")
+        closing = line not in opened and line.endswith(b"--")
+        place = opened.get(line[:-2] if closing else line)
+        if place is None:
+            continue  # a text line that starts with "--"
+        delimiters += 1
+        if delimiters > BOUNDARY_LINES_PER_PART * limits.parts:
+            return match.start(), "max_parts"
+        keep = place if closing else place + 1
+        for index in range(keep, len(nesting)):
+            if nesting[index] is not None and opened.get(nesting[index]) == index:
+                del opened[nesting[index]]
+        del nesting[keep:]
+    return len(message), None
+
+
+def _multipart_boundary(value: bytes) -> bytes | None | bool:
+    """The boundary of a Content-Type field (its value, already bounded in size) as
+    the parser reads it: False if it is not a multipart's, None if no line could match
+    it."""
+    field = Message()
+    field["Content-Type"] = value.decode("ascii", "surrogateescape").lstrip(" \t")
+    if field.get_content_maintype() != "multipart":
+        return False
+    try:
+        boundary = field.get_boundary()
+        return None if boundary is None else boundary.encode("ascii", "surrogateescape")
+    except Exception:  # UnicodeEncodeError; or see _file_names: the parser gives up
+        return None
+
+
 def _charset(part: Message) -> str | None:
     try:
         return part.get_content_charset()
@@ -189,16 +294,28 @@ def _charset(part: Message) -> str | None:
 
 
 def _file_names(part: Message) -> list[str]:
-    """The part's file name (Content-Disposition's filename, else Content-Type's name),
-    RFC 2231 and RFC 2047 decoded. The stdlib's RFC 2231 decoding raises on some
-    malformed parameters (ValueError, TypeError): then every (file)name parameter's
-    value counts, as written."""
+    """Every name the part gives itself: each filename and name parameter of each of
+    its Content-Disposition and Content-Type fields (mail programs differ in which
+    they show), RFC 2231 and RFC 2047 decoded, a plain one and an RFC 2231 one both."""
+    names = []
+    for field in ("content-disposition", "content-type"):
+        for value in _raw_values(part, field):
+            names += _names_in(value)
+    return names
+
+
+def _names_in(value: str) -> list[str]:
+    """The (file)name parameters of one field's `value`. The stdlib's RFC 2231 decoding
+    raises on some malformed parameters (ValueError, TypeError): then each counts as
+    written."""
+    field = Message()
+    field["Content-Disposition"] = value
     try:
-        name = part.get_filename()
+        parameters = field.get_params(header="content-disposition")[1:]
+        return [header_text(collapse_rfc2231_value(text).strip())
+                for key, text in parameters if key in _NAME_KEYS]
     except Exception:
-        raw = " ; ".join(_raw_values(part, "content-disposition") + _raw_values(part, "content-type"))
-        return [unquote(value.strip().strip('"')) for value in _NAME_PARAMETER.findall(raw)]
-    return [header_text(name)] if name else []
+        return [unquote(text.strip().strip('"')) for text in _NAME_PARAMETER.findall(value)]
 
 
 def _raw_values(part: Message, name: str) -> list[str]:
@@ -206,16 +323,6 @@ def _raw_values(part: Message, name: str) -> list[str]:
     bytes into Header objects that no longer say what the bytes were)."""
     name = name.lower()
     return [value for key, value in part.raw_items() if key.lower() == name]
-
-
-def _cut_before_line(message: bytes, prefix: bytes, count: int) -> bytes:
-    """`message` up to the start of its `count + 1`-th line that begins with `prefix`."""
-    position = -1
-    for _ in range(count + 1):
-        position = message.find(b"\n" + prefix, position + 1)
-        if position < 0:
-            return message
-    return message[: position + 1]
 
 
 def decoded(data: bytes, charset: str | None) -> str:
@@ -263,36 +370,48 @@ def base_name(name: str) -> str:
     return re.split(r"[/\\]", name)[-1].rstrip(". \t").lower()
 
 
-def archive_kind(name: str, content_type: str, payload: bytes) -> str | None:
+def archive_kind(names: list[str], content_type: str, payload: bytes) -> str | None:
     """"zip" or "tar" when an attachment is one by its first bytes (whatever its name:
-    Office documents and Java archives are zips too), else by its name or its declared
-    type."""
+    Office documents and Java archives are zips too), else by one of its `names` or its
+    declared type; "packed" for other gzip, bzip2 or xz data, which may be a tar."""
     if payload.startswith(ZIP_MAGIC):
         return "zip"
     if payload[257:262] == b"ustar":  # an uncompressed tar
         return "tar"
-    lower = name.lower()
-    if lower.endswith(ZIP_SUFFIXES) or content_type in ZIP_TYPES:
+    names = [base_name(name) for name in names]
+    if content_type in ZIP_TYPES or any(name.endswith(ZIP_SUFFIXES) for name in names):
         return "zip"
-    if lower.endswith(TAR_SUFFIXES) or content_type in TAR_TYPES:
+    if content_type in TAR_TYPES or any(name.endswith(TAR_SUFFIXES) for name in names):
         return "tar"
+    if payload.startswith(PACKED_MAGIC):
+        return "packed"
     return None
 
 
 def zip_members(payload: bytes, most: int) -> list[str]:
     """The first `most` names in a zip archive's central directory; nothing is
-    decompressed."""
+    decompressed. An archive with more than one end record is corrupt: zip programs
+    differ in which of the archives they show."""
+    if payload.count(ZIP_END) > 1:
+        raise zipfile.BadZipFile("more than one end of central directory record")
     with zipfile.ZipFile(io.BytesIO(payload)) as archive:
         return [info.filename for info in islice(archive.infolist(), most)]
 
 
-def tar_members(payload: bytes, most: int, unpacked_limit: int) -> tuple[list[str], bool]:
+class Budget:
+    """Bytes that may still be unpacked, shared by all the archives of a message."""
+
+    def __init__(self, left: int) -> None:
+        self.left = left
+
+
+def tar_members(payload: bytes, most: int, budget: Budget) -> tuple[list[str], bool]:
     """The first `most` names in a tar archive (plain, gzip, bzip2 or xz), read as a
-    stream, and whether it was read without reaching `unpacked_limit` bytes unpacked:
-    listing a compressed tar means unpacking it up to the last header read."""
+    stream, and whether it was read without using up `budget`: listing a compressed
+    tar means unpacking it up to the last header read."""
     names: list[str] = []
     try:
-        with tarfile.open(fileobj=_Capped(_decompressing(payload), unpacked_limit), mode="r|") as archive:
+        with tarfile.open(fileobj=_Capped(_decompressing(payload), budget), mode="r|") as archive:
             for member in archive:
                 names.append(member.name)
                 if len(names) >= most:
@@ -318,17 +437,18 @@ class _LimitReached(Exception):
 
 
 class _Capped(io.RawIOBase):
-    """A stream that raises _LimitReached when asked for more than `limit` bytes."""
+    """A stream that takes what it reads from `budget`, and raises _LimitReached when
+    asked for more than is left."""
 
-    def __init__(self, stream: IO[bytes], limit: int) -> None:
-        self._stream, self._left = stream, limit
+    def __init__(self, stream: IO[bytes], budget: Budget) -> None:
+        self._stream, self._budget = stream, budget
 
     def readable(self) -> bool:
         return True
 
     def readinto(self, buffer) -> int:
-        if self._left <= 0:
+        if self._budget.left <= 0:
             raise _LimitReached()
-        count = self._stream.readinto(memoryview(buffer)[: self._left])
-        self._left -= count
+        count = self._stream.readinto(memoryview(buffer)[: self._budget.left])
+        self._budget.left -= count
         return count

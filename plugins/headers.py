@@ -6,7 +6,9 @@ files inside zip and tar archives included), and the GTUBE test string.
     gtube = "reject"            # the GTUBE test string in a text part
     corrupt_archive = 1.0       # a zip or tar attachment that cannot be read
     unparsable = 1.0            # a message the MIME parser gives up on
+    mime_limit = 3.0            # a message that reached a limit: some of it not looked at
     max_parts = 100             # MIME parts looked at, the message itself the first
+    max_depth = 10              # multiparts inside one another
     max_text_bytes = 1048576    # of each text part (decoded) and of each header value
     max_archive_bytes = 10485760
     max_archive_members = 1000
@@ -39,10 +41,12 @@ Each rule looks at one thing:
   read as such and encoded words (RFC 2047) decoded;
 - `body`: the text of every text/plain and text/html part, transfer encoding (base64,
   quoted-printable) and charset undone; HTML as it is, tags and all;
-- `filename`: the name of every part that has one (Content-Disposition's filename,
-  else Content-Type's name; RFC 2231 and RFC 2047 decoded), and of every file in the
-  zip and tar archives attached, each without its directory, without the trailing dots
-  and spaces Windows ignores (`*.exe` finds `Invoice.EXE.` and `docs/setup.exe`);
+- `filename`: every name a part gives itself (each filename and name parameter of
+  each Content-Disposition and Content-Type field, plain and RFC 2231 forms both, for
+  mail programs differ in which they show; RFC 2231 and RFC 2047 decoded), and the
+  name of every file in the zip and tar archives attached, each without its
+  directory, without the trailing dots and spaces Windows ignores (`*.exe` finds
+  `Invoice.EXE.` and `docs/setup.exe`);
 - `mime_type`: the declared Content-Type of every part (text/plain where it is missing
   or malformed, as RFC 2045 says).
 Patterns are Python regular expressions, searched anywhere in the text (`(?i)` for no
@@ -62,24 +66,37 @@ SpamAssassin and Rspamd know, in a text part; ARCHIVE_CORRUPT, a zip or tar atta
 that zipfile or tarfile cannot read, which no honest mail program sends but which is a
 way to hide a file from scanners that some unpackers still open (points by default);
 MIME_UNPARSABLE, a message the `email` package gives up on (its body rules then see its
-raw body, and nothing else is looked at; points by default).
+raw body, and nothing else is looked at; points by default); MIME_LIMIT (`mime_limit`,
+3 points by default), a message that reached one of the limits below that leave parts,
+archive members or the whole message unlooked at: what is beyond a limit could be
+the attachment a rule would refuse, so a site that wants no such blind spot sets
+"reject" or "tempfail" (honest mail seldom has more than 100 parts or 20 nested
+multiparts; a big archive does reach max_archive_bytes).
 
 Archives: a part is a zip by its first bytes (Office documents and Java archives are
-zips too), or by its name (`.zip`) or type; a tar (plain, gzip, bzip2, xz) by its
-first bytes, its name (`.tar`, `.tgz`, `.tar.gz`, ...) or type. Only the names are
-read, never the files: a zip's central directory, a tar's headers as a stream.
-Archives inside archives are not opened (their names count). An archive larger than
-`max_archive_bytes` is not opened; a compressed tar is unpacked no further than that
-(a bomb costs no more), and its names read so far count; at most
+zips too), or by one of its names (`.zip`) or its type; a tar (plain, gzip, bzip2, xz)
+by its first bytes, its names (`.tar`, `.tgz`, `.tar.gz`, ...) or type; other gzip,
+bzip2 or xz data is tried as a tar (and is no finding when it is none). Only the
+names are read, never the files: a zip's central directory, a tar's headers as a
+stream. A zip with more than one end record is ARCHIVE_CORRUPT (zip programs differ
+in which archive they show). Archives inside archives are not opened (their names
+count). An archive larger than `max_archive_bytes` is not opened; the compressed tars
+of a message are unpacked no further than `max_archive_bytes` all together (a hundred
+bombs cost no more than one), and their names read so far count; at most
 `max_archive_members` names of each are looked at.
 
 Limits bound the work a hostile message can cause, and what is beyond them is not
-looked at: the parser reads the message only up to its (4 x `max_parts`)-th line that
-starts with `--` (its time grows with the number of parts, and with the square of
-their nesting), at most `max_parts` parts are looked at, and `max_text_bytes` of each
-text part and header value. A malformed message never makes the hook fail: what the
-parser finds wrong is counted, and a message it cannot take apart at all is
-MIME_UNPARSABLE.
+looked at (MIME_LIMIT). Before the parser sees the message, one pass over its lines
+looks for what would make the `email` package slow: a Content-Type or
+Content-Disposition field (anywhere, folded lines and all) over 4 KiB or with more
+than 100 parameters costs it time in the square of its size, and no mail program
+writes one, so such a message is not taken apart at all (its body rules see its raw
+body); the parser reads the message only up to its (2 x `max_parts`)-th delimiter
+line (one of a boundary declared) and only `max_depth` multiparts inside one another
+(it checks every line against every open boundary). At most `max_parts` parts are
+looked at, and `max_text_bytes` of each text part and header value (a text cut short
+is no MIME_LIMIT). A malformed message never makes the hook fail: what the parser
+finds wrong is counted, and a message it cannot take apart at all is MIME_UNPARSABLE.
 
 Like the other shipped checks, the rules judge sessions on the listener modes in
 `modes` (default ["mx"]) and skip authenticated sessions and clients in
@@ -93,28 +110,28 @@ The hook parses the whole message, which takes CPU time in proportion to its siz
 smaller than `thread_bytes` is parsed at once, in the event loop: that is cheaper than
 handing it to a thread, and holds up the other sessions no longer than the handoff
 would. A message of `thread_bytes` or more is parsed in a thread of the plugin's own
-pool (`threads` of them), so that a 10 MB message does not stall the other sessions
-(the parse still holds Python's GIL, which the event loop gets back every few
-milliseconds). The hook's `timeout` (15 s) bounds the wait for a message's verdict:
-past it the hook fails (its `fail_mode`, tempfail by default). A thread cannot be
-stopped, so a parse that outlives its hook goes on to its end and holds its thread
-meanwhile; messages that come when every thread is busy wait their turn, under their
+lane (`threads` of them, daemon threads, busy ones in mailproxy_plugin_threads_busy),
+so that a 10 MB message does not stall the other sessions (the parse still holds
+Python's GIL, which the event loop gets back every few milliseconds). The hook's
+`timeout` (15 s) bounds the wait for a message's verdict: past it the hook fails (its
+`fail_mode`, tempfail by default). A thread cannot be stopped, so a parse that
+outlives its hook goes on to its end and holds its thread meanwhile (a stopping proxy
+does not wait for it); messages that come when every thread is busy wait their turn, under their
 own timeout. (Any plugin with an smtp_data hook makes the proxy take every message
 whole before the upstream hears DATA.)
 
 Metrics (mailproxy_plugin_checks_total, plugin="headers"): check=SYMBOL,
 result=matched for each rule that matched a message; check=parse, result=clean,
-defects or failed for each message; check=limit, result=max_parts, max_text_bytes,
-max_archive_bytes or max_archive_members for each message that reached one.
+defects, failed or skipped (an abusive field) for each message; check=limit,
+result=max_parts, max_depth, abusive_field, max_text_bytes, max_archive_bytes or
+max_archive_members for each message that reached one.
 mailproxy_plugin_check_duration_seconds{check="message"} times each message's scan.
 """
 
 from __future__ import annotations
 
-import asyncio
 import fnmatch
 import re
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from operator import attrgetter, methodcaller
 from typing import Annotated, Callable
@@ -123,6 +140,7 @@ from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Fie
 
 from mailproxy import Action as VerdictAction
 from mailproxy import Session, Verdict, hookimpl
+from mailproxy.threads import ThreadLane
 
 from ._common import Action, ClientCheckSettings, ClientFilter, count, timed
 from ._mime import Limits, MessageContents
@@ -131,7 +149,7 @@ PLUGIN = "headers"
 
 # The Generic Test for Unsolicited Bulk Email, as SpamAssassin and Rspamd know it.
 GTUBE = "XJS*C4JDBQADN1.NSBN3*2IDNEN*GTUBE-STANDARD-ANTI-UBE-TEST-EMAIL*C.34X"
-BUILT_IN_SYMBOLS = ("GTUBE", "ARCHIVE_CORRUPT", "MIME_UNPARSABLE")
+BUILT_IN_SYMBOLS = ("GTUBE", "ARCHIVE_CORRUPT", "MIME_UNPARSABLE", "MIME_LIMIT")
 TARGETS = ("header", "body", "filename", "mime_type")
 
 _SYMBOL = re.compile(r"[A-Z][A-Z0-9_]{0,63}")
@@ -240,7 +258,9 @@ class Plugin:
         gtube: Action = "reject"
         corrupt_archive: Action = 1.0
         unparsable: Action = 1.0
+        mime_limit: Action = 3.0
         max_parts: int = Field(100, ge=1, le=1000)
+        max_depth: int = Field(10, ge=1, le=100)
         max_text_bytes: int = Field(1048576, ge=1)
         max_archive_bytes: int = Field(10485760, ge=0)  # 0: archives are not opened
         max_archive_members: int = Field(1000, ge=1)
@@ -264,7 +284,7 @@ class Plugin:
     def __init__(self, settings: Config, context) -> None:
         self._filter = ClientFilter(settings)
         self._limits = Limits(settings.max_parts, settings.max_text_bytes,
-                              settings.max_archive_bytes, settings.max_archive_members)
+                              settings.max_archive_bytes, settings.max_archive_members, settings.max_depth)
         checks = [
             _Check("GTUBE", settings.gtube, _any(attrgetter("texts"), re.compile(re.escape(GTUBE)).search),
                    "the GTUBE test string"),
@@ -273,10 +293,13 @@ class Plugin:
             _Check("MIME_UNPARSABLE", settings.unparsable, attrgetter("parse_failed"),
                    "a message the MIME parser gave up on"),
             *(_check(rule) for rule in settings.rules),
+            # Last: the limits of what the checks before it read.
+            _Check("MIME_LIMIT", settings.mime_limit, attrgetter("limit_reached"),
+                   "a message that reached a limit, some of it not looked at"),
         ]
         self._checks = [check for check in checks if check.action != "off"]
         self._thread_bytes = settings.thread_bytes
-        self._pool = ThreadPoolExecutor(settings.threads, thread_name_prefix="headers")
+        self._lane = ThreadLane(PLUGIN, settings.threads)
 
     @hookimpl
     async def smtp_data(self, session: Session, message: bytes) -> list[Verdict] | None:
@@ -285,8 +308,7 @@ class Plugin:
         if len(message) < self._thread_bytes:
             contents, found = self._scan(message)
         else:
-            loop = asyncio.get_running_loop()
-            contents, found = await loop.run_in_executor(self._pool, self._scan, message)
+            contents, found = await self._lane.call(self._scan, (message,))
         self._count(contents, found)
         if not found:
             return None
@@ -304,7 +326,10 @@ class Plugin:
 
     @staticmethod
     def _count(contents: MessageContents, found: list[_Check]) -> None:
-        parsed = "failed" if contents.parse_failed else "defects" if contents.defects else "clean"
+        if contents.parsed:
+            parsed = "defects" if contents.defects else "clean"
+        else:
+            parsed = "failed" if contents.parse_failed else "skipped"
         count(PLUGIN, "parse", parsed)
         for limit in sorted(contents.limits_hit):
             count(PLUGIN, "limit", limit)

@@ -70,3 +70,30 @@ def test_gtube_is_refused_and_a_clean_message_arrives_unchanged(make_proxy, upst
     assert GTUBE not in upstream.received
     assert proxy.metric("mailproxy_plugin_checks_total", plugin="headers", check="GTUBE", result="matched") == 1
     assert proxy.metric("mailproxy_plugin_errors_total", plugin="headers") == 0
+
+
+# A parameter list the email package splits in time that grows with its square:
+# seconds for each look at it. No mail program writes one.
+ABUSIVE = (b"From: alice@sender.test\r\nTo: rcpt@example.test\r\nSubject: hi\r\nMIME-Version: 1.0\r\n"
+           b'Content-Type: text/plain; x="' + b";" * 60_000 + b'"\r\n\r\nhello\r\n')
+# One the parser gives up on (a malformed RFC 2231 boundary), with an 8-bit byte.
+UNPARSABLE = (b"Subject: test\r\nContent-Type: multipart/mixed; boundary*=*=utf-8''a; boundary*1=\"b\"\r\n\r\n"
+              b"--ab\r\nContent-Type: text/plain; charset=utf-8\r\n\r\nCaf\xc3\xa9 " + GTUBE + b"\r\n--ab--\r\n")
+
+
+def test_messages_built_against_the_parser_are_judged_without_it(make_proxy, upstream):
+    proxy = make_proxy(
+        upstream.address,
+        plugins={"enabled": ["access", "headers"]},
+        plugin={"headers": {"skip_clients": [], "mime_limit": "reject", "timeout": 5.0}},
+    )
+    with smtplib.SMTP("127.0.0.1", proxy.port("mx"), timeout=30) as client:
+        client.ehlo("client.test")
+        for message, symbol in ((ABUSIVE, "MIME_LIMIT"), (UNPARSABLE, "GTUBE")):
+            with pytest.raises(smtplib.SMTPDataError) as refused:
+                client.sendmail("alice@sender.test", ["rcpt@example.test"], message)
+            assert (refused.value.smtp_code, refused.value.smtp_error) == (
+                550, f"5.7.1 Message content rejected ({symbol})".encode())
+    assert upstream.messages == []
+    assert proxy.metric("mailproxy_plugin_checks_total", plugin="headers", check="parse", result="skipped") == 1
+    assert proxy.metric("mailproxy_plugin_errors_total", plugin="headers") == 0

@@ -6,14 +6,18 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import gzip
 import io
 import tarfile
+import threading
 import zipfile
+from email.message import Message
 
 import pytest
 from hypothesis import given, settings, strategies as st
 from prometheus_client import REGISTRY
 
+import mailproxy_plugins._mime as _mime
 import mailproxy_plugins.headers as headers
 from mailproxy import Action, Verdict
 from mailproxy.testing import ConfigError, policy_session
@@ -30,6 +34,7 @@ RULES = [
     {"symbol": "BAD_ATTACHMENT", "filename": ["*.exe", "*.scr"], "action": "reject"},
 ]
 REJECTED = (Action.REJECT, 550, "5.7.1", "Message content rejected (BAD_ATTACHMENT)")
+LIMITED = (None, {"MIME_LIMIT": 3.0})  # no refusal; the points of a message that reached a limit
 
 
 def load(**options):
@@ -270,6 +275,40 @@ def test_a_good_archive_is_no_finding(plugin):
     assert scan(plugin, mime(text(), good, attachment("docs.tgz", tar_of({"a.txt": b"hi"})))) == (None, {})
 
 
+OCTET = "application/octet-stream"
+
+
+@pytest.mark.parametrize("part", [
+    # Mail programs differ in which name they show: every one counts.
+    attachment(None, content_type=f'{OCTET}; name="setup.exe"', disposition='attachment; filename="a.pdf"'),
+    attachment(None, disposition="attachment; filename=\"a.pdf\"; filename*=utf-8''setup.exe"),
+    attachment(None, disposition="attachment; filename*=utf-8''a.pdf; filename=\"setup.exe\""),
+    attachment("a.pdf").replace(b"\r\n\r\n", b'\r\nContent-Disposition: attachment; filename="setup.exe"\r\n\r\n', 1),
+    # Archives by a name with what Windows ignores, or by their compression alone.
+    attachment("files.tgz. ", tar_of({"setup.exe": b"MZ"})),
+    attachment("files.gz", tar_of({"setup.exe": b"MZ"})),
+    attachment(None, tar_of({"setup.exe": b"MZ"}, "w:bz2")),
+    attachment(None, tar_of({"setup.exe": b"MZ"}, "w:xz")),
+    attachment("files.zip.", b"junk before the archive" + zip_of({"setup.exe": b"MZ"})),
+])
+def test_every_name_an_attachment_gives_itself_counts(plugin, part):
+    assert refusal(plugin, mime(text(), part)) == REJECTED
+
+
+def test_compressed_data_that_is_no_tar_is_no_finding(plugin):
+    assert scan(plugin, mime(text(), attachment("report.pdf.gz", gzip.compress(b"%PDF-1.4 " * 100)))) == (None, {})
+
+
+@pytest.mark.parametrize("archives", [
+    [{"setup.exe": b"MZ"}, {"readme.txt": b"hi"}],
+    [{"readme.txt": b"hi"}, {"setup.exe": b"MZ"}],
+])
+def test_a_zip_of_two_archives_one_after_the_other_is_corrupt(plugin, archives):
+    # Zip programs differ in which of them they show.
+    joined = b"".join(zip_of(members) for members in archives)
+    assert scan(plugin, mime(text(), attachment("files.zip", joined))) == (None, {"ARCHIVE_CORRUPT": 1.0})
+
+
 # --- GTUBE -------------------------------------------------------------------------------
 
 
@@ -410,6 +449,14 @@ def test_a_message_the_parser_gives_up_on_is_matched_by_its_raw_body_and_is_a_fi
     assert scan(load(gtube="off", unparsable="off"), UNPARSABLE) == (None, {})
 
 
+def test_a_message_the_parser_gives_up_on_is_matched_by_its_raw_bytes():
+    # With an 8-bit byte in its body, the stdlib's get_payload() raises on it too.
+    message = UNPARSABLE.replace(b"text/plain\r\n\r\n", b"text/plain; charset=utf-8\r\n\r\nCaf\xc3\xa9 ")
+    assert scan(load(gtube=2.0), message) == (None, {"GTUBE": 2.0, "MIME_UNPARSABLE": 1.0})
+    cafe = load(rules=[{"symbol": "CAFE", "body": "Caf\u00e9", "action": 1.0}], gtube="off", unparsable="off")
+    assert symbols(cafe, message) == {"CAFE": 1.0}
+
+
 def test_a_malformed_rfc_2231_file_name_still_counts(plugin):
     part = attachment(None, disposition="attachment; filename*=*=utf-8''a; filename*1=\"setup.exe\"")
     assert refusal(plugin, mime(text(), part)) == REJECTED
@@ -432,16 +479,57 @@ def test_parts_beyond_max_parts_are_not_looked_at():
     message = mime(text(), text(), attachment("setup.exe"))  # the attachment is part 4
     assert refusal(load(max_parts=4), message) == REJECTED
     hit = checks("limit", "max_parts")
-    assert scan(load(max_parts=3), message) == (None, {})
+    assert scan(load(max_parts=3), message) == LIMITED
     assert checks("limit", "max_parts") - hit == 1
 
 
+def test_a_message_that_reaches_a_limit_is_a_finding_of_its_own():
+    message = mime(text(), text(), attachment("setup.exe"))
+    assert refusal(load(max_parts=3, mime_limit="reject"), message) == (
+        Action.REJECT, 550, "5.7.1", "Message content rejected (MIME_LIMIT)")
+    assert refusal(load(max_parts=3, mime_limit="tempfail"), message) == (
+        Action.TEMPFAIL, 451, "4.7.1", "Message content deferred, try again later (MIME_LIMIT)")
+    assert scan(load(max_parts=3, mime_limit="off"), message) == (None, {})
+    assert scan(load(max_parts=4), message)[1] == {}
+
+
 def test_the_parser_reads_only_as_many_delimiter_lines_as_max_parts_needs():
-    # 4 lines starting with "--" per part allowed: 8 for max_parts = 2
-    message = mime(text(b"--\r\n" * 5), attachment("setup.exe"))  # delimiters: lines 1, 7
+    # Two delimiter lines per part: the text's, the attachment's, the closing one.
+    message = mime(text(), attachment("setup.exe"), text(), text())
+    first_cut = message.index(b"--SEP", message.index(b"setup.exe"))  # the 3rd delimiter
+    assert _mime.survey(message, _mime.Limits(1, 100, 100, 10)) == (first_cut, "max_parts")
+    assert _mime.survey(message, _mime.Limits(5, 100, 100, 10)) == (len(message), None)
+
+
+def test_lines_that_start_with_two_dashes_are_no_delimiters():
+    # A signature, ASCII art, a quoted reply: no boundary of the message, no part.
+    message = mime(text(b"-- \r\n" + b"-----\r\n" * 400 + b"--SEPARATE\r\n--SEP-\r\n"), attachment("setup.exe"))
+    assert refusal(load(), message) == REJECTED
     assert refusal(load(max_parts=3), message) == REJECTED
-    later = mime(text(b"--\r\n" * 12), attachment("setup.exe"))  # the second delimiter is line 14
-    assert scan(load(max_parts=3), later) == (None, {})
+
+
+def nested(depth: int, innermost: bytes) -> bytes:
+    """A message of `depth` multiparts inside one another, each with its own boundary,
+    the innermost holding the part `innermost`."""
+    head = b"Subject: deep\r\nMIME-Version: 1.0\r\n"
+    opening = b"".join(b'Content-Type: multipart/mixed; boundary="b%d"\r\n\r\n--b%d\r\n' % (level, level)
+                       for level in range(depth))
+    closing = b"".join(b"--b%d--\r\n" % level for level in reversed(range(depth)))
+    return head + opening + innermost + closing
+
+
+def test_multiparts_deeper_than_max_depth_are_not_parsed():
+    # The parser checks each line against every open boundary: its time grows with
+    # the depth. The part beyond the limit is not looked at.
+    assert refusal(load(), nested(10, attachment("setup.exe"))) == REJECTED
+    hit = checks("limit", "max_depth")
+    assert scan(load(), nested(11, attachment("setup.exe"))) == LIMITED
+    assert checks("limit", "max_depth") - hit == 1
+    assert refusal(load(max_depth=21), nested(21, attachment("setup.exe"))) == REJECTED
+    # Closed multiparts are no depth: one after another, each one deep.
+    siblings = mime(*(b'Content-Type: multipart/alternative; boundary="in"\r\n\r\n--in\r\n' + text() + b"--in--\r\n"
+                      for _ in range(25)), attachment("setup.exe"))
+    assert refusal(load(max_depth=2), siblings) == REJECTED
 
 
 def test_text_beyond_max_text_bytes_is_not_matched():
@@ -460,15 +548,15 @@ def test_members_beyond_max_archive_members_are_not_listed():
     for name, archive in (("files.zip", zip_of(members)), ("files.tgz", tar_of(members))):
         message = mime(text(), attachment(name, archive))
         assert refusal(load(max_archive_members=10), message) == REJECTED
-        assert scan(load(max_archive_members=9), message) == (None, {})
+        assert scan(load(max_archive_members=9), message) == LIMITED
 
 
 def test_an_archive_larger_than_max_archive_bytes_is_not_opened():
     archive = zip_of({"setup.exe": b"MZ"})
     message = mime(text(), attachment("files.zip", archive))
     assert refusal(load(max_archive_bytes=len(archive)), message) == REJECTED
-    assert scan(load(max_archive_bytes=len(archive) - 1), message) == (None, {})
-    assert scan(load(max_archive_bytes=0), message) == (None, {})
+    assert scan(load(max_archive_bytes=len(archive) - 1), message) == LIMITED
+    assert scan(load(max_archive_bytes=0), message) == LIMITED
 
 
 def test_a_compressed_tar_is_unpacked_only_up_to_max_archive_bytes():
@@ -478,8 +566,55 @@ def test_a_compressed_tar_is_unpacked_only_up_to_max_archive_bytes():
     message = mime(text(), attachment("files.tgz", bomb))
     assert refusal(load(max_archive_bytes=2_000_000), message) == REJECTED
     hit = checks("limit", "max_archive_bytes")
-    assert scan(load(max_archive_bytes=500_000), message) == (None, {})  # cut short: not corrupt
+    assert scan(load(max_archive_bytes=500_000), message) == LIMITED  # cut short: not corrupt
     assert checks("limit", "max_archive_bytes") - hit == 1
+
+
+def test_the_compressed_tars_of_a_message_share_one_unpacking_budget():
+    # Each tar fits max_archive_bytes, all three do not: the third is cut short.
+    padding = tar_of({"zeros.bin": bytes(1_000_000), "notes.txt": b"hi"})
+    last = tar_of({"zeros.bin": bytes(1_000_000), "setup.exe": b"MZ"})
+    message = mime(text(), attachment("a.tgz", padding), attachment("b.tgz", padding), attachment("c.tgz", last))
+    assert scan(load(max_archive_bytes=2_500_000), message) == LIMITED
+    assert refusal(load(max_archive_bytes=3_500_000), message) == REJECTED
+
+
+@pytest.fixture
+def parameter_lists_read(monkeypatch):
+    """The size of every header value the email package splits into parameters (in
+    time that grows with the square of its parameters)."""
+    sizes = []
+    get_param, get_params = Message.get_param, Message.get_params
+
+    def reading(method, header_argument):
+        def wrapper(self, *args, **kwargs):
+            header = kwargs.get("header", args[header_argument] if len(args) > header_argument else "content-type")
+            sizes.append(len(str(self.get(header, ""))))
+            return method(self, *args, **kwargs)
+        return wrapper
+
+    monkeypatch.setattr(Message, "get_param", reading(get_param, 2))
+    monkeypatch.setattr(Message, "get_params", reading(get_params, 1))
+    return sizes
+
+
+ABUSIVE = b'text/plain; x="' + b";" * 20_000 + b'"'  # 60,000 of them cost seconds a call
+
+
+@pytest.mark.parametrize("message", [
+    b"Subject: test\r\nContent-Type: " + ABUSIVE + b"\r\n\r\n" + GTUBE + b"\r\n",
+    # Short, but folded over many lines with a parameter on each.
+    mime(text(GTUBE + b"\r\n"), b"Content-Disposition: attachment; filename=a.txt" + b";\r\n " * 101 + b"\r\n\r\nx\r\n"),
+    mime(text(GTUBE + b"\r\n"), b"Content-Type: message/rfc822\r\n\r\nSubject: inner\r\nContent-Type: " + ABUSIVE
+         + b"\r\n\r\nhello\r\n"),
+])
+def test_a_message_with_an_abusive_parameter_list_is_not_parsed(parameter_lists_read, message):
+    # Its raw body is matched, and it is a MIME_LIMIT.
+    skipped = checks("parse", "skipped")
+    answer = scan(load(gtube=2.0), message)
+    assert max(parameter_lists_read, default=0) <= _mime.FIELD_BYTES
+    assert answer == (None, {"GTUBE": 2.0, "MIME_LIMIT": 3.0})
+    assert checks("parse", "skipped") - skipped == 1
 
 
 # --- configuration -----------------------------------------------------------------------
@@ -560,6 +695,16 @@ def test_a_thread_bytes_of_0_parses_every_message_in_a_thread():
     plugin = load(thread_bytes=0)
     answer, ticks = judged_while_ticking(plugin, mime(text()))
     assert answer is None and ticks > 0
+
+
+def test_the_parsing_threads_let_the_process_exit_and_are_counted():
+    # A parse that outlives its hook must not keep a stopping proxy alive.
+    before = set(threading.enumerate())
+    plugin = load(thread_bytes=0, threads=1)
+    judge(plugin, mime(text()))
+    started = set(threading.enumerate()) - before
+    assert started and all(thread.daemon for thread in started)
+    assert REGISTRY.get_sample_value("mailproxy_plugin_threads_busy", {"plugin": "headers"}) == 0
 
 
 # --- metrics -----------------------------------------------------------------------------
