@@ -126,29 +126,30 @@ class PolicyEngine:
         started = time.perf_counter()
         try:
             args = [kwargs[a] for a in impl.argnames]
-            if not impl.is_async and impl.lane is None:
+            if impl.is_async:
+                pending = impl.function(*args)
+            elif impl.lane is not None:
+                pending = impl.lane.call(impl.function, args)
+            else:
                 # A plain function runs to its end whatever the clock says: no timeout
                 # to arm for it, only a warning when it overstays.
                 result = impl.function(*args)
                 elapsed = time.perf_counter() - started
                 if elapsed > timeout:
                     self._warn_if_stalled(name, hook, elapsed, timeout)
-                if result is None or type(result) is Verdict:  # the usual answers: no need to look further
-                    metrics.child(metrics.plugin_duration, name, hook).observe(elapsed)
-                    return result, elapsed
-            if impl.is_async or impl.lane is not None or inspect.isawaitable(result):
+                # It may still hand back an awaitable; None and a Verdict, the usual
+                # answers, need no closer look.
+                usual = result is None or type(result) is Verdict
+                pending = None if usual or not inspect.isawaitable(result) else result
+            if pending is not None:
                 # asyncio.timeout, not wait_for: the hook runs in this task, so whatever
                 # it raises comes here (a SystemExit out of a task of its own would stop
                 # the event loop).
                 deadline = asyncio.timeout(timeout)
                 async with deadline:
-                    if impl.is_async:
-                        result = await impl.function(*args)
-                    else:
-                        if impl.lane is not None:
-                            result = await impl.lane.call(impl.function, args)
-                        if inspect.isawaitable(result):
-                            result = await result
+                    result = await pending
+                    if impl.lane is not None and inspect.isawaitable(result):
+                        result = await result  # a blocking hook that handed back a coroutine
         except BaseException as exc:
             elapsed = time.perf_counter() - started
             metrics.child(metrics.plugin_duration, name, hook).observe(elapsed)
