@@ -5,7 +5,8 @@
     CRLF and dot-stuffing is redone, so no smuggled end-of-data can reach the upstream.
     `WireNormaliser` does it a piece at a time, and `WireReceiver` (a DataReceiver)
     with it as the message arrives, bounding the size that will be forwarded.
-  * `unstuff` (what plugins read) and `header_block` (header lines plugins add).
+  * `unstuff`: the message as plugins read it. The header section's own handling is
+    in `smtp_headers.py`.
 """
 
 from __future__ import annotations
@@ -330,79 +331,3 @@ def unstuff(wire: bytes) -> bytes:
         return wire
     content = wire.replace(b"\r\n.", b"\r\n")
     return content[1:] if content.startswith(b".") else content
-
-
-def header_block(headers: list[tuple[str, str]]) -> bytes:
-    return b"".join(f"{name}: {value}\r\n".encode("utf-8") for name, value in headers)
-
-
-
-class HeaderFieldFilter:
-    """Drops the named fields from a message's header section as the message streams
-    by (wire form: CRLF lines, dot-stuffed), folded lines included; the body passes
-    untouched. For fields that only the proxy may write, such as its X-Spam-* lines: a
-    client's own would sit beside them and say otherwise.
-
-    Linear and bounded: only the start of a line is held, until its field name is known
-    (its ":"), at most `MAX_NAME` bytes; a longer start of a line is no field to drop."""
-
-    MAX_NAME = 998  # RFC 5322 2.1.1: a line of a header section at most
-
-    def __init__(self, names) -> None:
-        self._names = frozenset(name.lower().encode("ascii") for name in names)
-        self._in_header = True
-        self._held = b""  # the start of a line whose field is not known yet
-        self._line: str | None = None  # "keep" or "drop" within a line; None at its start
-        self._field = "keep"  # the last field's fate, for its folded lines
-
-    def feed(self, data: bytes) -> bytes:
-        """What of `data` (and of the bytes held before it) goes on now."""
-        if not self._in_header:
-            return data
-        if self._held:
-            data, self._held = self._held + data, b""
-        out = []
-        position, size = 0, len(data)
-        while position < size:
-            if self._line is None and not self._start_line(data, position):
-                if not self._in_header:  # the empty line: the body follows, untouched
-                    out.append(data[position:])
-                    break
-                self._held = data[position:]  # not known yet: wait for more
-                break
-            end = data.find(b"\n", position)
-            stop = size if end < 0 else end + 1
-            if self._line == "keep":
-                out.append(data[position:stop])
-            if end >= 0:
-                self._line = None
-            position = stop
-        return b"".join(out)
-
-    def _start_line(self, data: bytes, position: int) -> bool:
-        """Decide the fate of the line starting at `position`; False when the header
-        section ended there or the line cannot be told yet."""
-        if data[position:position + 1] in (b" ", b"\t"):  # folded: its field's fate
-            self._line = self._field
-            return True
-        colon = data.find(b":", position, position + self.MAX_NAME + 1)
-        end = data.find(b"\n", position)
-        if end >= 0 and (colon < 0 or end < colon):  # a line with no field name
-            if data[position:end + 1] in (b"\r\n", b"\n"):
-                self._in_header = False
-                return False
-            self._line = self._field = "keep"
-        elif colon >= 0:
-            name = data[position:colon].strip().lower()
-            self._line = self._field = "drop" if name in self._names else "keep"
-        elif len(data) - position > self.MAX_NAME:
-            self._line = self._field = "keep"
-        else:
-            return False
-        return True
-
-    def finish(self) -> bytes:
-        """What is still held at the end of the message: the start of a line that never
-        ended, which names no field."""
-        held, self._held = self._held, b""
-        return held

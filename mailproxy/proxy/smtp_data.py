@@ -22,7 +22,7 @@ import logging
 
 from .. import metrics
 from ..protocol.smtp import ServerReply, make_reply
-from ..protocol.smtp_message import HeaderFieldFilter, header_block
+from ..protocol.smtp_headers import HeaderFieldFilter, header_block
 from ..protocol.smtp_server import CLOSED, NEED_DATA, EndOfMessage, MessageData
 from ..verdict import Action, Verdict
 from .upstream import UpstreamConnection, UpstreamError

@@ -35,7 +35,8 @@ from ..plugins import (
     PluginContext, PluginSettings, hookimpl, instantiate, load_plugins, new_plugin_manager, register,
 )
 from ..policy import PolicyEngine
-from ..protocol.smtp_message import WireReceiver, header_block
+from ..protocol.smtp_headers import header_block
+from ..protocol.smtp_message import WireReceiver
 from ..proxy.smtp_data import TOO_BIG
 from ..session import Envelope, Session
 from ..state import MemoryState, SharedState

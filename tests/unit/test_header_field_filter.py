@@ -1,12 +1,13 @@
-"""HeaderFieldFilter: the named fields leave a message's header section, folded lines
-included, however the message is cut into reads; nothing else changes."""
+"""The header section as the proxy touches it: the lines it adds (`header_block`), and
+the named fields HeaderFieldFilter drops, folded lines included, however the message is
+cut into reads; nothing else changes."""
 
 from __future__ import annotations
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mailproxy.protocol.smtp_message import HeaderFieldFilter
+from mailproxy.protocol.smtp_headers import HeaderFieldFilter, header_block
 
 NAMES = ["X-Spam-Flag", "X-Spam-Status"]
 MESSAGE = (
@@ -73,3 +74,10 @@ def test_a_last_line_that_never_ends_is_given_back_at_the_finish():
     fields = HeaderFieldFilter(NAMES)
     assert fields.feed(b"Subject: a\r\nX-Spam") == b"Subject: a\r\n"
     assert fields.finish() == b"X-Spam"
+
+
+def test_header_block():
+    assert header_block([("X-Spam-Score", "3.5"), ("X-Tag", "é")]) == (
+        b"X-Spam-Score: 3.5\r\nX-Tag: \xc3\xa9\r\n"
+    )
+    assert header_block([]) == b""

@@ -22,7 +22,6 @@ from mailproxy.protocol.smtp_message import (
     END_OF_DATA,
     DataReceiver,
     has_bare_line_ends,
-    header_block,
     unstuff,
     wire_body,
 )
@@ -422,13 +421,6 @@ def test_unstuff(wire, content):
 def test_unstuff_without_dots_returns_the_same_object():
     wire = b"Subject: x\r\n\r\nno dots here. none.\r\n"
     assert unstuff(wire) is wire
-
-
-def test_header_block():
-    assert header_block([("X-Spam-Score", "3.5"), ("X-Tag", "é")]) == (
-        b"X-Spam-Score: 3.5\r\nX-Tag: \xc3\xa9\r\n"
-    )
-    assert header_block([]) == b""
 
 
 # --- commands ----------------------------------------------------------------------------
