@@ -103,7 +103,9 @@ class DataCommand:
             verdict = policy.act(self.session, envelope)
             if verdict.action.is_refusal:
                 return await self._refuse_message(verdict)
-        parts = [self._without_claimed_headers(message.body), b".\r\n"]
+        fields = self._claimed_fields()
+        body = message.body if fields is None else fields.feed(message.body) + fields.finish()
+        parts = [body, b".\r\n"]
         if envelope.added_headers:
             parts.insert(0, header_block(envelope.added_headers))
         try:
@@ -112,15 +114,12 @@ class DataCommand:
             return self._delivery_failed(exc)
         return self._delivered(reply, message.size)
 
-    def _without_claimed_headers(self, body: bytes) -> bytes:
-        """Whole mode: the message without the client's own fields of the names the
-        action stage writes (see PolicyEngine.claimed_headers)."""
-        policy = self.runtime.policy
-        claimed = policy.claimed_headers(self.session) if policy.acts else ()
-        if not claimed:
-            return body
-        fields = HeaderFieldFilter(claimed)
-        return fields.feed(body) + fields.finish()
+    def _claimed_fields(self) -> HeaderFieldFilter | None:
+        """A filter that drops the client's own fields of the names the action stage
+        writes on this session's messages (PolicyEngine.claimed_headers); None when it
+        writes none."""
+        claimed = self.runtime.policy.claimed_headers(self.session)
+        return HeaderFieldFilter(claimed) if claimed else None
 
     async def _stream_message(self) -> object | None:
         """DATA to the upstream; its 354 relayed; the message passed on as it arrives.
@@ -142,8 +141,7 @@ class DataCommand:
             return self._delivered(reply, 0)
         self._relay(reply)
         self._unsent = [header_block(self.envelope.added_headers)] if self.envelope.added_headers else []
-        claimed = self.runtime.policy.claimed_headers(self.session) if policy.acts else ()
-        self._header_filter = HeaderFieldFilter(claimed) if claimed else None
+        self._header_filter = self._claimed_fields()
         try:
             message = await self._read_message(stream=True)
         except BaseException:
