@@ -17,22 +17,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .events import CLOSED, NEED_DATA
 from .smtp import split_command
 from .smtp_message import WireReceiver
 
 MAX_COMMAND_LINE = 4096  # RFC 5321 says 512; extensions (SIZE, DSN, SMTPUTF8) add more
-
-
-class _Sentinel:
-    def __init__(self, name: str) -> None:
-        self.name = name
-
-    def __repr__(self) -> str:
-        return self.name
-
-
-NEED_DATA = _Sentinel("NEED_DATA")
-CLOSED = _Sentinel("CLOSED")
 
 
 @dataclass(slots=True)

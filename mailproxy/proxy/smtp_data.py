@@ -23,7 +23,8 @@ import logging
 from .. import metrics
 from ..protocol.smtp import ServerReply, make_reply
 from ..protocol.smtp_headers import HeaderFieldFilter, header_block
-from ..protocol.smtp_server import CLOSED, NEED_DATA, EndOfMessage, MessageData
+from ..protocol.events import CLOSED, NEED_DATA
+from ..protocol.smtp_server import EndOfMessage, MessageData
 from ..verdict import Action, Verdict
 from .upstream import UpstreamConnection, UpstreamError
 

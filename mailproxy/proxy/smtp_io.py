@@ -12,7 +12,7 @@ import logging
 
 from .. import metrics
 from ..protocol.smtp import ServerReply, make_reply
-from ..protocol.smtp_server import NEED_DATA
+from ..protocol.events import NEED_DATA
 
 log = logging.getLogger("mailproxy.smtp")
 

@@ -19,7 +19,8 @@ import ssl
 from .. import metrics
 from ..protocol.esmtp import UnsupportedParameter, check_client_parameters
 from ..protocol.smtp import client_ehlo_reply, ehlo_keywords, parse_path, parse_size
-from ..protocol.smtp_server import CLOSED, BadCommand, SmtpServerMachine
+from ..protocol.events import CLOSED
+from ..protocol.smtp_server import BadCommand, SmtpServerMachine
 from ..session import Envelope
 from ..verdict import Action, Verdict
 from .core import ClientTimeout, ProxySession
