@@ -1,20 +1,13 @@
 """The SMTP AUTH command (RFC 4954) as the proxy enforces it.
 
-Order of checks: offered at all -> TLS -> the client network's failures under the limit
--> credentials read -> `smtp_auth` policy hook -> a failure slot reserved for the
-network -> the pause its earlier failures earned -> `authenticate` backends -> the slot
-released unless the attempt failed; a wrong password also counts for the account and
-its answer waits for that count (see auth/throttle.py). Every outcome is counted in
-mailproxy_auth_attempts_total, every pause in mailproxy_auth_delay_seconds.
+Order of checks: offered at all -> TLS -> the login check shared with POP3 and IMAP
+(proxy/login.py), with the `smtp_auth` policy hook on the credentials.
 """
 
 from __future__ import annotations
 
-import asyncio
-import logging
-
-from .. import metrics
 from ..protocol.smtp_server import Command
+from .login import LoginCheck, LoginOutcome
 from .runtime import CLOSE_SESSION
 from ..auth.sasl import (
     LOGIN_PASSWORD_CHALLENGE,
@@ -24,8 +17,6 @@ from ..auth.sasl import (
     decode_response,
     parse_plain,
 )
-
-log = logging.getLogger("mailproxy.auth")
 
 
 class _Aborted(Exception):
@@ -58,77 +49,47 @@ class AuthCommand:
         return await self._authenticate(mechanism, initial.strip() or None)
 
     async def _authenticate(self, mechanism: str, initial: str | None) -> object | None:
-        runtime, session = self.runtime, self.session
-        throttle, address = runtime.throttle, session.client_address
-
-        def count(result: str) -> None:
-            metrics.child(metrics.auth_attempts, runtime.name, mechanism, result).inc()
-
-        earlier = await throttle.network_failures(address)
-        if throttle.over_limit(earlier):
-            count("throttled")
-            return await self._throttled(throttle.delay(earlier))
+        check = LoginCheck(self.runtime, self.session, mechanism)
+        if await check.network_over_limit():
+            return await self._throttled(check)
         try:
             username, password = await self._read_credentials(mechanism, initial)
         except _Aborted:
-            count("aborted")
+            check.count("aborted")
             return self._error(501, "5.7.0", "Authentication aborted")
         except SaslError as exc:
-            count("failure")
+            check.count("failure")
             return self._error(501, "5.5.2", str(exc))
-        policy = runtime.policy
-        verdict = await policy.run("smtp_auth", session, self.envelope, mechanism=mechanism, username=username)
-        if verdict.action.is_refusal:
-            count("refused")
-            return self._enforce(verdict)
-        reservation = await throttle.reserve(address)
-        if not reservation.allowed:
-            count("throttled")
-            return await self._throttled(reservation.delay)
-        started = self.loop.time()
-        await self._pause(reservation.delay, "network")
-        valid, failures = await policy.first_result(
-            "authenticate", session=session, mechanism=mechanism, username=username, password=password
+        verdict = await self.runtime.policy.run(
+            "smtp_auth", self.session, self.envelope, mechanism=mechanism, username=username
         )
-        if valid is True or (valid is None and failures):
-            await throttle.release(reservation)
-        if valid is True:
-            count("success")
-            session.authenticated = True
-            session.username = session.login_data = username
-            log.info("authenticated as %s (%s)", username, mechanism)
+        if verdict.action.is_refusal:
+            check.count("refused")
+            return self._enforce(verdict)
+        outcome = await check.verify(username, password)
+        if outcome is LoginOutcome.THROTTLED:
+            return await self._throttled(check)
+        if outcome is LoginOutcome.SUCCESS:
+            check.mark_authenticated(username)
             # Tell the upstream who logged in (XCLIENT LOGIN), unless the upstream
             # session itself authenticated: XCLIENT would start it over, logged out.
             await self._announce_login()
             self._say(235, "2.7.0", "Authentication successful")
             return None
-        if valid is None and failures:
-            count("error")
+        if outcome is LoginOutcome.ERROR:
             self._say(454, "4.7.0", "Temporary authentication failure")
             return None
-        count("failure")
-        log.info("authentication failed for %s (%s)", username, mechanism)
-        # Only a wrong answer waits for the account's failures: a correct password never
-        # does, so guessing at an account cannot lock its owner out.
-        least = await throttle.account_failed(username)
-        await self._pause(least - (self.loop.time() - started), "account")
         return self._error(535, "5.7.8", "Authentication credentials invalid")
 
-    async def _throttled(self, delay: float) -> object | None:
+    async def _throttled(self, check: LoginCheck) -> object | None:
         """Too many failures from the client's network: send it away, or answer 454
         after the pause its failures have earned."""
         if self.runtime.auth.throttle == "disconnect":
             self._say(421, "4.7.0", f"{self.hostname} Too many authentication failures")
             return CLOSE_SESSION
-        await self._pause(delay, "network")
+        await check.pause(check.throttle_delay, "network")
         self._say(454, "4.7.0", "Too many authentication failures, try again later")
         return None
-
-    async def _pause(self, seconds: float, reason: str) -> None:
-        """Hold this session's answer; other sessions keep moving."""
-        if seconds > 0:
-            metrics.child(metrics.auth_delay, self.runtime.name, reason).observe(seconds)
-            await asyncio.sleep(seconds)
 
     async def _read_credentials(self, mechanism: str, initial: str | None) -> tuple[str, str]:
         if mechanism == "PLAIN":
