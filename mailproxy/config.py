@@ -204,11 +204,24 @@ class UpstreamSettings(_Section):
     # from timing out (Postfix allows 300 s, and only 10 s under stress).
     keepalive: float = Field(5.0, gt=0)
     client_identity: Literal["xclient", "none"] = "xclient"
+    # The local address of connections to this upstream: lets the upstream trust the
+    # proxy by address (Dovecot's login_trusted_networks) without trusting its host.
+    source_address: str | None = None
     # A service credential: the proxy authenticates to the upstream as itself.
     username: str | None = None
     password: str | None = None
 
     _check_ca_file = field_validator("ca_file")(_existing_file)
+
+    @field_validator("source_address")
+    @classmethod
+    def _ip_address(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        try:
+            return str(ipaddress.ip_address(value))
+        except ValueError:
+            raise ValueError(f"{value!r} is not an IP address") from None
 
     @model_validator(mode="after")
     def _credential_pair(self) -> UpstreamSettings:

@@ -56,6 +56,11 @@ def client_tls_context(settings: UpstreamSettings) -> ssl.SSLContext | None:
     return context
 
 
+def local_address(settings: UpstreamSettings) -> tuple[str, int] | None:
+    """Where connections to the upstream come from: `source_address`, any port."""
+    return None if settings.source_address is None else (settings.source_address, 0)
+
+
 @dataclass(frozen=True, slots=True)
 class ClientFacts:
     """What XCLIENT tells the upstream about the real client."""
@@ -105,7 +110,8 @@ class UpstreamConnection:
         try:
             async with asyncio.timeout(self.settings.connect_timeout):
                 _, self._link = await loop.create_connection(
-                    Connection, host, port, ssl=implicit, server_hostname=host if implicit else None
+                    Connection, host, port, ssl=implicit, server_hostname=host if implicit else None,
+                    local_addr=local_address(self.settings),
                 )
         except (OSError, TimeoutError, ssl.SSLError) as exc:
             metrics.child(metrics.upstream_failures, self.name, "connect").inc()

@@ -80,3 +80,26 @@ def test_upstream_that_requires_auth_refusal_is_relayed(sink, make_proxy, certs)
         client = submission_client(proxy, certs, "bob@example.test", "bob-secret")
         assert client.mail("bob@example.test") == (530, b"5.7.0 Authentication required.")
         client.quit()
+
+
+def test_source_address_is_where_the_upstream_sees_the_proxy_come_from(sink, make_proxy, certs):
+    # Dovecot trusts only 127.0.0.6 with XCLIENT: the real client's address reaches the
+    # Received header only if the proxy's connection comes from there.
+    with Dovecot(DOVECOT_USERS, submission_relay=sink.address, trusted_networks="127.0.0.6/32") as dovecot:
+        proxy = make_proxy(
+            sink.address,
+            auth={"backends": ["upstream"]},
+            upstreams={"sink": {
+                "address": f"127.0.0.1:{dovecot.submission_port}", "source_address": "127.0.0.6",
+            }},
+            listeners=[dovecot_listener(certs)],
+        )
+        client = smtplib.SMTP("127.0.0.1", proxy.port("submission"), timeout=10, source_address=("127.0.0.7", 0))
+        client.ehlo("real-client.test")
+        client.starttls(context=client_context(certs[0]))
+        client.ehlo("real-client.test")
+        assert auth_plain(client, "alice@example.test", "alice-secret")[0] == 235
+        client.sendmail("alice@example.test", ["bob@far.example"], b"Subject: from .6\r\n\r\nok\r\n")
+        client.quit()
+        _, body = sink.transactions(expected=1)[0]
+    assert body.startswith(b"Received: from real-client.test ([127.0.0.7])")
