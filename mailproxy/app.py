@@ -18,7 +18,7 @@ from .dns import Resolver
 from .plugins import LoadedPlugin, PluginContext, PluginSettings, load_plugins, new_plugin_manager, register
 from .policy import PolicyEngine
 from .proxy.runtime import ListenerRuntime, server_tls_context
-from .proxy.upstream import client_tls_context
+from .proxy.upstream_link import client_tls_context
 from .state import SharedState, make_state, with_local_fallback
 
 

@@ -22,43 +22,15 @@ from .. import metrics
 from ..config import UpstreamSettings
 from ..protocol.smtp import ProtocolError, ReplyParser, ServerReply, ehlo_keywords, xtext
 from .connection import Connection
+from .upstream_link import UpstreamError, connect, upgrade
 
 log = logging.getLogger("mailproxy.upstream")
-
-
-class UpstreamError(Exception):
-    """The upstream is unreachable, timed out, broke the protocol or went away.
-
-    `unanswered` is true when a command went out whole and no reply came back: for the
-    end of a message, the upstream may or may not have taken it.
-    """
-
-    def __init__(self, stage: str, detail: str, unanswered: bool = False) -> None:
-        super().__init__(f"{stage}: {detail}")
-        self.stage = stage
-        self.unanswered = unanswered
 
 
 # After this many idle seconds, look whether the upstream hung up before using it.
 IDLE_CHECK_AFTER = 0.5
 # Upstreams already warned about (once per process): XCLIENT wanted, not offered.
 _warned_without_xclient: set[str] = set()
-
-
-def client_tls_context(settings: UpstreamSettings) -> ssl.SSLContext | None:
-    if settings.tls == "none":
-        return None
-    context = ssl.create_default_context(cafile=str(settings.ca_file) if settings.ca_file else None)
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    if not settings.verify:
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE
-    return context
-
-
-def local_address(settings: UpstreamSettings) -> tuple[str, int] | None:
-    """Where connections to the upstream come from: `source_address`, any port."""
-    return None if settings.source_address is None else (settings.source_address, 0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,18 +76,7 @@ class UpstreamConnection:
 
     async def open(self) -> ServerReply:
         """Connect and read the greeting (after the implicit TLS handshake, if any)."""
-        host, port = self.settings.address.host, self.settings.address.port
-        implicit = self._tls if self.settings.tls == "implicit" else None
-        loop = self._loop
-        try:
-            async with asyncio.timeout(self.settings.connect_timeout):
-                _, self._link = await loop.create_connection(
-                    Connection, host, port, ssl=implicit, server_hostname=host if implicit else None,
-                    local_addr=local_address(self.settings),
-                )
-        except (OSError, TimeoutError, ssl.SSLError) as exc:
-            metrics.child(metrics.upstream_failures, self.name, "connect").inc()
-            raise UpstreamError("connect", f"{host}:{port}: {exc or type(exc).__name__}") from None
+        self._link = await connect(self.name, self.settings, self._tls)
         self.greeting = await self._read_reply("greeting", self.settings.connect_timeout)
         if self.settings.tls == "starttls" and self.greeting.code == 220:
             await self._starttls()
@@ -128,18 +89,10 @@ class UpstreamConnection:
         reply = await self.command(b"STARTTLS\r\n", "STARTTLS")
         if reply.code != 220:
             raise self.fail("tls", f"STARTTLS refused: {reply}")
-        if self._parser.pending or await self._link.wait_readable(0):
-            # Plaintext after the 220 would be read as if it came through TLS: someone
-            # on the path could inject replies (the CVE-2011-0411 family, reversed).
-            # Whatever arrives after this check goes to the TLS layer, not to us.
-            raise self.fail("tls", "upstream sent data after its STARTTLS reply")
         try:
-            await self._link.start_tls(
-                self._tls, server_side=False, server_hostname=self.settings.address.host,
-                timeout=self.settings.connect_timeout,
-            )
-        except (OSError, TimeoutError, ssl.SSLError) as exc:
-            raise self.fail("tls", f"handshake failed: {exc or type(exc).__name__}") from None
+            await upgrade(self._link, self.settings, self._tls, bool(self._parser.pending))
+        except UpstreamError as exc:
+            raise self.fail(exc.stage, str(exc).removeprefix("tls: ")) from None
         self.keywords = {}
 
     @property

@@ -33,7 +33,7 @@ def test_both_tls_contexts_refuse_below_tls_1_2(certs):
     # could not fail; the contexts the proxy builds must say it themselves.
     from mailproxy.config import ListenerSettings, UpstreamSettings
     from mailproxy.proxy.runtime import server_tls_context
-    from mailproxy.proxy.upstream import client_tls_context
+    from mailproxy.proxy.upstream_link import client_tls_context
 
     _, cert, key = certs
     listener = ListenerSettings(
