@@ -14,6 +14,7 @@ import time
 
 from .. import metrics
 from ..logs import current_session
+from ..protocol.events import NEED_DATA
 from ..session import Session
 from .connection import Connection
 from .runtime import ListenerRuntime
@@ -69,6 +70,8 @@ class ProxySession:
         self.delivering = False
         self._outbox: list[bytes] = []
         self._outbox_size = 0
+        self.machine = None  # the protocol's sans-IO machine for the client's side
+        self._errors = 0
 
     # --- what a protocol provides ------------------------------------------------------------
 
@@ -82,6 +85,10 @@ class ProxySession:
         raise NotImplementedError
 
     def refusal_reply(self, reason: str) -> bytes:
+        raise NotImplementedError
+
+    def too_many_errors_reply(self) -> None:
+        """Queue the last reply of a session that used up its error budget."""
         raise NotImplementedError
 
     async def goodbye(self) -> None:
@@ -169,6 +176,36 @@ class ProxySession:
             return await self.client.receive(until)
         except TimeoutError:
             raise ClientTimeout(idle) from None
+
+    async def _next_event(self):
+        """The client's next event from the machine (a command, a bad line, CLOSED...),
+        reading as needed within the deadline for a whole command line."""
+        machine = self.machine
+        event = machine.next_event()
+        deadline = self.loop.time() + self.runtime.settings.command_timeout
+        if event is not NEED_DATA:
+            if self.replies_backlogged:  # taking its replies is part of the next command
+                await self.push_replies(deadline)
+            return event
+        while event is NEED_DATA:
+            machine.receive_data(await self.receive(deadline))
+            event = machine.next_event()
+        return event
+
+    async def _count_error(self) -> bool:
+        """A command ended in an error: count it against the session's budget. From the
+        soft limit on the reply is held back `error_sleep` seconds; at the hard limit
+        the session ends (True). (Postfix: smtpd_soft_error_limit, smtpd_error_sleep_time,
+        smtpd_hard_error_limit.)"""
+        settings = self.runtime.settings
+        self._errors += 1
+        if self._errors >= settings.max_errors:
+            log.info("%d errors, closing", self._errors)
+            self.too_many_errors_reply()
+            return True
+        if self._errors >= settings.soft_error_limit and settings.error_sleep:
+            await asyncio.sleep(settings.error_sleep)
+        return False
 
     async def wait_for_client(self, seconds: float) -> str:
         """`Session.wait_for_client`: "spoke", "left" or "silent" within `seconds`.

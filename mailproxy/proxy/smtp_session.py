@@ -45,7 +45,6 @@ class SmtpProxySession(AuthCommand, DataCommand, UpstreamPairing, SmtpReplies, P
         self.session.upstream_login = self._login_upstream
         self.machine = SmtpServerMachine()
         self.envelope = Envelope()
-        self._errors = 0
         self._last_code = 0  # of the last reply queued: the outcome of the command
         self._excused = False  # that reply is no client error (recipients over the limit)
         self._overshoot = 0  # recipients refused as too many, in this session
