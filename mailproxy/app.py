@@ -58,12 +58,17 @@ def build(config: Config) -> Application:
     # process: guessing stays limited and correct passwords keep working.
     throttle = AuthThrottle(config.auth, with_local_fallback(state))
     resolver = Resolver(config.dns) if config.proxy.resolve_client_names else None
+    upstreams = {}
+    for name, upstream in config.upstreams.items():
+        try:
+            upstreams[name] = (upstream, client_tls_context(upstream))
+        except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
+            raise ConfigError(f"{config.path}: upstreams.{name}: TLS setup failed: {exc}") from None
     listeners = []
     for index, settings in enumerate(config.listeners):
-        upstream = config.upstream_for(settings)
+        upstream, upstream_tls = upstreams[settings.upstream]
         try:
             server_tls = server_tls_context(settings)
-            upstream_tls = client_tls_context(upstream)
         except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
             raise ConfigError(f"{config.path}: listeners[{index}]: TLS setup failed: {exc}") from None
         listeners.append(
@@ -78,6 +83,7 @@ def build(config: Config) -> Application:
                 auth=config.auth,
                 throttle=throttle,
                 resolver=resolver,
+                upstreams=upstreams,
             )
         )
     return Application(config, state, loaded, policy, listeners)

@@ -31,7 +31,7 @@ def _describe(app) -> list[str]:
     for runtime in app.listeners:
         s = runtime.settings
         lines.append(
-            f"listener {s.name}: {s.protocol} {s.mode} on {s.address} tls={s.tls} -> {s.upstream}"
+            f"listener {s.name}: {s.kind} on {s.address} tls={s.tls} -> {s.upstream}"
         )
     lines.append(_plugin_lines(app))
     return lines

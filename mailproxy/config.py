@@ -232,8 +232,8 @@ class UpstreamSettings(_Section):
 
 class ListenerSettings(_Section):
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
-    protocol: Literal["smtp"] = "smtp"
-    mode: Literal["mx", "submission"]
+    protocol: Literal["smtp", "pop3"] = "smtp"
+    mode: Literal["mx", "submission"] | None = None  # SMTP only, and required there
     address: ListenEndpoint
     tls: TlsMode = "none"
     cert_file: FilePath | None = None
@@ -271,6 +271,20 @@ class ListenerSettings(_Section):
 
     _check_files = field_validator("cert_file", "key_file")(_existing_file)
 
+    @property
+    def kind(self) -> str:
+        """"smtp mx", "smtp submission", "pop3": for logs."""
+        return f"{self.protocol} {self.mode}" if self.mode else self.protocol
+
+    @model_validator(mode="before")
+    @classmethod
+    def _protocol_defaults(cls, raw: Any) -> Any:
+        # A mail store session may sit idle far longer than an SMTP one: RFC 1939 3
+        # sets at least 10 minutes for POP3's autologout timer.
+        if isinstance(raw, dict) and raw.get("protocol") == "pop3" and "idle_timeout" not in raw:
+            raw = {**raw, "idle_timeout": 600.0}
+        return raw
+
     @field_validator("local_domains")
     @classmethod
     def _lowercase_domains(cls, domains: list[str]) -> list[str]:
@@ -280,8 +294,15 @@ class ListenerSettings(_Section):
     def _consistent(self) -> ListenerSettings:
         if self.tls != "none" and (self.cert_file is None or self.key_file is None):
             raise ValueError(f"tls = {self.tls!r} needs cert_file and key_file")
-        if self.mode == "mx" and not self.local_domains:
-            raise ValueError("an mx listener needs local_domains (it refuses relaying)")
+        if self.protocol == "smtp":
+            if self.mode is None:
+                raise ValueError("an smtp listener needs mode (\"mx\" or \"submission\")")
+            if self.mode == "mx" and not self.local_domains:
+                raise ValueError("an mx listener needs local_domains (it refuses relaying)")
+        else:
+            for key in ("mode", "local_domains"):
+                if getattr(self, key):
+                    raise ValueError(f"{key} is for smtp listeners, not {self.protocol}")
         return self
 
 
@@ -368,6 +389,12 @@ class Config(_Section):
                 raise ValueError(f"{where}.name: {listener.name!r} is used twice")
             if listener.address in addresses:
                 raise ValueError(f"{where}.address: {listener.address} is used twice")
+            upstream = self.upstreams[listener.upstream]
+            if listener.protocol != "smtp" and upstream.username is not None:
+                raise ValueError(
+                    f"upstreams.{listener.upstream}.username: a {listener.protocol} upstream logs "
+                    "in as each user, with a service credential only for smtp"
+                )
             names.add(listener.name)
             addresses.add(listener.address)
         for name in self.plugin:

@@ -56,11 +56,14 @@ POLICY_HOOKS = (
     "smtp_mail",
     "smtp_rcpt",
     "smtp_data",
+    "pop3_connect",
+    "pop3_command",
+    "pop3_login",
 )
 # Hooks that only observe; their return value is ignored.
-NOTIFY_HOOKS = ("smtp_reset", "smtp_disconnect")
-# The credential check: first definite answer wins.
-FIRST_RESULT_HOOKS = ("authenticate",)
+NOTIFY_HOOKS = ("smtp_reset", "smtp_disconnect", "pop3_disconnect")
+# The credential check and the mail store routing: the first definite answer wins.
+FIRST_RESULT_HOOKS = ("authenticate", "route")
 
 
 # --- connection -------------------------------------------------------------------------
@@ -154,3 +157,55 @@ def smtp_reset(session: Session, envelope: Envelope) -> None:
 @hookspec
 def smtp_disconnect(session: Session) -> None:
     """The session ended, for whatever reason. For cleanup and accounting."""
+
+
+# --- mail stores: POP3 ------------------------------------------------------------------
+
+
+@hookspec
+def pop3_connect(session: Session) -> Verdict | None:
+    """A POP3 client connected; runs before the proxy's own greeting.
+
+    There is no upstream session yet: it opens at login, once `route` has named the
+    upstream. A refusal is sent as `-ERR text` instead of the greeting, and the session
+    ends. Points scored here stay with the session.
+    """
+
+
+@hookspec
+def pop3_command(session: Session, verb: str, args: tuple[str, ...]) -> Verdict | None:
+    """Every POP3 command line, from the first to QUIT, before it is answered or forwarded.
+
+    `verb` is upper-case (`RETR`, `DELE`, ...), `args` the words after it. Credentials
+    are never passed: PASS gets no args, AUTH only its mechanism. A reject or tempfail
+    answers the command with `-ERR text` (`-ERR [SYS/TEMP] text`), and it is not forwarded;
+    a disconnect sends `-ERR text` and ends the session.
+    """
+
+
+@hookspec
+def pop3_login(session: Session, mechanism: str, username: str) -> Verdict | None:
+    """Policy on a POP3 login (USER/PASS, whose mechanism is `USER`, or AUTH), after the
+    credentials were read and before they are checked. A refusal answers the login with
+    `-ERR`; the credentials are then not checked at all.
+    """
+
+
+@hookspec
+def pop3_disconnect(session: Session) -> None:
+    """The POP3 session ended, for whatever reason. For cleanup and accounting."""
+
+
+# --- mail stores: routing ---------------------------------------------------------------
+
+
+@hookspec(firstresult=True)
+def route(session: Session, username: str) -> str | None:
+    """Which upstream serves this user's mailbox: the name of an `[upstreams.NAME]` section.
+
+    Asked at a POP3 or IMAP login, after the credentials were read and the login policy
+    passed, and before they are checked (the `upstream` credential backend asks the
+    routed upstream). The first plugin that returns a name decides; `None` from every
+    plugin means the listener's own `upstream`. A name that is not a configured upstream
+    fails the login as temporarily unavailable.
+    """

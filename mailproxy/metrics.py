@@ -44,7 +44,7 @@ commands = Counter(
 )
 replies = Counter(
     "mailproxy_replies_total",
-    "Replies sent to clients, by class (2xx, 3xx, 4xx, 5xx) and origin "
+    "Replies sent to clients, by class (SMTP: 2xx, 3xx, 4xx, 5xx; POP3: ok, err) and origin "
     "(upstream: relayed unchanged; proxy: written by mailproxy or a plugin).",
     ["protocol", "class", "origin"],
 )
@@ -152,6 +152,20 @@ message_bytes = Histogram(
 
 def smtp_verb_label(verb: str) -> str:
     return verb if verb in KNOWN_SMTP_VERBS else "OTHER"
+
+
+KNOWN_POP3_VERBS = frozenset(
+    "USER PASS APOP AUTH STLS CAPA STAT LIST RETR DELE NOOP RSET QUIT TOP UIDL".split()
+)
+
+
+def pop3_verb_label(verb: str) -> str:
+    return verb if verb in KNOWN_POP3_VERBS else "OTHER"
+
+
+def pop3_reply_counter(ok: bool, origin: str):
+    """POP3 replies have no code: their class is "ok" (+OK) or "err" (-ERR)."""
+    return replies.labels("pop3", "ok" if ok else "err", origin)
 
 
 def reply_class(code: int) -> str:

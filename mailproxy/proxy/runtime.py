@@ -39,6 +39,9 @@ class ListenerRuntime:
     auth: AuthSettings
     throttle: AuthThrottle
     resolver: Resolver | None = None  # set when client names are looked up
+    # Every configured upstream with its TLS context, by name: where a mail store
+    # login may be routed (the `route` hook).
+    upstreams: dict[str, tuple[UpstreamSettings, ssl.SSLContext | None]] = field(default_factory=dict)
     sessions: set[Any] = field(default_factory=set)  # open sessions, for shutdown
     clients: Counter[str] = field(default_factory=Counter)  # open sessions per address
 

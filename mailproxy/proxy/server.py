@@ -15,11 +15,13 @@ import socket
 from ..app import Application
 from ..config import ConfigError
 from .core import ClientConnection
+from .pop3_session import Pop3ProxySession
 from .smtp_session import SmtpProxySession
 
 log = logging.getLogger("mailproxy.server")
 
 HANDSHAKE_TIMEOUT = 10.0  # seconds for a client's implicit TLS handshake
+SESSIONS = {"smtp": SmtpProxySession, "pop3": Pop3ProxySession}
 
 
 def new_event_loop() -> asyncio.AbstractEventLoop:
@@ -37,7 +39,7 @@ async def _open_listeners(app: Application, reuse_port: bool) -> list[asyncio.Se
         settings = runtime.settings
         try:
             server = await loop.create_server(
-                lambda runtime=runtime: ClientConnection(runtime, SmtpProxySession),
+                lambda runtime=runtime, session=SESSIONS[settings.protocol]: ClientConnection(runtime, session),
                 settings.address.host,
                 settings.address.port,
                 # Implicit TLS: the session starts (and admission runs) once the
@@ -55,8 +57,8 @@ async def _open_listeners(app: Application, reuse_port: bool) -> list[asyncio.Se
             raise _cannot_listen(settings, exc) from None
         servers.append(server)
         log.info(
-            "listener %s: %s %s on %s (tls %s) -> upstream %s at %s",
-            settings.name, settings.protocol, settings.mode, settings.address,
+            "listener %s: %s on %s (tls %s) -> upstream %s at %s",
+            settings.name, settings.kind, settings.address,
             settings.tls, runtime.upstream_name, runtime.upstream.address,
         )
     return servers

@@ -371,3 +371,49 @@ def test_client_names_are_resolved_by_default():
     from mailproxy.config import ProxySettings
 
     assert ProxySettings().resolve_client_names is True
+
+
+# --- mail store listeners ---------------------------------------------------------------
+
+POP3 = """
+[[listeners]]
+name = "pop3"
+protocol = "pop3"
+address = "127.0.0.1:1110"
+upstream = "local"
+"""
+
+
+def test_pop3_listener_has_no_mode_and_a_longer_idle_timeout(tmp_path):
+    config = load_config(write(tmp_path, UPSTREAM + POP3))
+    [listener] = config.listeners
+    assert (listener.protocol, listener.mode, listener.kind) == ("pop3", None, "pop3")
+    assert listener.idle_timeout == 600.0  # RFC 1939: at least 10 minutes
+    explicit = load_config(write(tmp_path, UPSTREAM + POP3 + "idle_timeout = 120.0\n"))
+    assert explicit.listeners[0].idle_timeout == 120.0
+
+
+def test_smtp_listener_needs_a_mode(tmp_path):
+    text = MX.replace('mode = "mx"\n', "")
+    assert error_of(write(tmp_path, UPSTREAM + text)).endswith(
+        'listeners[0]: an smtp listener needs mode ("mx" or "submission")'
+    )
+
+
+@pytest.mark.parametrize("line, key", [('mode = "mx"', "mode"), ('local_domains = ["a.test"]', "local_domains")])
+def test_smtp_keys_on_a_pop3_listener(tmp_path, line, key):
+    assert error_of(write(tmp_path, UPSTREAM + POP3 + line + "\n")).endswith(
+        f"listeners[0]: {key} is for smtp listeners, not pop3"
+    )
+
+
+def test_a_pop3_upstream_takes_no_service_credential(tmp_path):
+    upstream = UPSTREAM + 'username = "svc"\npassword = "secret"\n'
+    assert error_of(write(tmp_path, upstream + POP3)).endswith(
+        "upstreams.local.username: a pop3 upstream logs in as each user, with a service credential only for smtp"
+    )
+
+
+def test_source_address_must_be_an_ip(tmp_path):
+    path = write(tmp_path, UPSTREAM + 'source_address = "proxy.example"\n' + MX)
+    assert error_of(path) == f"{path}: upstreams.local.source_address: 'proxy.example' is not an IP address"
