@@ -203,7 +203,9 @@ class UpstreamSettings(_Section):
     # While a client uploads a message, a NOOP this often keeps the upstream session
     # from timing out (Postfix allows 300 s, and only 10 s under stress).
     keepalive: float = Field(5.0, gt=0)
-    client_identity: Literal["xclient", "none"] = "xclient"
+    # How the upstream learns the client's address: "auto" is the protocol's own way
+    # (XCLIENT for SMTP and POP3, ID for IMAP); "none" tells it nothing.
+    client_identity: Literal["auto", "xclient", "id", "none"] = "auto"
     # The local address of connections to this upstream: lets the upstream trust the
     # proxy by address (Dovecot's login_trusted_networks) without trusting its host.
     source_address: str | None = None
@@ -222,6 +224,14 @@ class UpstreamSettings(_Section):
             return str(ipaddress.ip_address(value))
         except ValueError:
             raise ValueError(f"{value!r} is not an IP address") from None
+
+    def identity_for(self, protocol: str) -> str | None:
+        """The client identity this upstream gets from a session of `protocol`:
+        "xclient", "id" or "none"; None if `client_identity` is not for that protocol."""
+        own = "id" if protocol == "imap" else "xclient"
+        if self.client_identity == "auto":
+            return own
+        return self.client_identity if self.client_identity in (own, "none") else None
 
     @model_validator(mode="after")
     def _credential_pair(self) -> UpstreamSettings:
@@ -390,6 +400,11 @@ class Config(_Section):
             if listener.address in addresses:
                 raise ValueError(f"{where}.address: {listener.address} is used twice")
             upstream = self.upstreams[listener.upstream]
+            if upstream.identity_for(listener.protocol) is None:
+                raise ValueError(
+                    f"upstreams.{listener.upstream}.client_identity: {upstream.client_identity!r} "
+                    f"is not for a {listener.protocol} upstream"
+                )
             if listener.protocol != "smtp" and upstream.username is not None:
                 raise ValueError(
                     f"upstreams.{listener.upstream}.username: a {listener.protocol} upstream logs "

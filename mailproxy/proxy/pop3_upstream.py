@@ -58,7 +58,7 @@ class Pop3Upstream:
                 await upgrade(self._link, self.settings, self._tls, self._reader.pending)
             except UpstreamError as exc:
                 raise self.fail(exc.stage, str(exc).removeprefix("tls: ")) from None
-        if self.settings.client_identity == "xclient":
+        if self.settings.identity_for("pop3") == "xclient":
             await self._announce(session, greeting)
 
     async def _announce(self, session: Session, greeting: Status) -> None:

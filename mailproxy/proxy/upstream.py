@@ -171,7 +171,7 @@ class UpstreamConnection:
         repeated; an upstream that answers 250 (smtp-sink) keeps the session as it is.
         """
         offered = self.keywords.get("XCLIENT")
-        if self.settings.client_identity != "xclient":
+        if self.settings.identity_for("smtp") != "xclient":
             return None
         if offered is None:
             self._without_xclient()

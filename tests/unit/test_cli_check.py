@@ -105,7 +105,7 @@ def test_check_good_config(confdir):
     assert result.returncode == 0
     assert result.stdout.splitlines() == [
         f"configuration {path}: OK",
-        "upstream main: 127.0.0.1:2526 tls=none identity=xclient",
+        "upstream main: 127.0.0.1:2526 tls=none identity=auto",
         "listener mx: smtp mx on 127.0.0.1:2525 tls=none -> main",
         "listener submission: smtp submission on 127.0.0.1:2587 tls=none -> main",
         "plugins (in order):",
@@ -130,7 +130,7 @@ def test_check_with_tls_and_observe_mode(confdir, cert_pair):
     assert result.returncode == 0
     assert result.stdout.splitlines() == [
         f"configuration {path}: OK",
-        "upstream main: 127.0.0.1:2526 tls=starttls (not verified) identity=xclient",
+        "upstream main: 127.0.0.1:2526 tls=starttls (not verified) identity=auto",
         "listener mx: smtp mx on 127.0.0.1:2525 tls=starttls -> main",
         "listener submission: smtp submission on 127.0.0.1:2587 tls=none -> main",
         "plugins (in order):",

@@ -54,7 +54,8 @@ def test_minimal_config_loads_with_defaults(tmp_path):
     assert list(config.upstreams) == ["local"]
     upstream = config.upstreams["local"]
     assert upstream.address == Endpoint("127.0.0.1", 2526)
-    assert (upstream.tls, upstream.verify, upstream.client_identity) == ("none", True, "xclient")
+    assert (upstream.tls, upstream.verify, upstream.client_identity) == ("none", True, "auto")
+    assert upstream.identity_for("smtp") == upstream.identity_for("pop3") == "xclient"
     [listener] = config.listeners
     assert listener.address == Endpoint("127.0.0.1", 2525)
     assert str(listener.address) == "127.0.0.1:2525"
@@ -417,3 +418,8 @@ def test_a_pop3_upstream_takes_no_service_credential(tmp_path):
 def test_source_address_must_be_an_ip(tmp_path):
     path = write(tmp_path, UPSTREAM + 'source_address = "proxy.example"\n' + MX)
     assert error_of(path) == f"{path}: upstreams.local.source_address: 'proxy.example' is not an IP address"
+
+
+def test_client_identity_must_suit_the_protocol(tmp_path):
+    path = write(tmp_path, UPSTREAM + 'client_identity = "id"\n' + POP3)
+    assert error_of(path) == f"{path}: upstreams.local.client_identity: 'id' is not for a pop3 upstream"
