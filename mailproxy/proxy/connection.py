@@ -191,6 +191,26 @@ class Connection(asyncio.Protocol):
             self.transport = None
 
 
+async def first_readable(one: Connection, other: Connection, deadline: float | None = None) -> Connection:
+    """Whichever of two connections has bytes, or its end, to read first (`one` when
+    both do); TimeoutError once `deadline` (loop time) passes. For a session that must
+    hear either side at any time (an IMAP server speaks unasked) with one task and one
+    future, not a task per side."""
+    for connection in (one, other):
+        if connection.pending:
+            return connection
+    waiter = one.loop.create_future()
+    one._waiter = other._waiter = waiter
+    timer = None if deadline is None else one.loop.call_at(deadline, _expire, waiter)
+    try:
+        await waiter
+    finally:
+        one._waiter = other._waiter = None
+        if timer is not None:
+            timer.cancel()
+    return one if one.pending else other
+
+
 def _expire(waiter: asyncio.Future) -> None:
     if not waiter.done():
         waiter.set_exception(TimeoutError())
