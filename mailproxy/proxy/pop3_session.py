@@ -22,6 +22,7 @@ from ..protocol.pop3 import BadCommand, Command, Pop3ServerMachine, SaslResponse
 from ..verdict import Action, Verdict
 from .core import ProxySession
 from .login import LoginCheck, LoginOutcome
+from .mailstore_login import log_in
 from .pop3_upstream import Pop3Upstream
 from .runtime import CLOSE_SESSION, ListenerRuntime
 from .upstream_link import UpstreamError
@@ -34,7 +35,6 @@ MAILBOX_COMMANDS = frozenset("STAT LIST RETR DELE NOOP RSET TOP UIDL".split())
 # Capabilities that belong to the proxy's side of the login, not the upstream's.
 LOGIN_CAPABILITIES = frozenset({b"STLS", b"SASL", b"USER", b"APOP"})
 PLAINTEXT_REFUSED = "[AUTH] Plaintext authentication disallowed on non-secure (SSL/TLS) connections."
-CREDENTIAL_CHARACTERS = frozenset("\r\n\0")  # they would end or split a line upstream
 
 
 class Pop3ProxySession(ProxySession):
@@ -224,67 +224,22 @@ class Pop3ProxySession(ProxySession):
             check = LoginCheck(self.runtime, self.session, mechanism)
             if await check.network_over_limit():
                 return await self._throttled(check)
-        if not CREDENTIAL_CHARACTERS.isdisjoint(username + password):
-            check.count("failure")
-            return self._err("[AUTH] Authentication failed.")
-        verdict = await self.runtime.policy.run("pop3_login", self.session, mechanism=mechanism, username=username)
-        if verdict.action.is_refusal:
-            check.count("refused")
-            return self._enforce(verdict)
-        route = await self._route(username)
-        if route is None:
-            check.count("error")
-            return self._err("[SYS/TEMP] Temporary authentication failure.")
-        answer: list[bytes] = []  # the upstream's reply to the login, once it was made
-
-        async def upstream_login(user: str, secret: str) -> bool:
-            ok, line = await self._upstream_login(route, user, secret)
-            answer.append(line)
-            return ok
-
-        self.session.upstream_login = upstream_login
-        try:
-            outcome = await check.verify(username, password)
-            if outcome is LoginOutcome.SUCCESS and not answer:  # a local backend said yes
-                ok, line = await self._upstream_login(route, username, password)
-                if not ok:
-                    log.warning("upstream %s refused %s, whom the credential backends accepted", route, username)
-                    outcome = LoginOutcome.ERROR
-                answer.append(line)
-        except UpstreamError as exc:
-            log.warning("upstream %s failed during the login: %s", route, exc)
-            outcome = LoginOutcome.ERROR
-        finally:
-            self.session.upstream_login = None
-        if outcome is LoginOutcome.SUCCESS:
-            check.mark_authenticated(username)
-            self._relay(answer[-1])
+        result = await log_in(self.runtime, self.session, check, username, password, "pop3_login", self._new_upstream)
+        if result.outcome is None:
+            return self._enforce(result.verdict)
+        if result.outcome is LoginOutcome.SUCCESS:
+            self._upstream = result.upstream
+            self._relay(result.answer)
             return None
-        self.drop_upstream()
-        if outcome is LoginOutcome.THROTTLED:
+        if result.outcome is LoginOutcome.THROTTLED:
             return await self._throttled(check)
-        if outcome is LoginOutcome.ERROR:
+        if result.outcome is LoginOutcome.ERROR:
             return self._err("[SYS/TEMP] Temporary authentication failure.")
         return self._err("[AUTH] Authentication failed.")
 
-    async def _route(self, username: str) -> str | None:
-        """The upstream for this user: the `route` hook's answer, or the listener's."""
-        runtime = self.runtime
-        name, _ = await runtime.policy.first_result("route", session=self.session, username=username)
-        if name is None:
-            return runtime.upstream_name
-        if name not in runtime.upstreams:
-            log.error("route: %r for %s is not a configured upstream", name, username)
-            return None
-        return name
-
-    async def _upstream_login(self, route: str, username: str, password: str) -> tuple[bool, bytes]:
-        """Open the routed upstream (once per attempt) and log in there as the client."""
-        if self._upstream is None:
-            settings, tls = self.runtime.upstreams[route]
-            self._upstream = Pop3Upstream(route, settings, tls)
-            await self._upstream.open(self.session)
-        return await self._upstream.login(username, password)
+    def _new_upstream(self, name: str) -> Pop3Upstream:
+        settings, tls = self.runtime.upstreams[name]
+        return Pop3Upstream(name, settings, tls)
 
     async def _throttled(self, check: LoginCheck) -> object | None:
         """Too many failures from the client's network: send it away, or answer after
