@@ -242,7 +242,7 @@ class UpstreamSettings(_Section):
 
 class ListenerSettings(_Section):
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
-    protocol: Literal["smtp", "pop3"] = "smtp"
+    protocol: Literal["smtp", "pop3", "imap"] = "smtp"
     mode: Literal["mx", "submission"] | None = None  # SMTP only, and required there
     address: ListenEndpoint
     tls: TlsMode = "none"
@@ -290,9 +290,11 @@ class ListenerSettings(_Section):
     @classmethod
     def _protocol_defaults(cls, raw: Any) -> Any:
         # A mail store session may sit idle far longer than an SMTP one: RFC 1939 3
-        # sets at least 10 minutes for POP3's autologout timer.
-        if isinstance(raw, dict) and raw.get("protocol") == "pop3" and "idle_timeout" not in raw:
-            raw = {**raw, "idle_timeout": 600.0}
+        # sets at least 10 minutes for POP3's autologout timer, RFC 9051 5.4 at least
+        # 30 minutes for an IMAP session (IDLE included).
+        idle = {"pop3": 600.0, "imap": 1800.0}.get(raw.get("protocol")) if isinstance(raw, dict) else None
+        if idle is not None and "idle_timeout" not in raw:
+            raw = {**raw, "idle_timeout": idle}
         return raw
 
     @field_validator("local_domains")
@@ -403,7 +405,7 @@ class Config(_Section):
             if upstream.identity_for(listener.protocol) is None:
                 raise ValueError(
                     f"upstreams.{listener.upstream}.client_identity: {upstream.client_identity!r} "
-                    f"is not for a {listener.protocol} upstream"
+                    f"is not for {listener.protocol} listeners"
                 )
             if listener.protocol != "smtp" and upstream.username is not None:
                 raise ValueError(

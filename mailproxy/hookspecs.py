@@ -59,9 +59,12 @@ POLICY_HOOKS = (
     "pop3_connect",
     "pop3_command",
     "pop3_login",
+    "imap_connect",
+    "imap_command",
+    "imap_login",
 )
 # Hooks that only observe; their return value is ignored.
-NOTIFY_HOOKS = ("smtp_reset", "smtp_disconnect", "pop3_disconnect")
+NOTIFY_HOOKS = ("smtp_reset", "smtp_disconnect", "pop3_disconnect", "imap_disconnect")
 # The credential check and the mail store routing: the first definite answer wins.
 FIRST_RESULT_HOOKS = ("authenticate", "route")
 
@@ -194,6 +197,47 @@ def pop3_login(session: Session, mechanism: str, username: str) -> Verdict | Non
 @hookspec
 def pop3_disconnect(session: Session) -> None:
     """The POP3 session ended, for whatever reason. For cleanup and accounting."""
+
+
+# --- mail stores: IMAP ------------------------------------------------------------------
+
+
+@hookspec
+def imap_connect(session: Session) -> Verdict | None:
+    """An IMAP client connected; runs before the proxy's own greeting.
+
+    There is no upstream session yet: it opens at login, once `route` has named the
+    upstream. A refusal is sent as `* BYE text` instead of the greeting, and the session
+    ends. Points scored here stay with the session.
+    """
+
+
+@hookspec
+def imap_command(session: Session, tag: str, verb: str, args: tuple) -> Verdict | None:
+    """Every IMAP command, from the first to LOGOUT, before it is answered or forwarded.
+
+    `verb` is upper-case, with UID commands as two words (`UID STORE`); `args` the parsed
+    arguments: `Atom`, `Quoted`, `Literal` (its `size`, and its `value` only when it was
+    small enough to read) and `ParenList` nodes of `mailproxy.protocol.imap`, whose
+    `astring(node)` gives the text of a name in whichever form the client sent it. A
+    command whose literal streams (an APPEND) is seen once, with its arguments up to that
+    literal. Credentials are never passed: LOGIN and AUTHENTICATE get only their first
+    argument. A reject answers `tag NO text`, a tempfail `tag NO [UNAVAILABLE] text`, and
+    the command is not forwarded; a disconnect sends `* BYE text` and ends the session.
+    """
+
+
+@hookspec
+def imap_login(session: Session, mechanism: str, username: str) -> Verdict | None:
+    """Policy on an IMAP login (LOGIN, whose mechanism is `LOGIN`, or AUTHENTICATE PLAIN),
+    after the credentials were read and before they are checked. A refusal answers the
+    login with `tag NO`; the credentials are then not checked at all.
+    """
+
+
+@hookspec
+def imap_disconnect(session: Session) -> None:
+    """The IMAP session ended, for whatever reason. For cleanup and accounting."""
 
 
 # --- mail stores: routing ---------------------------------------------------------------

@@ -44,7 +44,8 @@ commands = Counter(
 )
 replies = Counter(
     "mailproxy_replies_total",
-    "Replies sent to clients, by class (SMTP: 2xx, 3xx, 4xx, 5xx; POP3: ok, err) and origin "
+    "Replies sent to clients, by class (SMTP: 2xx, 3xx, 4xx, 5xx; POP3: ok, err; IMAP, tagged "
+    "replies and BYE: ok, no, bad, bye) and origin "
     "(upstream: relayed unchanged; proxy: written by mailproxy or a plugin).",
     ["protocol", "class", "origin"],
 )
@@ -166,6 +167,23 @@ def pop3_verb_label(verb: str) -> str:
 def pop3_reply_counter(ok: bool, origin: str):
     """POP3 replies have no code: their class is "ok" (+OK) or "err" (-ERR)."""
     return replies.labels("pop3", "ok" if ok else "err", origin)
+
+
+KNOWN_IMAP_VERBS = frozenset(
+    "CAPABILITY NOOP LOGOUT STARTTLS AUTHENTICATE LOGIN ID ENABLE SELECT EXAMINE CREATE DELETE "
+    "RENAME SUBSCRIBE UNSUBSCRIBE LIST LSUB NAMESPACE STATUS APPEND IDLE CHECK CLOSE UNSELECT "
+    "EXPUNGE SEARCH FETCH STORE COPY MOVE GETQUOTAROOT GETQUOTA SETQUOTA GETACL SETACL MYRIGHTS "
+    "GETMETADATA SETMETADATA COMPRESS NOTIFY ESEARCH SORT THREAD".split()
+) | {"UID FETCH", "UID STORE", "UID COPY", "UID MOVE", "UID SEARCH", "UID EXPUNGE", "UID SORT", "UID THREAD"}
+
+
+def imap_verb_label(verb: str) -> str:
+    return verb if verb in KNOWN_IMAP_VERBS else "OTHER"
+
+
+def imap_reply_counter(status: str, origin: str):
+    """IMAP replies counted are the tagged ones, by status ("ok", "no", "bad"), and BYE."""
+    return replies.labels("imap", status.lower(), origin)
 
 
 def reply_class(code: int) -> str:

@@ -161,6 +161,12 @@ class ImapResponseReader:
         self._literals = True  # whether the line streaming past may end in a literal
         self._scan = _LineScan()
 
+    @property
+    def pending(self) -> bool:
+        """Bytes were received and not yet read: after a go-ahead to STARTTLS, bytes that
+        came in plaintext and must not be taken as if they came through TLS."""
+        return self._position < len(self._buffer)
+
     def receive_data(self, data: bytes) -> None:
         """The upstream's next bytes, at any time; b"" for the end of its input."""
         if not data:

@@ -15,13 +15,14 @@ import socket
 from ..app import Application
 from ..config import ConfigError
 from .core import ClientConnection
+from .imap_session import ImapProxySession
 from .pop3_session import Pop3ProxySession
 from .smtp_session import SmtpProxySession
 
 log = logging.getLogger("mailproxy.server")
 
 HANDSHAKE_TIMEOUT = 10.0  # seconds for a client's implicit TLS handshake
-SESSIONS = {"smtp": SmtpProxySession, "pop3": Pop3ProxySession}
+SESSIONS = {"smtp": SmtpProxySession, "pop3": Pop3ProxySession, "imap": ImapProxySession}
 
 
 def new_event_loop() -> asyncio.AbstractEventLoop:

@@ -80,9 +80,7 @@ def test_a_mailbox_session_after_stls(pop3_proxy, dovecot, certs):
     assert again.stat()[0] == 1  # the deletion was committed at QUIT
     again.quit()
     # Dovecot saw the real client, and the proxy's session id as its own.
-    line = dovecot.wait_for_log(re.compile(r"pop3-login: Info: Login: user=<alice@example.test>.*"))
-    assert "rip=127.0.0.1," in line.group(0)
-    assert re.search(r"session=<[0-9a-f]{10}>", line.group(0))
+    dovecot.wait_for_log(re.compile(r"pop3-login: Info: Login: user=<alice@example.test>, .*rip=127\.0\.0\.1, .*session=<[0-9a-f]{10}>"))
 
 
 def test_leaving_without_quit_deletes_nothing(pop3_proxy, certs):

@@ -422,4 +422,12 @@ def test_source_address_must_be_an_ip(tmp_path):
 
 def test_client_identity_must_suit_the_protocol(tmp_path):
     path = write(tmp_path, UPSTREAM + 'client_identity = "id"\n' + POP3)
-    assert error_of(path) == f"{path}: upstreams.local.client_identity: 'id' is not for a pop3 upstream"
+    assert error_of(path) == f"{path}: upstreams.local.client_identity: 'id' is not for pop3 listeners"
+
+
+def test_imap_listener_defaults_to_the_rfc_idle_timeout_and_id(tmp_path):
+    config = load_config(write(tmp_path, UPSTREAM + POP3.replace('"pop3"', '"imap"')))
+    assert config.listeners[0].idle_timeout == 1800.0  # RFC 9051 5.4: at least 30 minutes
+    assert config.upstreams["local"].identity_for("imap") == "id"
+    path = write(tmp_path, UPSTREAM + 'client_identity = "xclient"\n' + POP3.replace('"pop3"', '"imap"'))
+    assert error_of(path) == f"{path}: upstreams.local.client_identity: 'xclient' is not for imap listeners"

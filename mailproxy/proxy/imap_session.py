@@ -1,0 +1,524 @@
+"""One client IMAP session on the session core, with its upstream opened at login.
+
+As for POP3, the upstream is known only once `route` has seen the username, so the
+proxy greets the client and answers what comes before the login itself: CAPABILITY,
+NOOP, ID, STARTTLS, LOGIN, AUTHENTICATE PLAIN, LOGOUT. After the login the session is a
+relay that hears both sides at any time (an IMAP server speaks unasked: IDLE, EXISTS,
+BYE): every client command runs the `imap_command` hook and is forwarded as sent, and
+the upstream's responses are relayed as they arrive, capability lists rewritten so the
+client is never offered what the proxy does not pass on (STARTTLS, AUTH=, COMPRESS).
+
+Literals after the login: a small sync literal is read by the proxy (its own `+`) and
+forwarded as a non-sync one when the upstream offers LITERAL+, so the hook sees its
+value; any other sync literal waits for the upstream's own `+`, relayed to the client,
+and then streams; a non-sync one streams at once. Nothing of a client's literal is ever
+sent ahead of the upstream's go-ahead as command text.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+
+from .. import metrics
+from ..auth.sasl import SaslError, decode_response, parse_plain
+from ..protocol.events import CLOSED, NEED_DATA
+from ..protocol.imap import (
+    PRE_LOGIN_LIMITS,
+    BadCommand,
+    Command,
+    CommandRest,
+    IdleDone,
+    IdleOther,
+    ImapServerMachine,
+    LiteralAhead,
+    LiteralData,
+    SaslResponse,
+    astring,
+)
+from ..protocol.imap_responses import (
+    Continuation,
+    Passthrough,
+    ProtocolViolation,
+    Tagged,
+    Untagged,
+    rewrite_capability_response,
+)
+from ..verdict import Action, Verdict
+from .connection import first_readable
+from .core import ClientTimeout, ProxySession
+from .imap_upstream import ImapUpstream
+from .login import LoginCheck, LoginOutcome
+from .mailstore_login import log_in
+from .runtime import CLOSE_SESSION, ListenerRuntime
+from .upstream_link import UpstreamError
+
+log = logging.getLogger("mailproxy.imap")
+
+# Answered by the proxy after the login, never forwarded: the login is over, and a
+# compressed stream would hide the commands from the hooks.
+NOT_AFTER_LOGIN = frozenset({"LOGIN", "AUTHENTICATE", "STARTTLS"})
+SYNC_MARKER = re.compile(rb"(~?\{\d+)\}(\r?\n)\Z")
+
+
+class ImapProxySession(ProxySession):
+    protocol = "imap"
+
+    def __init__(self, runtime: ListenerRuntime, client) -> None:
+        super().__init__(runtime, client)
+        self.machine = ImapServerMachine(**PRE_LOGIN_LIMITS)
+        self._upstream: ImapUpstream | None = None
+        self._failed = False
+        # After the login: a command waiting for the upstream's "+" (IDLE, or a sync
+        # literal that streams), as (tag, what): client input waits meanwhile.
+        self._awaiting: tuple[str, str] | None = None
+        self._idling = False  # IDLE runs: the client's next line should be DONE
+        self._bye = False  # the upstream said BYE: the session ends once it is relayed
+
+    # --- replies ---------------------------------------------------------------------------
+
+    def _tagged(self, tag: str | None, status: str, text: str) -> None:
+        metrics.imap_reply_counter(status, "proxy").inc()
+        self._failed = status != "OK"
+        self.write(f"{tag or '*'} {status} {text}\r\n".encode("utf-8", "replace"))
+
+    def _untagged(self, text: str) -> None:
+        self.write(f"* {text}\r\n".encode("utf-8", "replace"))
+
+    def _bye_reply(self, text: str) -> bytes:
+        metrics.imap_reply_counter("BYE", "proxy").inc()
+        return f"* BYE {text}\r\n".encode("utf-8", "replace")
+
+    def _enforce(self, tag: str | None, verdict: Verdict) -> object | None:
+        """A policy refusal in IMAP's words (RFC 5530 response codes)."""
+        text = verdict.reply.text if verdict.reply is not None else "Refused by policy"
+        if verdict.action is Action.DISCONNECT:
+            self.write(self._bye_reply(text))
+            return CLOSE_SESSION
+        self._tagged(tag, "NO", f"[UNAVAILABLE] {text}" if verdict.action is Action.TEMPFAIL else text)
+        return None
+
+    def timeout_reply(self, idle: bool) -> bytes:
+        return self._bye_reply("Disconnected for inactivity." if idle else "Timeout exceeded, closing connection.")
+
+    def internal_error_reply(self) -> bytes:
+        return self._bye_reply("[UNAVAILABLE] Internal error, closing connection.")
+
+    def refusal_reply(self, reason: str) -> bytes:
+        return self._bye_reply(f"[UNAVAILABLE] {reason}, try again later.")
+
+    def too_many_errors_reply(self) -> None:
+        self.write(self._bye_reply("Too many errors, closing connection."))
+
+    # --- the session -----------------------------------------------------------------------
+
+    async def goodbye(self) -> None:
+        await self.runtime.policy.notify("imap_disconnect", session=self.session)
+        if self._upstream is not None:
+            await self._upstream.logout()
+
+    def drop_upstream(self) -> None:
+        if self._upstream is not None:
+            self._upstream.abort()
+            self._upstream = None
+
+    async def serve(self) -> None:
+        verdict = await self.runtime.policy.run("imap_connect", self.session)
+        if verdict.action.is_refusal:
+            self._enforce(None, Verdict(Action.DISCONNECT, verdict.reply, reason=verdict.reason))
+            return
+        self._untagged(f"OK [CAPABILITY {self._capabilities()}] {self.hostname} IMAP4rev1 proxy ready.")
+        while not self.session.authenticated:
+            event = await self._next_event()
+            if event is CLOSED:
+                return
+            self._failed = False
+            outcome = await self._before_login(event)
+            if outcome is CLOSE_SESSION:
+                return
+            if self._failed and await self._count_error():
+                return
+        await self._relay()
+
+    # --- before the login ------------------------------------------------------------------
+
+    @property
+    def _plaintext_allowed(self) -> bool:
+        return self.session.tls or self.runtime.settings.allow_plaintext_auth
+
+    @property
+    def _starttls_offered(self) -> bool:
+        return self.runtime.settings.tls == "starttls" and not self.session.tls
+
+    def _capabilities(self) -> str:
+        """What the proxy itself offers before the login (nothing it does not do)."""
+        offered = ["IMAP4rev1", "LITERAL-", "ID"]
+        if self._starttls_offered:
+            offered.append("STARTTLS")
+        offered += ["SASL-IR", "AUTH=PLAIN"] if self._plaintext_allowed else ["LOGINDISABLED"]
+        return " ".join(offered)
+
+    async def _before_login(self, event) -> object | None:
+        if isinstance(event, BadCommand):
+            return self._bad_command(event)
+        if isinstance(event, LiteralAhead):  # LOGIN "user" {8}: credentials as literals
+            if event.fits_inline and event.literal.sync:
+                self.write(b"+ OK\r\n")
+                self.machine.accept_literal()
+                return None
+            self.machine.refuse_literal()
+            self._tagged(event.tag, "NO", "[TOOBIG] Literal too big before login.")
+            return None
+        if not isinstance(event, Command):  # no SASL exchange or IDLE is open here
+            self._tagged(None, "BAD", "Unexpected line.")
+            return None
+        refusal = await self._refusal(event.tag, event.verb, _shown_args(event))
+        if refusal is not None:
+            return self._enforce(event.tag, refusal)
+        handler = _BEFORE_LOGIN.get(event.verb)
+        if handler is None:
+            self._tagged(event.tag, "BAD", "Command not valid before login.")
+            return None
+        return await handler(self, event)
+
+    def _bad_command(self, event: BadCommand) -> object | None:
+        if event.fatal:
+            self.write(self._bye_reply(event.text))
+            return CLOSE_SESSION
+        self._tagged(event.tag, "BAD", event.text)
+        return None
+
+    async def _refusal(self, tag: str, verb: str, args) -> Verdict | None:
+        """The `imap_command` hook's verdict if it refuses the command."""
+        metrics.child(metrics.commands, "imap", metrics.imap_verb_label(verb)).inc()
+        policy = self.runtime.policy
+        if not policy.has("imap_command"):
+            return None
+        verdict = await policy.run("imap_command", self.session, tag=tag, verb=verb, args=args)
+        return verdict if verdict.action.is_refusal else None
+
+    async def imap_CAPABILITY(self, command: Command) -> None:
+        self._untagged(f"CAPABILITY {self._capabilities()}")
+        self._tagged(command.tag, "OK", "Capability completed.")
+
+    async def imap_NOOP(self, command: Command) -> None:
+        self._tagged(command.tag, "OK", "NOOP completed.")
+
+    async def imap_ID(self, command: Command) -> None:
+        self._untagged("ID NIL")
+        self._tagged(command.tag, "OK", "ID completed.")
+
+    async def imap_LOGOUT(self, command: Command) -> object:
+        self._untagged("BYE Logging out.")
+        self._tagged(command.tag, "OK", "Logout completed.")
+        return CLOSE_SESSION
+
+    async def imap_STARTTLS(self, command: Command) -> None:
+        if not self._starttls_offered:
+            self._tagged(command.tag, "BAD", "TLS is already active." if self.session.tls else "TLS is not available.")
+            return
+        # Whatever the client pipelined after STARTTLS came in plaintext: it must not be
+        # taken as if it had come through TLS (the CVE-2011-0411 family).
+        self.machine.take_pending()
+        self._tagged(command.tag, "OK", "Begin TLS negotiation now.")
+        await self.start_client_tls(self.runtime.settings.command_timeout)
+
+    async def imap_LOGIN(self, command: Command) -> object | None:
+        if not self._plaintext_allowed:
+            self._tagged(command.tag, "NO", "[PRIVACYREQUIRED] Plaintext authentication disallowed on non-secure (SSL/TLS) connections.")
+            return None
+        credentials = [astring(node) for node in command.args]
+        if len(credentials) != 2 or None in credentials:
+            self._tagged(command.tag, "BAD", "Expected a username and a password.")
+            return None
+        check = LoginCheck(self.runtime, self.session, "LOGIN")
+        if await check.network_over_limit():
+            return await self._throttled(command.tag, check)
+        return await self._login(command.tag, check, *credentials)
+
+    async def imap_AUTHENTICATE(self, command: Command) -> object | None:
+        words = [astring(node) for node in command.args]
+        if not words or words[0] is None:
+            self._tagged(command.tag, "BAD", "Expected a mechanism.")
+            return None
+        if words[0].upper() != "PLAIN":
+            self._tagged(command.tag, "NO", "Unsupported authentication mechanism.")
+            return None
+        if not self._plaintext_allowed:
+            self._tagged(command.tag, "NO", "[PRIVACYREQUIRED] Plaintext authentication disallowed on non-secure (SSL/TLS) connections.")
+            return None
+        check = LoginCheck(self.runtime, self.session, "PLAIN")
+        if await check.network_over_limit():  # before the client is asked for anything
+            return await self._throttled(command.tag, check)
+        if len(words) > 1 and words[1] is not None:  # SASL-IR (RFC 4959)
+            response = words[1]
+        else:
+            self.write(b"+ \r\n")
+            self.machine.expect_sasl()
+            event = await self._next_event()
+            if not isinstance(event, SaslResponse):
+                check.count("aborted")
+                if event is CLOSED:
+                    return CLOSE_SESSION
+                self._tagged(command.tag, "BAD", "Authentication aborted.")
+                return None
+            response = event.line.decode("ascii", "replace")
+        if response == "*":
+            check.count("aborted")
+            self._tagged(command.tag, "BAD", "Authentication aborted.")
+            return None
+        try:
+            username, password = parse_plain(decode_response(response))
+        except SaslError as exc:
+            check.count("failure")
+            self._tagged(command.tag, "BAD", f"{exc}.")
+            return None
+        return await self._login(command.tag, check, username, password)
+
+    async def _login(self, tag: str, check: LoginCheck, username: str, password: str) -> object | None:
+        result = await log_in(self.runtime, self.session, check, username, password, "imap_login", self._new_upstream)
+        if result.outcome is None:
+            return self._enforce(tag, result.verdict)
+        if result.outcome is LoginOutcome.SUCCESS:
+            self._upstream = result.upstream
+            answer: Tagged = result.answer
+            # The upstream's own OK, with the client's tag and the capabilities it will
+            # really get: clients that never ask again rely on this list.
+            raw = tag.encode() + rewrite_capability_response(answer.raw)[len(answer.tag):]
+            metrics.imap_reply_counter("OK", "upstream").inc()
+            self.write(raw)
+            self.machine.set_limits(
+                max_line_length=64 * 1024, max_inline_literal=64 * 1024, max_nonsync_literal=None,
+                max_literal_size=self.runtime.settings.max_message_size,
+            )
+            return None
+        if result.outcome is LoginOutcome.THROTTLED:
+            return await self._throttled(tag, check)
+        if result.outcome is LoginOutcome.ERROR:
+            self._tagged(tag, "NO", "[UNAVAILABLE] Temporary authentication failure.")
+            return None
+        self._tagged(tag, "NO", "[AUTHENTICATIONFAILED] Authentication failed.")
+        return None
+
+    def _new_upstream(self, name: str) -> ImapUpstream:
+        settings, tls = self.runtime.upstreams[name]
+        return ImapUpstream(name, settings, tls)
+
+    async def _throttled(self, tag: str, check: LoginCheck) -> object | None:
+        if self.runtime.auth.throttle == "disconnect":
+            self.write(self._bye_reply("[UNAVAILABLE] Too many authentication failures."))
+            return CLOSE_SESSION
+        await check.pause(check.throttle_delay, "network")
+        self._tagged(tag, "NO", "[UNAVAILABLE] Too many authentication failures, try again later.")
+        return None
+
+    # --- after the login: the relay --------------------------------------------------------
+
+    async def _relay(self) -> None:
+        upstream = self._upstream
+        try:
+            while True:
+                if self._awaiting is None and await self._client_events() is CLOSE_SESSION:
+                    return
+                if await self._upstream_events() is CLOSE_SESSION:
+                    return
+                if not await self._wait_for_either(upstream) and self._awaiting is not None:
+                    return  # the client left while its command waited on the upstream
+        except UpstreamError as exc:
+            log.warning("upstream %s failed: %s", upstream.name, exc)
+            self.write(self._bye_reply("[UNAVAILABLE] Upstream failure, closing connection."))
+
+    async def _wait_for_either(self, upstream: ImapUpstream) -> bool:
+        """Until the client or the upstream has something; False once the client's
+        input has ended. The idle clock is the client's (an upstream's "* OK Still
+        here" during IDLE is not the client's doing)."""
+        until, idle = self._clock(None)
+        self.flush()
+        if self.client.write_blocked:  # a client that does not read: stop reading for it
+            await self.push_replies()
+        link = upstream.link
+        if link is None:
+            raise UpstreamError("lost", "connection closed")
+        try:
+            ready = await first_readable(self.client, link, until)
+        except TimeoutError:
+            raise ClientTimeout(idle) from None
+        if ready is self.client:
+            data = self.client.take()
+            self.machine.receive_data(data)
+            return bool(data)
+        upstream.reader.receive_data(link.take())
+        return True
+
+    async def _client_events(self) -> object | None:
+        """Every complete event the client's bytes hold, each to the upstream or answered."""
+        while self._awaiting is None:
+            event = self.machine.next_event()
+            if event is NEED_DATA:
+                return None
+            if event is CLOSED:
+                return CLOSE_SESSION
+            self._failed = False
+            outcome = await self._client_event(event)
+            if outcome is CLOSE_SESSION:
+                return outcome
+            if self._failed and await self._count_error():
+                return CLOSE_SESSION
+        return None
+
+    async def _client_event(self, event) -> object | None:
+        upstream = self._upstream
+        if isinstance(event, LiteralData):
+            upstream.write(event.data)
+            await upstream.drain()
+            return None
+        if isinstance(event, CommandRest):
+            upstream.write(event.raw)
+            return None
+        if isinstance(event, (IdleDone, IdleOther)):
+            # Another line than DONE also ends IDLE: Dovecot answers it BAD.
+            upstream.write(b"DONE\r\n" if isinstance(event, IdleDone) else event.raw)
+            self._idling = False
+            return None
+        if isinstance(event, BadCommand):
+            if self._idling:  # a line too long in IDLE: it ends IDLE all the same
+                upstream.write(b"DONE\r\n")
+                self._idling = False
+            return self._bad_command(event)
+        if isinstance(event, LiteralAhead):
+            return await self._literal_ahead(event)
+        if isinstance(event, Command):
+            return await self._command(event)
+        self._tagged(None, "BAD", "Unexpected line.")
+        return None
+
+    async def _command(self, command: Command) -> object | None:
+        verb = command.verb
+        refusal = await self._refusal(command.tag, verb, command.args)
+        if refusal is not None:
+            return self._enforce(command.tag, refusal)
+        if verb in NOT_AFTER_LOGIN:
+            self._tagged(command.tag, "BAD", "Already logged in.")
+            return None
+        if verb == "COMPRESS":
+            self._tagged(command.tag, "NO", "[CANNOT] Compression is not available through this proxy.")
+            return None
+        self._upstream.write(b"".join(self._forwardable(command.raw)))
+        if verb == "IDLE":
+            self._awaiting = (command.tag, "idle")
+        await self._upstream.drain()
+        return None
+
+    def _forwardable(self, raw: list[bytes]) -> list[bytes]:
+        """A command's bytes for the upstream: the sync literals the proxy read itself
+        become non-sync ones (LITERAL+), so the upstream sends no "+" for them."""
+        return [SYNC_MARKER.sub(rb"\1+}\2", part) if part.endswith(b"}\r\n") or part.endswith(b"}\n") else part for part in raw]
+
+    async def _literal_ahead(self, event: LiteralAhead) -> object | None:
+        literal, upstream = event.literal, self._upstream
+        if not event.continued:
+            refusal = await self._refusal(event.tag, event.verb, event.args_so_far)
+            if refusal is not None:
+                self.machine.refuse_literal()
+                return self._enforce(event.tag, refusal)
+        if literal.sync and event.fits_inline and upstream.has("LITERAL+") and not event.continued:
+            self.write(b"+ OK\r\n")
+            self.machine.accept_literal()
+            return None
+        if literal.size > self.runtime.settings.max_message_size:
+            self.machine.refuse_literal()
+            if event.continued:  # part of the command is with the upstream already
+                self.write(self._bye_reply("[TOOBIG] Literal too big."))
+                return CLOSE_SESSION
+            self._tagged(event.tag, "NO", "[TOOBIG] Literal too big.")
+            return None
+        upstream.write(b"".join(event.head))
+        await upstream.drain()
+        if literal.sync:  # the client waits for the upstream's own "+"
+            self._awaiting = (event.tag, "literal")
+        else:
+            self.machine.accept_literal(stream=True)
+        return None
+
+    async def _upstream_events(self) -> object | None:
+        """Relay every complete response the upstream's bytes hold."""
+        reader = self._upstream.reader
+        while True:
+            event = reader.next_event()
+            if event is NEED_DATA:
+                return None
+            if event is CLOSED:
+                if not self._bye:
+                    log.warning("upstream %s closed the session", self._upstream.name)
+                    self.write(self._bye_reply("[UNAVAILABLE] Upstream closed the connection."))
+                return CLOSE_SESSION
+            if isinstance(event, ProtocolViolation):
+                log.warning("upstream %s broke IMAP: %s", self._upstream.name, event.text)
+                self.write(self._bye_reply("[UNAVAILABLE] Upstream failure, closing connection."))
+                return CLOSE_SESSION
+            self._upstream_event(event)
+            if self.client.write_blocked:
+                await self.push_replies()
+
+    def _upstream_event(self, event) -> None:
+        if isinstance(event, Passthrough):
+            self.write(event.data)
+            return
+        if isinstance(event, Continuation):
+            self.write(event.raw)
+            self._go_ahead()
+            return
+        raw = event.raw
+        if isinstance(event, Tagged):
+            metrics.imap_reply_counter(event.status, "upstream").inc()
+            if self._awaiting is not None and self._awaiting[0] == event.tag:
+                self._refused_ahead()
+            self.write(rewrite_capability_response(raw) if event.code else raw)
+            return
+        if event.kind in ("CAPABILITY", "OK"):
+            raw = rewrite_capability_response(raw)
+        elif event.kind == "BYE":
+            metrics.imap_reply_counter("BYE", "upstream").inc()
+            self._bye = True
+        self.write(raw)
+
+    def _go_ahead(self) -> None:
+        """The upstream's "+" to what the client waits on: IDLE runs, or the literal
+        now streams."""
+        if self._awaiting is None:
+            return
+        _, what = self._awaiting
+        self._awaiting = None
+        if what == "idle":
+            self.machine.start_idle()
+            self._idling = True
+        else:
+            self.machine.accept_literal(stream=True)
+
+    def _refused_ahead(self) -> None:
+        """The upstream answered the command instead of "+": IDLE never started, or the
+        literal's command is over (the client sends no more of it)."""
+        _, what = self._awaiting
+        self._awaiting = None
+        if what == "literal":
+            self.machine.refuse_literal()
+
+
+def _shown_args(command: Command) -> tuple:
+    """A command's args as hooks see them: no credentials."""
+    if command.verb == "LOGIN":
+        return command.args[:1]
+    if command.verb == "AUTHENTICATE":
+        return command.args[:1]
+    return command.args
+
+
+_BEFORE_LOGIN = {
+    "CAPABILITY": ImapProxySession.imap_CAPABILITY,
+    "NOOP": ImapProxySession.imap_NOOP,
+    "ID": ImapProxySession.imap_ID,
+    "LOGOUT": ImapProxySession.imap_LOGOUT,
+    "STARTTLS": ImapProxySession.imap_STARTTLS,
+    "LOGIN": ImapProxySession.imap_LOGIN,
+    "AUTHENTICATE": ImapProxySession.imap_AUTHENTICATE,
+}

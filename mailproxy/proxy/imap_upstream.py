@@ -1,0 +1,217 @@
+"""The proxy's IMAP client side: the upstream session an IMAP login opens.
+
+Connect (from `source_address`), implicit TLS or STARTTLS, tell the upstream who the
+client is (`ID` with Dovecot's x-originating-* fields, honoured from its
+login_trusted_networks), then log in as the user. These commands carry the proxy's own
+tags (`mp1`, `mp2`, ...); their untagged responses are the proxy's to read, not the
+client's. After the login the session relays both ways through `link` and `reader`.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import ssl
+import time
+
+from .. import metrics
+from ..config import UpstreamSettings
+from ..protocol.events import NEED_DATA
+from ..protocol.imap_responses import (
+    Continuation,
+    ImapResponseReader,
+    Passthrough,
+    ProtocolViolation,
+    Tagged,
+    Untagged,
+    capability_list,
+)
+from ..session import Session
+from .connection import Connection
+from .upstream_link import UpstreamError, connect, upgrade
+
+log = logging.getLogger("mailproxy.upstream")
+
+LOGOUT_TIMEOUT = 2.0
+# Tagged NO codes (RFC 5530) that say the login failed for a reason other than the
+# credentials: the client should come back, and is not told its password is wrong.
+TEMPORARY_CODES = ("UNAVAILABLE", "SERVERBUG", "CONTACTADMIN", "INUSE", "EXPIRED", "LIMIT")
+# Upstreams already warned about (once per process): ID wanted, not offered.
+_warned_without_id: set[str] = set()
+
+
+class ImapUpstream:
+    def __init__(self, name: str, settings: UpstreamSettings, tls: ssl.SSLContext | None) -> None:
+        self.name = name
+        self.settings = settings
+        self._tls = tls
+        self.link: Connection | None = None
+        self.reader = ImapResponseReader()
+        self.capabilities: list[str] = []  # as the upstream last listed them
+        self.logged_in = False
+        self._tags = 0
+
+    @property
+    def connected(self) -> bool:
+        return self.link is not None and self.link.connected
+
+    def has(self, capability: str) -> bool:
+        return capability.upper() in (c.upper() for c in self.capabilities)
+
+    async def open(self, session: Session) -> None:
+        """Connect, read the greeting, secure the link, and pass the client's identity."""
+        self.link = await connect(self.name, self.settings, self._tls)
+        greeting = await self._event("greeting", self.settings.connect_timeout)
+        if not (isinstance(greeting, Untagged) and greeting.kind == "OK"):
+            raise self.fail("greeting", f"upstream refused the session: {_shown(greeting)}")
+        self.capabilities = capability_list(greeting.raw) or []
+        if self.settings.tls == "starttls":
+            await self._starttls()
+        if not self.capabilities:
+            await self.command("CAPABILITY")
+        if self.settings.identity_for("imap") == "id":
+            await self._announce(session)
+
+    async def _starttls(self) -> None:
+        if not self.capabilities:
+            await self.command("CAPABILITY")
+        if not self.has("STARTTLS"):
+            raise self.fail("tls", "upstream does not offer STARTTLS")
+        reply = await self.command("STARTTLS")
+        if reply.status != "OK":
+            raise self.fail("tls", f"STARTTLS refused: {_shown(reply)}")
+        try:
+            await upgrade(self.link, self.settings, self._tls, self.reader.pending)
+        except UpstreamError as exc:
+            raise self.fail(exc.stage, str(exc).removeprefix("tls: ")) from None
+        self.capabilities = []  # RFC 3501 6.2.1: ask again after TLS
+
+    async def _announce(self, session: Session) -> None:
+        """RFC 2971 ID with the fields Dovecot takes from a trusted proxy. From an
+        untrusted address Dovecot answers OK and ignores them: nothing on the wire tells."""
+        if not self.has("ID"):
+            metrics.child(metrics.upstream_identity_missing, self.name).inc()
+            if self.name not in _warned_without_id:
+                _warned_without_id.add(self.name)
+                log.warning(
+                    "upstream %s does not offer ID: it sees the proxy's address, not the client's "
+                    "(set client_identity = \"none\" if that is intended)", self.name,
+                )
+            return
+        fields = {
+            "x-originating-ip": session.client_address,
+            "x-originating-port": str(session.client_port),
+            "x-session-ext-id": session.id,
+        }
+        listed = " ".join(f'"{key}" "{value}"' for key, value in fields.items())
+        reply = await self.command(f"ID ({listed})")
+        if reply.status != "OK":
+            raise self.fail("identity", f"ID refused: {_shown(reply)}")
+
+    async def login(self, username: str, password: str) -> tuple[bool, Tagged]:
+        """AUTHENTICATE PLAIN with an initial response (RFC 4959), base64 so that no
+        character of the credentials can end the line: (accepted, the tagged reply).
+        A refusal for another reason than the credentials raises UpstreamError."""
+        if not (self.has("SASL-IR") and self.has("AUTH=PLAIN")):
+            raise self.fail("auth", "upstream offers no AUTHENTICATE PLAIN with SASL-IR")
+        token = base64.b64encode(f"\0{username}\0{password}".encode("utf-8", "surrogateescape")).decode()
+        reply = await self.command(f"AUTHENTICATE PLAIN {token}", verb="AUTHENTICATE")
+        code = (reply.code or "").split(" ", 1)[0].upper()
+        if reply.status != "OK" and code in TEMPORARY_CODES:
+            raise self.fail("auth", f"login refused for a passing reason: {_shown(reply)}")
+        self.logged_in = reply.status == "OK"
+        if self.logged_in:
+            self.capabilities = capability_list(reply.raw) or []
+            if not self.capabilities:
+                await self.command("CAPABILITY")
+        return self.logged_in, reply
+
+    async def command(self, text: str, verb: str | None = None, timeout: float | None = None) -> Tagged:
+        """One command of the proxy's own, under its own tag; its untagged responses are
+        read here (a CAPABILITY list is kept), and its tagged reply returned."""
+        link = self.link
+        if link is None or not link.connected:
+            raise UpstreamError("lost", f"connection closed before {verb or text}")
+        verb = verb or text.split(" ", 1)[0]
+        self._tags += 1
+        tag = f"mp{self._tags}"
+        started = time.perf_counter()
+        timeout = timeout or self.settings.reply_timeout
+        link.write(f"{tag} {text}\r\n".encode("utf-8", "surrogateescape"))
+        while True:
+            event = await self._event(verb, timeout)
+            if isinstance(event, Tagged) and event.tag == tag:
+                break
+            if isinstance(event, Untagged) and event.kind == "CAPABILITY":
+                self.capabilities = capability_list(event.raw) or []
+            elif isinstance(event, Untagged) and event.kind == "BYE":
+                raise self.fail("lost", f"upstream said {_shown(event)} during {verb}")
+            elif isinstance(event, (Tagged, Continuation)):
+                raise self.fail("protocol", f"unexpected {_shown(event)} during {verb}")
+        metrics.child(metrics.upstream_duration, self.name, verb).observe(time.perf_counter() - started)
+        return event
+
+    async def _event(self, stage: str, timeout: float):
+        link = self.link
+        deadline = link.loop.time() + timeout
+        while True:
+            event = self.reader.next_event()
+            if event is not NEED_DATA:
+                break
+            try:
+                chunk = await link.receive(deadline)
+            except TimeoutError:
+                raise self.fail("timeout", f"no reply to {stage} within {timeout}s") from None
+            except OSError as exc:
+                raise self.fail("lost", f"{stage}: {exc}") from None
+            self.reader.receive_data(chunk)
+        if isinstance(event, ProtocolViolation):
+            raise self.fail("protocol", event.text)
+        if not isinstance(event, (Tagged, Untagged, Continuation, Passthrough)):  # CLOSED
+            raise self.fail("lost", f"connection closed during {stage}")
+        return event
+
+    def write(self, data: bytes) -> None:
+        """Bytes of the client's, forwarded as they are."""
+        if not self.connected:
+            raise UpstreamError("lost", "connection closed")
+        self.link.write(data)
+
+    async def drain(self) -> None:
+        """Wait while the upstream takes no more; one that stops reading must not hold
+        the session for ever."""
+        link = self.link
+        if link is None or not link.write_blocked:
+            return
+        try:
+            await link.drain(link.loop.time() + self.settings.reply_timeout)
+        except TimeoutError:
+            raise self.fail("timeout", f"upstream took nothing for {self.settings.reply_timeout}s") from None
+        except ConnectionError as exc:
+            raise self.fail("lost", f"write failed: {exc}") from None
+
+    def fail(self, stage: str, detail: str) -> UpstreamError:
+        """Count the failure, drop the connection, and return the error to raise."""
+        metrics.child(metrics.upstream_failures, self.name, stage).inc()
+        self.abort()
+        return UpstreamError(stage, detail)
+
+    async def logout(self) -> None:
+        """Say goodbye without waiting long. Unlike POP3, nothing depends on it: an
+        IMAP session's changes are made as its commands run."""
+        if self.connected:
+            try:
+                await self.command("LOGOUT", timeout=LOGOUT_TIMEOUT)
+            except UpstreamError:
+                pass
+        self.abort()
+
+    def abort(self) -> None:
+        if self.link is not None:
+            self.link.abort()
+            self.link = None
+
+
+def _shown(event) -> str:
+    raw = getattr(event, "raw", b"") or getattr(event, "data", b"")
+    return raw[:200].decode("utf-8", "replace").strip() or type(event).__name__

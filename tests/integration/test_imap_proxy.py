@@ -1,0 +1,193 @@
+"""IMAP through the proxy to a real Dovecot, with imaplib and raw sockets as clients.
+
+Dovecot listens on 127.0.0.2 and trusts only 127.0.0.5, the proxy's source address: so
+"Dovecot logged rip=127.0.0.1" shows the proxy's ID told it who the client was.
+"""
+
+from __future__ import annotations
+
+import base64
+import imaplib
+import re
+
+import pytest
+
+from tests.support.dovecot import Dovecot
+from tests.support.mailstore_clients import ImapRaw
+from tests.support.tls import client_context
+
+pytestmark = pytest.mark.integration
+
+USERS = {"alice@example.test": "alice-secret", "bob@example.test": "bob-secret"}
+MESSAGE = b"From: carol@example.test\r\nSubject: one\r\n\r\nfirst body\r\n"
+
+
+def imap_config(dovecot, certs, **listener):
+    _, cert, key = certs
+    tls = {"cert_file": str(cert), "key_file": str(key)}
+    return {
+        "upstreams": {"store": {
+            "address": f"127.0.0.2:{dovecot.imap_port}", "source_address": "127.0.0.5",
+            "connect_timeout": 3.0, "reply_timeout": 10.0,
+        }},
+        "listeners": [
+            {"name": "imap", "protocol": "imap", "tls": "starttls", "upstream": "store", **tls, **listener},
+            {"name": "imaps", "protocol": "imap", "tls": "implicit", "upstream": "store", **tls, **listener},
+        ],
+    }
+
+
+@pytest.fixture
+def dovecot():
+    with Dovecot(USERS, listen="127.0.0.2", trusted_networks="127.0.0.5/32") as server:
+        server.seed("alice@example.test", [MESSAGE])
+        yield server
+
+
+@pytest.fixture
+def imap_proxy(dovecot, make_proxy, certs):
+    return make_proxy("127.0.0.1:9", **imap_config(dovecot, certs))
+
+
+def login(proxy, certs, user="alice@example.test", password="alice-secret") -> imaplib.IMAP4:
+    client = imaplib.IMAP4("127.0.0.1", proxy.port("imap"), timeout=10)
+    client.starttls(client_context(certs[0]))
+    client.login(user, password)
+    return client
+
+
+def raw_client(proxy, certs) -> ImapRaw:
+    client = ImapRaw("127.0.0.1", proxy.port("imap"))
+    assert client.line().startswith(b"* OK ")
+    client.starttls(client_context(certs[0]))
+    return client
+
+
+def test_a_mailbox_session_after_starttls(imap_proxy, dovecot, certs):
+    client = login(imap_proxy, certs)
+    assert client.select("INBOX") == ("OK", [b"1"])
+    assert client.search(None, "ALL") == ("OK", [b"1"])
+    status, data = client.fetch("1", "(BODY.PEEK[])")
+    assert status == "OK" and data[0][1] == MESSAGE
+    assert client.store("1", "+FLAGS", "(\\Deleted)")[0] == "OK"
+    assert client.expunge() == ("OK", [b"1"])
+    assert client.select("INBOX") == ("OK", [b"0"])
+    client.logout()
+    # The ID reached a trusting Dovecot: it logged the real client's address (the
+    # proxy's would be 127.0.0.5), and the proxy's session id as its own.
+    dovecot.wait_for_log(re.compile(r"imap-login: Info: Login: user=<alice@example.test>, .*rip=127\.0\.0\.1, .*session=<[0-9a-f]{10}>"))
+
+
+def test_append_of_5_mb_and_fetch_back_byte_identical(imap_proxy, certs):
+    body = b"".join(b"line %07d of a big message\r\n" % i for i in range(180_000))
+    message = b"From: big@example.test\r\nSubject: big\r\n\r\n" + body
+    assert len(message) > 5_000_000
+    client = login(imap_proxy, certs)
+    status, _ = client.append("INBOX", None, None, message)  # a sync literal: the upstream's "+" relayed
+    assert status == "OK"
+    client.select("INBOX")
+    status, data = client.fetch("2", "(BODY.PEEK[])")
+    assert status == "OK" and data[0][1] == message
+    client.logout()
+
+
+def test_implicit_tls_listener(imap_proxy, certs):
+    client = imaplib.IMAP4_SSL("127.0.0.1", imap_proxy.port("imaps"), ssl_context=client_context(certs[0]), timeout=10)
+    client.login("alice@example.test", "alice-secret")
+    assert client.select("INBOX") == ("OK", [b"1"])
+    client.logout()
+
+
+def test_wrong_password_and_plaintext_before_starttls(imap_proxy, certs):
+    with ImapRaw("127.0.0.1", imap_proxy.port("imap")) as client:
+        greeting = client.line()
+        assert b"LOGINDISABLED" in greeting and b"STARTTLS" in greeting and b"AUTH=PLAIN" not in greeting
+        reply = client.command(b"a1 LOGIN alice@example.test alice-secret")
+        assert reply[-1].startswith(b"a1 NO [PRIVACYREQUIRED]")
+        client.starttls(client_context(certs[0]))
+        capability = client.command(b"a2 CAPABILITY")
+        assert b"AUTH=PLAIN" in capability[0] and b"STARTTLS" not in capability[0]
+        assert client.command(b"a3 LOGIN alice@example.test wrong")[-1].startswith(b"a3 NO [AUTHENTICATIONFAILED]")
+        ok = client.command(b"a4 LOGIN alice@example.test alice-secret")[-1]
+        # The upstream's own OK, with the client's tag, and a capability list without
+        # what the proxy does not pass on.
+        assert ok.startswith(b"a4 OK [CAPABILITY IMAP4rev1") and b"Logged in" in ok
+        assert b"STARTTLS" not in ok and b"AUTH=" not in ok and b"LOGINDISABLED" not in ok
+
+
+def test_starttls_drops_what_was_pipelined_in_plaintext(imap_proxy, certs):
+    with ImapRaw("127.0.0.1", imap_proxy.port("imap")) as client:
+        client.line()
+        client.send(b"t1 STARTTLS\r\nt2 CAPABILITY\r\n")  # t2 injected before the handshake
+        assert client.line().startswith(b"t1 OK")
+        client.tls_handshake(client_context(certs[0]))
+        assert client.command(b"t3 NOOP") == [b"t3 OK NOOP completed.\r\n"]
+
+
+def plain(user: str, password: str) -> bytes:
+    return base64.b64encode(f"\0{user}\0{password}".encode())
+
+
+def test_authenticate_plain_and_login_with_literals(imap_proxy, certs):
+    with raw_client(imap_proxy, certs) as client:
+        reply = client.command(b"a1 AUTHENTICATE PLAIN " + plain("alice@example.test", "alice-secret"))
+        assert reply[-1].startswith(b"a1 OK")
+        assert client.command(b"a2 SELECT INBOX")[-1].startswith(b"a2 OK")
+    with raw_client(imap_proxy, certs) as client:
+        client.send(b"b1 AUTHENTICATE PLAIN\r\n")
+        assert client.line() == b"+ \r\n"
+        client.send(plain("bob@example.test", "bob-secret") + b"\r\n")
+        assert client.until_tagged(b"b1")[-1].startswith(b"b1 OK")
+    with raw_client(imap_proxy, certs) as client:
+        client.send(b"c1 LOGIN {18}\r\n")
+        assert client.line().startswith(b"+")
+        client.send(b"alice@example.test {12}\r\n")
+        assert client.line().startswith(b"+")
+        client.send(b"alice-secret\r\n")
+        assert client.until_tagged(b"c1")[-1].startswith(b"c1 OK")
+        # After the login a small sync literal is the proxy's to take, and reaches the
+        # upstream as a non-sync one: the client sees one "+" and one answer.
+        client.send(b"c2 SELECT {5}\r\n")
+        assert client.line() == b"+ OK\r\n"
+        client.send(b"INBOX\r\n")
+        reply = client.until_tagged(b"c2")
+        assert reply[-1].startswith(b"c2 OK") and not any(line.startswith(b"+") for line in reply)
+        # A non-sync literal streams without waiting.
+        client.send(b"c3 APPEND INBOX {%d+}\r\n" % len(MESSAGE) + MESSAGE + b"\r\n")
+        assert client.until_tagged(b"c3")[-1].startswith(b"c3 OK")
+
+
+def test_idle_relays_what_another_session_delivers(imap_proxy, dovecot, certs):
+    with raw_client(imap_proxy, certs) as client:
+        client.command(b"a1 LOGIN alice@example.test alice-secret")
+        client.command(b"a2 SELECT INBOX")
+        client.send(b"a3 IDLE\r\n")
+        assert client.line().startswith(b"+ ")
+        dovecot.seed("alice@example.test", [MESSAGE])
+        line = client.line()
+        while b"EXISTS" not in line:
+            line = client.line()
+        assert line == b"* 2 EXISTS\r\n"
+        client.send(b"DONE\r\n")
+        assert client.until_tagged(b"a3")[-1].startswith(b"a3 OK")
+        assert client.command(b"a4 NOOP")[-1].startswith(b"a4 OK")
+
+
+def test_compress_is_refused_and_not_offered(make_proxy, certs):
+    with Dovecot(USERS, listen="127.0.0.2", trusted_networks="127.0.0.5/32", imap_compress=True) as dovecot:
+        proxy = make_proxy("127.0.0.1:9", **imap_config(dovecot, certs))
+        with raw_client(proxy, certs) as client:
+            ok = client.command(b"a1 LOGIN alice@example.test alice-secret")[-1]
+            assert b"COMPRESS" not in ok
+            capability = client.command(b"a2 CAPABILITY")
+            assert b"IMAP4rev1" in capability[0] and b"COMPRESS" not in capability[0]
+            assert client.command(b"a3 COMPRESS DEFLATE")[-1].startswith(b"a3 NO [CANNOT]")
+            assert client.command(b"a4 NOOP")[-1].startswith(b"a4 OK")
+
+
+def test_commands_the_proxy_answers_after_login(imap_proxy, certs):
+    with raw_client(imap_proxy, certs) as client:
+        client.command(b"a1 LOGIN alice@example.test alice-secret")
+        assert client.command(b"a2 LOGIN alice@example.test alice-secret")[-1].startswith(b"a2 BAD")
+        assert client.command(b"a3 STARTTLS")[-1].startswith(b"a3 BAD")
+        assert client.command(b"a4 LOGOUT")[-1].startswith(b"a4 OK")
