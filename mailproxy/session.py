@@ -88,6 +88,7 @@ class Session(Scored):
         self.mode = mode  # "mx" or "submission" for SMTP listeners
         self.started = time.monotonic()
         self.peer: Any = None  # (address, port, ...) as the socket reports it
+        self.local: Any = None  # the listener's end, as the client connected to it
         self.client_name: str | None = None  # verified host name, if looked up
         self.host_name: str | None = None  # HELO/EHLO argument
         self.extended_smtp = False
@@ -97,6 +98,9 @@ class Session(Scored):
         self.auth_data: Any = None
         self.login_data: Any = None
         self.proxy_data: Any = None
+        # IMAP: mailboxes the upstream listed with a special-use attribute (RFC 6154),
+        # decoded name -> attribute; so far the `\Trash` ones.
+        self.special_use: dict[str, str] = {}
         self.loop: Any = None
         self.notes: dict[str, Any] = {}
         # Set by proxies that pair the session with an upstream session: checks a

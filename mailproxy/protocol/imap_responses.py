@@ -347,6 +347,23 @@ def _picked(kind: str, number: int | None, line: bytes):
     return Untagged(kind, number, line)
 
 
+_LIST_NAME = re.compile(
+    rb'\* L(?:IST|SUB) \([^)\r\n]*\) (?:"(?:[^"\\]|\\.)*"|NIL) (?:"((?:[^"\\]|\\.)*)"|([^\s"(){]+))\r?\n?\Z',
+    re.IGNORECASE,
+)
+
+
+def listed_mailbox(raw: bytes) -> str | None:
+    """The mailbox name of a LIST or LSUB response, as sent (quoted or atom; a name sent
+    as a literal is not returned), or None."""
+    match = _LIST_NAME.match(raw)
+    if match is None:
+        return None
+    quoted, atom = match.groups()
+    name = re.sub(rb"\\(.)", rb"\1", quoted) if quoted is not None else atom
+    return name.decode("utf-8", "surrogateescape")
+
+
 def _has_trash(line: bytes) -> bool:
     flags = _LIST_FLAGS.match(line)
     return flags is not None and b"\\trash" in flags.group(1).lower().split()

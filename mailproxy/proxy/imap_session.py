@@ -42,8 +42,10 @@ from ..protocol.imap_responses import (
     ProtocolViolation,
     Tagged,
     Untagged,
+    listed_mailbox,
     rewrite_capability_response,
 )
+from ..protocol.imap_mailbox import decode_mailbox_name
 from ..verdict import Action, Verdict
 from .connection import first_readable
 from .core import ClientTimeout, ProxySession
@@ -477,6 +479,10 @@ class ImapProxySession(ProxySession):
             return
         if event.kind in ("CAPABILITY", "OK"):
             raw = rewrite_capability_response(raw)
+        elif event.kind in ("LIST", "LSUB"):  # the reader picks those marked \Trash
+            name = listed_mailbox(raw)
+            if name is not None:
+                self.session.special_use[decode_mailbox_name(name)] = "\\Trash"
         elif event.kind == "BYE":
             metrics.imap_reply_counter("BYE", "upstream").inc()
             self._bye = True

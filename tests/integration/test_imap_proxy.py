@@ -191,3 +191,31 @@ def test_commands_the_proxy_answers_after_login(imap_proxy, certs):
         assert client.command(b"a2 LOGIN alice@example.test alice-secret")[-1].startswith(b"a2 BAD")
         assert client.command(b"a3 STARTTLS")[-1].startswith(b"a3 BAD")
         assert client.command(b"a4 LOGOUT")[-1].startswith(b"a4 OK")
+
+
+def test_retention_keeps_a_protected_account_from_deleting(make_proxy, certs):
+    trash = {"Papierkorb": "\\Trash"}  # the trash under a name retention is not told
+    with Dovecot(USERS, listen="127.0.0.2", trusted_networks="127.0.0.5/32", mailboxes=trash) as dovecot:
+        dovecot.seed("alice@example.test", [MESSAGE, MESSAGE])
+        dovecot.seed("bob@example.test", [MESSAGE])
+        proxy = make_proxy(
+            "127.0.0.1:9", **imap_config(dovecot, certs),
+            plugins={"enabled": ["access", "retention"]}, plugin={"retention": {"accounts": ["alice@example.test"]}},
+        )
+        with raw_client(proxy, certs) as client:
+            client.command(b"a1 LOGIN alice@example.test alice-secret")
+            assert any(b"\\Trash" in line and b"Papierkorb" in line for line in client.command(b'a2 LIST "" "*"'))
+            client.command(b"a3 SELECT INBOX")
+            for number, command in enumerate([
+                b"STORE 1 +FLAGS (\\Deleted)", b"UID STORE 1:* +FLAGS.SILENT \\Deleted", b"EXPUNGE",
+                b"UID EXPUNGE 1", b"MOVE 1 Papierkorb", b"DELETE INBOX",
+            ]):
+                tag = b"d%d" % number
+                assert client.command(tag + b" " + command)[-1] == tag + b" NO Deletion is not permitted for this account\r\n"
+            assert client.command(b"a4 STORE 1 +FLAGS (\\Seen)")[-1].startswith(b"a4 OK")
+            assert b"* 2 EXISTS\r\n" in client.command(b"a5 SELECT INBOX")
+        with raw_client(proxy, certs) as client:  # bob is not protected
+            client.command(b"b1 LOGIN bob@example.test bob-secret")
+            client.command(b"b2 SELECT INBOX")
+            assert client.command(b"b3 MOVE 1 Papierkorb")[-1].startswith(b"b3 OK")
+        assert proxy.metric("mailproxy_plugin_checks_total", plugin="retention", check="delete", result="refused") == 6

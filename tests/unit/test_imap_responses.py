@@ -617,3 +617,17 @@ def test_any_bytes_give_documented_events_however_they_are_read(stream, cuts, ho
     assert joined(events) == joined(read_all([stream], hold_limit))
     if not any(isinstance(event, ProtocolViolation) for event in events):
         assert relayed(events) == stream
+
+
+@pytest.mark.parametrize("raw, name", [
+    (b'* LIST (\\HasNoChildren \\Trash) "." Trash\r\n', "Trash"),
+    (b'* LSUB (\\Trash) "/" "Deleted Items"\r\n', "Deleted Items"),
+    (b'* LIST (\\Trash) NIL "a\\"b\\\\c"\r\n', 'a"b\\c'),
+    (b'* LIST (\\Trash) "." INBOX.Trash\r\n', "INBOX.Trash"),
+    (b'* LIST (\\Trash) "." {5}\r\n', None),  # a literal name: its bytes follow, unread
+    (b"* 1 EXISTS\r\n", None),
+])
+def test_listed_mailbox(raw, name):
+    from mailproxy.protocol.imap_responses import listed_mailbox
+
+    assert listed_mailbox(raw) == name
