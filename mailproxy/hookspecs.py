@@ -64,7 +64,7 @@ POLICY_HOOKS = (
     "imap_login",
 )
 # Hooks that only observe; their return value is ignored.
-NOTIFY_HOOKS = ("smtp_reset", "smtp_disconnect", "pop3_disconnect", "imap_disconnect")
+NOTIFY_HOOKS = ("smtp_reset", "smtp_disconnect", "pop3_disconnect", "imap_completed", "imap_disconnect")
 # The credential check and the mail store routing: the first definite answer wins.
 FIRST_RESULT_HOOKS = ("authenticate", "route")
 
@@ -232,6 +232,19 @@ def imap_login(session: Session, mechanism: str, username: str) -> Verdict | Non
     """Policy on an IMAP login (LOGIN, whose mechanism is `LOGIN`, or AUTHENTICATE PLAIN),
     after the credentials were read and before they are checked. A refusal answers the
     login with `tag NO`; the credentials are then not checked at all.
+    """
+
+
+@hookspec
+def imap_completed(session: Session, tag: str, verb: str, args: tuple, status: str, facts: dict) -> None:
+    """An IMAP command the proxy forwarded got its tagged answer from the upstream.
+
+    `status` is OK, NO or BAD. `facts` holds what its untagged responses said: `exists`
+    (messages in the mailbox, after SELECT/EXAMINE or when new mail arrived), `fetched`
+    (FETCH responses), `expunged` (EXPUNGE and VANISHED), `read_only`. They are counted
+    against the oldest command still open, so under pipelining they are approximate.
+    `session.mailbox` is the selected mailbox, updated by SELECT, EXAMINE, CLOSE and
+    UNSELECT before this runs. For auditing; only run when a plugin implements it.
     """
 
 

@@ -101,6 +101,7 @@ class Session(Scored):
         # IMAP: mailboxes the upstream listed with a special-use attribute (RFC 6154),
         # decoded name -> attribute; so far the `\Trash` ones.
         self.special_use: dict[str, str] = {}
+        self.mailbox: str | None = None  # IMAP: the selected mailbox (decoded name)
         self.loop: Any = None
         self.notes: dict[str, Any] = {}
         # Set by proxies that pair the session with an upstream session: checks a

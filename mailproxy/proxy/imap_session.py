@@ -49,6 +49,7 @@ from ..protocol.imap_mailbox import decode_mailbox_name
 from ..verdict import Action, Verdict
 from .connection import first_readable
 from .core import ClientTimeout, ProxySession
+from .imap_ledger import CommandLedger
 from .imap_upstream import ImapUpstream
 from .login import LoginCheck, LoginOutcome
 from .mailstore_login import log_in
@@ -76,6 +77,7 @@ class ImapProxySession(ProxySession):
         self._awaiting: tuple[str, str] | None = None
         self._idling = False  # IDLE runs: the client's next line should be DONE
         self._bye = False  # the upstream said BYE: the session ends once it is relayed
+        self._ledger = CommandLedger(self.session)
 
     # --- replies ---------------------------------------------------------------------------
 
@@ -406,6 +408,7 @@ class ImapProxySession(ProxySession):
             self._tagged(command.tag, "NO", "[CANNOT] Compression is not available through this proxy.")
             return None
         self._upstream.write(b"".join(self._forwardable(command.raw)))
+        self._ledger.sent(command.tag, verb, command.args)
         if verb == "IDLE":
             self._awaiting = (command.tag, "idle")
         await self._upstream.drain()
@@ -435,6 +438,8 @@ class ImapProxySession(ProxySession):
             self._tagged(event.tag, "NO", "[TOOBIG] Literal too big.")
             return None
         upstream.write(b"".join(event.head))
+        if not event.continued:
+            self._ledger.sent(event.tag, event.verb, event.args_so_far)
         await upstream.drain()
         if literal.sync:  # the client waits for the upstream's own "+"
             self._awaiting = (event.tag, "literal")
@@ -458,11 +463,11 @@ class ImapProxySession(ProxySession):
                 log.warning("upstream %s broke IMAP: %s", self._upstream.name, event.text)
                 self.write(self._bye_reply("[UNAVAILABLE] Upstream failure, closing connection."))
                 return CLOSE_SESSION
-            self._upstream_event(event)
+            await self._upstream_event(event)
             if self.client.write_blocked:
                 await self.push_replies()
 
-    def _upstream_event(self, event) -> None:
+    async def _upstream_event(self, event) -> None:
         if isinstance(event, Passthrough):
             self.write(event.data)
             return
@@ -476,7 +481,15 @@ class ImapProxySession(ProxySession):
             if self._awaiting is not None and self._awaiting[0] == event.tag:
                 self._refused_ahead()
             self.write(rewrite_capability_response(raw) if event.code else raw)
+            completion = self._ledger.completed(event)
+            policy = self.runtime.policy
+            if completion is not None and policy.has("imap_completed"):
+                await policy.notify(
+                    "imap_completed", session=self.session, tag=completion.tag, verb=completion.verb,
+                    args=completion.args, status=completion.status, facts=completion.facts,
+                )
             return
+        self._ledger.untagged(event)
         if event.kind in ("CAPABILITY", "OK"):
             raw = rewrite_capability_response(raw)
         elif event.kind in ("LIST", "LSUB"):  # the reader picks those marked \Trash

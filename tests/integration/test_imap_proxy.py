@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import imaplib
+import json
 import re
 
 import pytest
@@ -219,3 +220,40 @@ def test_retention_keeps_a_protected_account_from_deleting(make_proxy, certs):
             client.command(b"b2 SELECT INBOX")
             assert client.command(b"b3 MOVE 1 Papierkorb")[-1].startswith(b"b3 OK")
         assert proxy.metric("mailproxy_plugin_checks_total", plugin="retention", check="delete", result="refused") == 6
+
+
+def audit_lines(proxy) -> list[dict]:
+    marker = " mailproxy.audit: "
+    return [json.loads(line.split(marker, 1)[1]) for line in proxy.log().splitlines() if marker in line]
+
+
+def test_imap_audit_logs_each_mailbox_access(dovecot, make_proxy, certs):
+    proxy = make_proxy(
+        "127.0.0.1:9", **imap_config(dovecot, certs),
+        plugins={"enabled": ["access", "imap_audit"]},
+    )
+    with raw_client(proxy, certs) as client:
+        client.command(b"a1 LOGIN alice@example.test alice-secret")
+        client.command(b"a2 EXAMINE INBOX")
+        client.command(b"a3 FETCH 1:* (FLAGS)")
+        client.command(b"a4 SELECT Nowhere")
+        client.command(b"a5 SELECT INBOX")
+        client.command(b"a6 APPEND INBOX {%d+}\r\n" % len(MESSAGE) + MESSAGE)
+        client.command(b"a7 UID STORE 1 +FLAGS (\\Deleted)")
+        client.command(b"a8 EXPUNGE")
+        client.command(b"a9 NOOP")
+        client.command(b"b1 LOGOUT")
+    lines = audit_lines(proxy)
+    shown = [(line["verb"], line["mailbox"], line["status"]) for line in lines]
+    assert shown == [
+        ("EXAMINE", "INBOX", "OK"), ("FETCH", "INBOX", "OK"), ("SELECT", "Nowhere", "NO"),
+        ("SELECT", "INBOX", "OK"), ("APPEND", "INBOX", "OK"), ("UID STORE", "INBOX", "OK"),
+        ("EXPUNGE", "INBOX", "OK"),
+    ]
+    examine, fetch, _, select, append, _, expunge = lines
+    assert examine["exists"] == 1 and examine["read_only"] is True
+    assert fetch["fetched"] == 1
+    assert select["read_only"] is False
+    assert append["size"] == len(MESSAGE)
+    assert expunge["expunged"] == 1
+    assert all(line["user"] == "alice@example.test" and line["client"] == "127.0.0.1" for line in lines)
