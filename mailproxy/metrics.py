@@ -110,7 +110,8 @@ state_errors = Counter(
 )
 auth_attempts = Counter(
     "mailproxy_auth_attempts_total",
-    "AUTH attempts by result (success, failure, throttled, refused, aborted, error).",
+    "Login attempts (SMTP AUTH; POP3 USER/PASS and AUTH; IMAP LOGIN and AUTHENTICATE) by "
+    "result (success, failure, throttled, refused, aborted, error).",
     ["listener", "mechanism", "result"],
 )
 auth_delay = Histogram(
@@ -133,9 +134,15 @@ upstream_failures = Counter(
 )
 upstream_identity_missing = Counter(
     "mailproxy_upstream_identity_missing_total",
-    "Upstream sessions that could not be told the client's identity: client_identity "
-    "is xclient but the upstream does not offer XCLIENT.",
+    "Upstream sessions that could not be told the client's identity: the upstream does "
+    "not offer XCLIENT (SMTP, and POP3 from an untrusted address) or ID (IMAP).",
     ["upstream"],
+)
+relayed_bytes = Counter(
+    "mailproxy_relayed_bytes_total",
+    "Bytes a POP3 or IMAP session relayed after the login, by direction (to_upstream: "
+    "the client's commands and uploads; to_client: the upstream's responses).",
+    ["protocol", "direction"],
 )
 messages = Counter(
     "mailproxy_messages_total",

@@ -78,6 +78,8 @@ class ImapProxySession(ProxySession):
         self._idling = False  # IDLE runs: the client's next line should be DONE
         self._bye = False  # the upstream said BYE: the session ends once it is relayed
         self._ledger = CommandLedger(self.session)
+        self._to_upstream = metrics.child(metrics.relayed_bytes, "imap", "to_upstream")
+        self._to_client = metrics.child(metrics.relayed_bytes, "imap", "to_client")
 
     # --- replies ---------------------------------------------------------------------------
 
@@ -332,6 +334,16 @@ class ImapProxySession(ProxySession):
             log.warning("upstream %s failed: %s", upstream.name, exc)
             self.write(self._bye_reply("[UNAVAILABLE] Upstream failure, closing connection."))
 
+    def _forward(self, data: bytes) -> None:
+        """The client's bytes to the upstream."""
+        self._upstream.write(data)
+        self._to_upstream.inc(len(data))
+
+    def _deliver(self, data: bytes) -> None:
+        """The upstream's bytes to the client."""
+        self.write(data)
+        self._to_client.inc(len(data))
+
     async def _wait_for_either(self, upstream: ImapUpstream) -> bool:
         """Until the client or the upstream has something; False once the client's
         input has ended. The idle clock is the client's (an upstream's "* OK Still
@@ -373,20 +385,20 @@ class ImapProxySession(ProxySession):
     async def _client_event(self, event) -> object | None:
         upstream = self._upstream
         if isinstance(event, LiteralData):
-            upstream.write(event.data)
+            self._forward(event.data)
             await upstream.drain()
             return None
         if isinstance(event, CommandRest):
-            upstream.write(event.raw)
+            self._forward(event.raw)
             return None
         if isinstance(event, (IdleDone, IdleOther)):
             # Another line than DONE also ends IDLE: Dovecot answers it BAD.
-            upstream.write(b"DONE\r\n" if isinstance(event, IdleDone) else event.raw)
+            self._forward(b"DONE\r\n" if isinstance(event, IdleDone) else event.raw)
             self._idling = False
             return None
         if isinstance(event, BadCommand):
             if self._idling:  # a line too long in IDLE: it ends IDLE all the same
-                upstream.write(b"DONE\r\n")
+                self._forward(b"DONE\r\n")
                 self._idling = False
             return self._bad_command(event)
         if isinstance(event, LiteralAhead):
@@ -407,7 +419,7 @@ class ImapProxySession(ProxySession):
         if verb == "COMPRESS":
             self._tagged(command.tag, "NO", "[CANNOT] Compression is not available through this proxy.")
             return None
-        self._upstream.write(b"".join(self._forwardable(command.raw)))
+        self._forward(b"".join(self._forwardable(command.raw)))
         self._ledger.sent(command.tag, verb, command.args)
         if verb == "IDLE":
             self._awaiting = (command.tag, "idle")
@@ -437,7 +449,7 @@ class ImapProxySession(ProxySession):
                 return CLOSE_SESSION
             self._tagged(event.tag, "NO", "[TOOBIG] Literal too big.")
             return None
-        upstream.write(b"".join(event.head))
+        self._forward(b"".join(event.head))
         if not event.continued:
             self._ledger.sent(event.tag, event.verb, event.args_so_far)
         await upstream.drain()
@@ -469,10 +481,10 @@ class ImapProxySession(ProxySession):
 
     async def _upstream_event(self, event) -> None:
         if isinstance(event, Passthrough):
-            self.write(event.data)
+            self._deliver(event.data)
             return
         if isinstance(event, Continuation):
-            self.write(event.raw)
+            self._deliver(event.raw)
             self._go_ahead()
             return
         raw = event.raw
@@ -480,7 +492,7 @@ class ImapProxySession(ProxySession):
             metrics.imap_reply_counter(event.status, "upstream").inc()
             if self._awaiting is not None and self._awaiting[0] == event.tag:
                 self._refused_ahead()
-            self.write(rewrite_capability_response(raw) if event.code else raw)
+            self._deliver(rewrite_capability_response(raw) if event.code else raw)
             completion = self._ledger.completed(event)
             policy = self.runtime.policy
             if completion is not None and policy.has("imap_completed"):
@@ -499,7 +511,7 @@ class ImapProxySession(ProxySession):
         elif event.kind == "BYE":
             metrics.imap_reply_counter("BYE", "upstream").inc()
             self._bye = True
-        self.write(raw)
+        self._deliver(raw)
 
     def _go_ahead(self) -> None:
         """The upstream's "+" to what the client waits on: IDLE runs, or the literal

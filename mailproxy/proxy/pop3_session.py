@@ -46,6 +46,8 @@ class Pop3ProxySession(ProxySession):
         self._username: str | None = None  # given by USER, awaiting PASS
         self._upstream: Pop3Upstream | None = None  # opened by a login attempt
         self._failed = False  # the last reply was an -ERR
+        self._to_upstream = metrics.child(metrics.relayed_bytes, "pop3", "to_upstream")
+        self._to_client = metrics.child(metrics.relayed_bytes, "pop3", "to_client")
 
     # --- replies ---------------------------------------------------------------------------
 
@@ -262,6 +264,8 @@ class Pop3ProxySession(ProxySession):
             status = await upstream.command(
                 command.line + b"\r\n", metrics.pop3_verb_label(verb), multiline, collect=verb == "CAPA"
             )
+            self._to_upstream.inc(len(command.line) + 2)
+            self._to_client.inc(len(status.line))
             self._relay(status.line)
             if status.ok and multiline:
                 if verb == "CAPA":
@@ -282,6 +286,7 @@ class Pop3ProxySession(ProxySession):
         a client that stops reading stops the reading from the upstream."""
         self.flush()
         async for piece in upstream.body():
+            self._to_client.inc(len(piece))
             self.client.write(piece)
             if self.client.write_blocked:
                 await self.push_replies()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import imaplib
 import json
+import poplib
 import re
 
 import pytest
@@ -257,3 +258,38 @@ def test_imap_audit_logs_each_mailbox_access(dovecot, make_proxy, certs):
     assert append["size"] == len(MESSAGE)
     assert expunge["expunged"] == 1
     assert all(line["user"] == "alice@example.test" and line["client"] == "127.0.0.1" for line in lines)
+
+
+def test_one_scrape_shows_the_mail_store_traffic(dovecot, make_proxy, certs):
+    config = imap_config(dovecot, certs)
+    config["upstreams"]["pop3store"] = {**config["upstreams"]["store"], "address": f"127.0.0.2:{dovecot.pop3_port}"}
+    config["listeners"].append({**config["listeners"][0], "name": "pop3", "protocol": "pop3", "upstream": "pop3store"})
+    proxy = make_proxy(
+        "127.0.0.1:9", **config,
+        plugins={"enabled": ["access", "retention"]}, plugin={"retention": {"accounts": ["alice@example.test"]}},
+    )
+    client = login(proxy, certs)
+    client.select("INBOX")
+    client.fetch("1", "(BODY.PEEK[])")
+    assert client.expunge()[0] == "NO"  # retention
+    client.logout()
+    with raw_client(proxy, certs) as failed:
+        failed.command(b"a1 LOGIN alice@example.test wrong")
+    pop3 = poplib.POP3("127.0.0.1", proxy.port("pop3"), timeout=10)
+    pop3.stls(client_context(certs[0]))
+    pop3.user("alice@example.test")
+    pop3.pass_("alice-secret")
+    pop3.retr(1)
+    pop3.quit()
+    metric = proxy.metric
+    assert metric("mailproxy_connections_total", protocol="imap", listener="imap") == 2
+    assert metric("mailproxy_connections_total", protocol="pop3", listener="pop3") == 1
+    assert metric("mailproxy_auth_attempts_total", listener="imap", mechanism="LOGIN", result="success") == 1
+    assert metric("mailproxy_auth_attempts_total", listener="imap", mechanism="LOGIN", result="failure") == 1
+    assert metric("mailproxy_commands_total", protocol="imap", verb="FETCH") == 1
+    assert metric("mailproxy_commands_total", protocol="pop3", verb="RETR") == 1
+    assert metric("mailproxy_verdicts_total", plugin="retention", hook="imap_command", action="reject", enforced="true") == 1
+    assert metric("mailproxy_relayed_bytes_total", protocol="imap", direction="to_client") > len(MESSAGE)
+    assert metric("mailproxy_relayed_bytes_total", protocol="imap", direction="to_upstream") > 0
+    assert metric("mailproxy_relayed_bytes_total", protocol="pop3", direction="to_client") > len(MESSAGE)
+    assert metric("mailproxy_replies_total", protocol="imap", **{"class": "no"}, origin="proxy") >= 2
