@@ -201,7 +201,7 @@ BAD = [
     ),
     pytest.param(
         BASE + '[plugins]\nenabled = ["access", "nosuch"]\n',
-        "{path}: plugins.enabled: unknown plugin 'nosuch' (available: access, dnsbl, greylist, headers, helo, imap_audit, pregreet, ratelimit, retention, spf)",
+        "{path}: plugins.enabled: unknown plugin 'nosuch' (available: access, dnsbl, greylist, headers, helo, imap_audit, pregreet, ratelimit, retention, route, spf)",
         id="unknown-plugin",
     ),
     pytest.param(
@@ -248,7 +248,7 @@ def test_plugins_command_fails_the_same_way(confdir):
     path = write(confdir, BASE + '[plugins]\nenabled = ["nosuch"]\n')
     assert_config_error(
         mailproxy("plugins", "-c", str(path), cwd=confdir),
-        f"{path}: plugins.enabled: unknown plugin 'nosuch' (available: access, dnsbl, greylist, headers, helo, imap_audit, pregreet, ratelimit, retention, spf)",
+        f"{path}: plugins.enabled: unknown plugin 'nosuch' (available: access, dnsbl, greylist, headers, helo, imap_audit, pregreet, ratelimit, retention, route, spf)",
     )
 
 
@@ -283,7 +283,7 @@ def test_dropin_plugin_is_discovered_and_listed(confdir):
         "  auth:file: authenticate  (built-in credential backend)",
         f"  local_rules: smtp_mail  ({origin})",
         f"  access: {ACCESS_HOOKS}  (entry point mailproxy_plugins.access)",
-        "available, not enabled: dnsbl, greylist, headers, helo, imap_audit, pregreet, ratelimit, retention, spare, spf",
+        "available, not enabled: dnsbl, greylist, headers, helo, imap_audit, pregreet, ratelimit, retention, route, spare, spf",
     ]
 
     result = mailproxy("check", "-c", str(path), cwd=confdir)
@@ -296,7 +296,7 @@ def test_unknown_plugin_lists_dropins_as_available(confdir):
     assert_config_error(
         mailproxy("check", "-c", str(path), cwd=confdir),
         f"{path}: plugins.enabled: unknown plugin 'local_rulez' "
-        "(available: abuse_rules, access, dnsbl, greylist, headers, helo, imap_audit, local_rules, pregreet, ratelimit, retention, spf)",
+        "(available: abuse_rules, access, dnsbl, greylist, headers, helo, imap_audit, local_rules, pregreet, ratelimit, retention, route, spf)",
     )
 
 
@@ -327,7 +327,7 @@ def test_broken_dropin_that_is_not_enabled_is_harmless(confdir):
     path = dropin_config(confdir, ["local_rules"], {"local_rules.py": DROPIN, "broken.py": "def broken(:\n"})
     result = mailproxy("plugins", "-c", str(path), cwd=confdir)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.splitlines()[-1] == "available, not enabled: access, broken, dnsbl, greylist, headers, helo, imap_audit, pregreet, ratelimit, retention, spf"
+    assert result.stdout.splitlines()[-1] == "available, not enabled: access, broken, dnsbl, greylist, headers, helo, imap_audit, pregreet, ratelimit, retention, route, spf"
 
 
 def test_dropin_with_unknown_hook(confdir):
