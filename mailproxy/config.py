@@ -204,8 +204,9 @@ class UpstreamSettings(_Section):
     # from timing out (Postfix allows 300 s, and only 10 s under stress).
     keepalive: float = Field(5.0, gt=0)
     # How the upstream learns the client's address: "auto" is the protocol's own way
-    # (XCLIENT for SMTP and POP3, ID for IMAP); "none" tells it nothing.
-    client_identity: Literal["auto", "xclient", "id", "none"] = "auto"
+    # (XCLIENT for SMTP and POP3, ID for IMAP); "proxy" sends a PROXY protocol v2
+    # header first (POP3 and IMAP, for Dovecot's haproxy listeners); "none" tells it nothing.
+    client_identity: Literal["auto", "xclient", "id", "proxy", "none"] = "auto"
     # The local address of connections to this upstream: lets the upstream trust the
     # proxy by address (Dovecot's login_trusted_networks) without trusting its host.
     source_address: str | None = None
@@ -227,11 +228,13 @@ class UpstreamSettings(_Section):
 
     def identity_for(self, protocol: str) -> str | None:
         """The client identity this upstream gets from a session of `protocol`:
-        "xclient", "id" or "none"; None if `client_identity` is not for that protocol."""
+        "xclient", "id", "proxy" or "none"; None if `client_identity` is not for that
+        protocol. SMTP upstreams get no PROXY header: Postfix takes XCLIENT."""
         own = "id" if protocol == "imap" else "xclient"
         if self.client_identity == "auto":
             return own
-        return self.client_identity if self.client_identity in (own, "none") else None
+        suitable = (own, "none") if protocol == "smtp" else (own, "proxy", "none")
+        return self.client_identity if self.client_identity in suitable else None
 
     @model_validator(mode="after")
     def _credential_pair(self) -> UpstreamSettings:

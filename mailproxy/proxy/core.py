@@ -59,6 +59,7 @@ class ProxySession:
         settings = runtime.settings
         self.session = session = Session(self.protocol, settings.name, settings.mode)
         session.peer = client.transport.get_extra_info("peername")
+        session.local = client.transport.get_extra_info("sockname")
         session.loop = self.loop
         session.wait_for_client = self.wait_for_client
         if client.tls:  # an implicit-TLS listener: the handshake is done

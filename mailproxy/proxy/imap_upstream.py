@@ -2,9 +2,10 @@
 
 Connect (from `source_address`), implicit TLS or STARTTLS, tell the upstream who the
 client is (`ID` with Dovecot's x-originating-* fields, honoured from its
-login_trusted_networks), then log in as the user. These commands carry the proxy's own
-tags (`mp1`, `mp2`, ...); their untagged responses are the proxy's to read, not the
-client's. After the login the session relays both ways through `link` and `reader`.
+login_trusted_networks; or a PROXY header before anything else), then log in as the
+user. These commands carry the proxy's own tags (`mp1`, `mp2`, ...); their untagged
+responses are the proxy's to read, not the client's. After the login the session relays
+both ways through `link` and `reader`.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from ..protocol.imap_responses import (
 )
 from ..session import Session
 from .connection import Connection
-from .upstream_link import UpstreamError, connect, upgrade
+from .upstream_link import UpstreamError, connect, proxy_header, upgrade
 
 log = logging.getLogger("mailproxy.upstream")
 
@@ -60,7 +61,8 @@ class ImapUpstream:
 
     async def open(self, session: Session) -> None:
         """Connect, read the greeting, secure the link, and pass the client's identity."""
-        self.link = await connect(self.name, self.settings, self._tls)
+        header = proxy_header(session) if self.settings.identity_for("imap") == "proxy" else None
+        self.link = await connect(self.name, self.settings, self._tls, header)
         greeting = await self._event("greeting", self.settings.connect_timeout)
         if not (isinstance(greeting, Untagged) and greeting.kind == "OK"):
             raise self.fail("greeting", f"upstream refused the session: {_shown(greeting)}")

@@ -1,9 +1,10 @@
 """The proxy's POP3 client side: the upstream session a POP3 login opens.
 
 Connect (from `source_address`), implicit TLS or STLS, tell the upstream who the client
-is (Dovecot's XCLIENT), then log in as the user. Each round trip is timed; every failure
-is an `UpstreamError`. After the login the session forwards the client's commands one
-at a time and relays the replies, a multi-line body as it arrives.
+is (Dovecot's XCLIENT, or a PROXY header before anything else), then log in as the user.
+Each round trip is timed; every failure is an `UpstreamError`. After the login the
+session forwards the client's commands one at a time and relays the replies, a
+multi-line body as it arrives.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from ..protocol.pop3 import Collected, End, Passthrough, Pop3ReplyReader, Protoc
 from ..session import Session
 from .connection import Connection
 from .upstream import xclient_address
-from .upstream_link import UpstreamError, connect, upgrade
+from .upstream_link import UpstreamError, connect, proxy_header, upgrade
 
 log = logging.getLogger("mailproxy.upstream")
 
@@ -46,7 +47,8 @@ class Pop3Upstream:
 
     async def open(self, session: Session) -> None:
         """Connect, read the greeting, secure the link, and pass the client's identity."""
-        self._link = await connect(self.name, self.settings, self._tls)
+        header = proxy_header(session) if self.settings.identity_for("pop3") == "proxy" else None
+        self._link = await connect(self.name, self.settings, self._tls, header)
         greeting = await self._reply("greeting", self.settings.connect_timeout)
         if not greeting.ok:
             raise self.fail("greeting", f"upstream refused the session: {_text(greeting)}")

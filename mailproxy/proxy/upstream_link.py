@@ -1,7 +1,7 @@
 """What every protocol's upstream connection shares: the TLS context it verifies with,
-connecting (from `source_address`, with implicit TLS and a deadline), the STARTTLS
-upgrade that refuses data sent before it, and one error type for every failure.
-Each failure is counted in mailproxy_upstream_failures_total by stage."""
+connecting (from `source_address`, with a PROXY header, implicit TLS and a deadline),
+the STARTTLS upgrade that refuses data sent before it, and one error type for every
+failure. Each failure is counted in mailproxy_upstream_failures_total by stage."""
 
 from __future__ import annotations
 
@@ -10,6 +10,8 @@ import ssl
 
 from .. import metrics
 from ..config import UpstreamSettings
+from ..protocol.proxy_protocol import proxy_v2_header
+from ..session import Session
 from .connection import Connection
 
 
@@ -42,18 +44,32 @@ def local_address(settings: UpstreamSettings) -> tuple[str, int] | None:
     return None if settings.source_address is None else (settings.source_address, 0)
 
 
-async def connect(name: str, settings: UpstreamSettings, tls: ssl.SSLContext | None) -> Connection:
-    """A connection to the upstream, its implicit TLS handshake done."""
+def proxy_header(session: Session) -> bytes:
+    """The PROXY v2 header for `client_identity = "proxy"`: the client's address, the
+    one it connected to, and whether its own connection is TLS (a server that has the
+    header from a trusted proxy takes the session as secured, or not, by that)."""
+    version = session.ssl.get("version") if session.ssl else None
+    return proxy_v2_header(session.peer[:2], session.local[:2], tls=session.tls, tls_version=version)
+
+
+async def connect(
+    name: str, settings: UpstreamSettings, tls: ssl.SSLContext | None, header: bytes | None = None,
+) -> Connection:
+    """A connection to the upstream, its implicit TLS handshake done. `header` (a PROXY
+    protocol header) goes first, in plaintext: TLS starts after it, on the same link."""
     host, port = settings.address.host, settings.address.port
-    implicit = tls if settings.tls == "implicit" else None
     loop = asyncio.get_running_loop()
+    link: Connection | None = None
     try:
         async with asyncio.timeout(settings.connect_timeout):
-            _, link = await loop.create_connection(
-                Connection, host, port, ssl=implicit, server_hostname=host if implicit else None,
-                local_addr=local_address(settings),
-            )
+            _, link = await loop.create_connection(Connection, host, port, local_addr=local_address(settings))
+            if header:
+                link.write(header)
+            if settings.tls == "implicit":
+                await link.start_tls(tls, server_side=False, server_hostname=host)
     except (OSError, TimeoutError, ssl.SSLError) as exc:
+        if link is not None:
+            link.abort()
         metrics.child(metrics.upstream_failures, name, "connect").inc()
         raise UpstreamError("connect", f"{host}:{port}: {exc or type(exc).__name__}") from None
     return link
