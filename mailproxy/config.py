@@ -254,6 +254,10 @@ class ListenerSettings(_Section):
     upstream: str
     local_domains: list[str] = []
     allow_plaintext_auth: bool = False
+    # POP3 and IMAP: "hooks" runs the command hooks on every command after the login;
+    # "pipe" makes the session a byte pipe once logged in (nginx's way), for sites that
+    # want only the login policy: the least memory per session, no command hooks.
+    after_login: Literal["hooks", "pipe"] = "hooks"
     max_message_size: int = Field(10 * 1024 * 1024, ge=1024)
     max_recipients: int = Field(100, ge=1)
     idle_timeout: float = Field(300.0, gt=0)
@@ -318,6 +322,8 @@ class ListenerSettings(_Section):
             for key in ("mode", "local_domains"):
                 if getattr(self, key):
                     raise ValueError(f"{key} is for smtp listeners, not {self.protocol}")
+        if self.protocol == "smtp" and self.after_login != "hooks":
+            raise ValueError("after_login is for pop3 and imap listeners")
         return self
 
 

@@ -161,6 +161,13 @@ class ImapResponseReader:
         self._literals = True  # whether the line streaming past may end in a literal
         self._scan = _LineScan()
 
+    def take_pending(self) -> bytes:
+        """Remove and return what was received and not yet read, between responses:
+        when the session becomes a byte pipe, these bytes are the client's first."""
+        pending = self._buffer[self._position :]
+        self._buffer, self._position = b"", 0
+        return pending
+
     @property
     def pending(self) -> bool:
         """Bytes were received and not yet read: after a go-ahead to STARTTLS, bytes that

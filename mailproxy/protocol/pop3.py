@@ -201,6 +201,12 @@ class Pop3ReplyReader:
         (at most 64 KiB). `sasl`: "+ " lines may come first (AUTH)."""
         self._expected.append((multiline, collect, sasl))
 
+    def take_pending(self) -> bytes:
+        """Remove and return what was received and not yet read, between replies: when
+        the session becomes a byte pipe, these bytes are the client's first."""
+        pending, self._buffer = self._buffer, b""
+        return pending
+
     @property
     def pending(self) -> bool:
         """Bytes were received and not yet read: after a go-ahead to STLS, bytes that

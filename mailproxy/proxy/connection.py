@@ -33,6 +33,9 @@ class Connection(asyncio.Protocol):
         self._waiter: asyncio.Future | None = None
         self._write_paused = False
         self._drain_waiter: asyncio.Future | None = None
+        self._sink: Connection | None = None  # spliced: where what is read here goes
+        self._source: Connection | None = None  # spliced: whose reading waits on our writes
+        self._lost: asyncio.Future | None = None  # spliced: resolved when the connection is gone
 
     # --- asyncio.Protocol ------------------------------------------------------------------
 
@@ -41,6 +44,9 @@ class Connection(asyncio.Protocol):
         self.tls = transport.get_extra_info("ssl_object") is not None
 
     def data_received(self, data: bytes) -> None:
+        if self._sink is not None:
+            self._sink.write(data)
+            return
         self._chunks.append(data)
         self._buffered += len(data)
         if self._buffered > self._max_buffer and not self._reading_paused:
@@ -50,6 +56,9 @@ class Connection(asyncio.Protocol):
 
     def eof_received(self) -> bool:
         self._eof = True
+        if self._sink is not None:
+            self._sink.close()  # after what it still has to send
+            return False
         self._wake(self._waiter)
         # TLS cannot keep a half-closed connection open.
         return self._keep_open_on_eof and not self.tls
@@ -59,13 +68,22 @@ class Connection(asyncio.Protocol):
         self.transport = None
         self._wake(self._waiter)
         self._wake(self._drain_waiter)
+        if self._sink is not None:
+            self._sink.close()
+            self._wake(self._lost)
 
     def pause_writing(self) -> None:
         self._write_paused = True
+        source = self._source
+        if source is not None and source.transport is not None:
+            source.transport.pause_reading()
 
     def resume_writing(self) -> None:
         self._write_paused = False
         self._wake(self._drain_waiter)
+        source = self._source
+        if source is not None and source.transport is not None:
+            source.transport.resume_reading()
 
     @staticmethod
     def _wake(waiter: asyncio.Future | None) -> None:
@@ -162,6 +180,28 @@ class Connection(asyncio.Protocol):
                     timer.cancel()
         if self.transport is None:
             raise ConnectionResetError("connection lost")
+
+    # --- splicing --------------------------------------------------------------------------
+
+    def splice(self, other: Connection) -> asyncio.Future:
+        """Join two connections into a byte pipe, both ways: what either reads goes to
+        the other as it arrives, reading pauses while the other side cannot write, and
+        either side's end closes the other after its last bytes. No task, no buffer of
+        our own. Bytes read before (and not taken) go first. Returns a future resolved
+        once either connection is gone."""
+        lost = self.loop.create_future()
+        for here, there in ((self, other), (other, self)):
+            here._sink, there._source, here._lost = there, here, lost
+            pending = here.take()  # resumes reading, if a full buffer had paused it
+            if pending:
+                there.write(pending)
+        for here in (self, other):
+            if here.transport is None or here._eof:
+                here._sink.close()
+                self._wake(lost)
+            elif here._sink.write_blocked:
+                here.transport.pause_reading()
+        return lost
 
     # --- TLS and closing -------------------------------------------------------------------
 

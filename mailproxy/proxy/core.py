@@ -263,6 +263,26 @@ class ProxySession:
         """Close the client connection (a shutdown); the session's task then ends."""
         self.client.close()
 
+    async def pipe(self, upstream) -> None:
+        """The rest of the session as a byte pipe to the upstream (a mail store's
+        `after_login = "pipe"`); `upstream.detach()` hands over its connection and the
+        bytes it read and did not use. What each side sent and was not read yet goes
+        first, then everything as it arrives, until either side ends. No hook runs, and
+        no timer (as in nginx's mail proxy, whose proxy_timeout is a day by default)."""
+        link, to_client = upstream.detach()
+        if link is None:
+            return
+        self.flush()
+        if to_client:
+            self.client.write(to_client)
+        to_upstream = self.machine.take_pending()
+        if to_upstream:
+            link.write(to_upstream)
+        try:
+            await self.client.splice(link)
+        finally:
+            link.abort()
+
 
 def tls_facts(connection: Connection) -> dict:
     transport = connection.transport

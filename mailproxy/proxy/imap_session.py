@@ -144,7 +144,10 @@ class ImapProxySession(ProxySession):
                 return
             if self._failed and await self._count_error():
                 return
-        await self._relay()
+        if self.runtime.settings.after_login == "pipe":
+            await self.pipe(self._upstream)
+        else:
+            await self._relay()
 
     # --- before the login ------------------------------------------------------------------
 

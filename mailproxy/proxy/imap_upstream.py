@@ -56,6 +56,12 @@ class ImapUpstream:
     def connected(self) -> bool:
         return self.link is not None and self.link.connected
 
+    def detach(self) -> tuple[Connection | None, bytes]:
+        """The connection and what was read from it and not yet taken, for a session
+        that becomes a byte pipe; this object is done with both."""
+        link, self.link = self.link, None
+        return link, self.reader.take_pending()
+
     def has(self, capability: str) -> bool:
         return capability.upper() in (c.upper() for c in self.capabilities)
 

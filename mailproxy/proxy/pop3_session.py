@@ -117,6 +117,8 @@ class Pop3ProxySession(ProxySession):
                 outcome = self._err(event.text if isinstance(event, BadCommand) else "Unknown command.")
             if outcome is CLOSE_SESSION:
                 return
+            if self.session.authenticated and self.runtime.settings.after_login == "pipe":
+                return await self.pipe(self._upstream)
             if self._failed and await self._count_error():
                 return
 

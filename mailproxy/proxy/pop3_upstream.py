@@ -45,6 +45,12 @@ class Pop3Upstream:
     def connected(self) -> bool:
         return self._link is not None and self._link.connected
 
+    def detach(self) -> tuple[Connection | None, bytes]:
+        """The connection and what was read from it and not yet taken, for a session
+        that becomes a byte pipe; this object is done with both."""
+        link, self._link = self._link, None
+        return link, self._reader.take_pending()
+
     async def open(self, session: Session) -> None:
         """Connect, read the greeting, secure the link, and pass the client's identity."""
         header = proxy_header(session) if self.settings.identity_for("pop3") == "proxy" else None

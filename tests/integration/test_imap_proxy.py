@@ -293,3 +293,21 @@ def test_one_scrape_shows_the_mail_store_traffic(dovecot, make_proxy, certs):
     assert metric("mailproxy_relayed_bytes_total", protocol="imap", direction="to_upstream") > 0
     assert metric("mailproxy_relayed_bytes_total", protocol="pop3", direction="to_client") > len(MESSAGE)
     assert metric("mailproxy_replies_total", protocol="imap", **{"class": "no"}, origin="proxy") >= 2
+
+
+def test_pipe_after_login_relays_bytes_and_runs_no_command_hook(dovecot, make_proxy, certs):
+    proxy = make_proxy(
+        "127.0.0.1:9", **imap_config(dovecot, certs, after_login="pipe"),
+        plugins={"enabled": ["access", "retention"]}, plugin={"retention": {"accounts": ["alice@example.test"]}},
+    )
+    with raw_client(proxy, certs) as client:
+        assert client.command(b"a1 LOGIN alice@example.test alice-secret")[-1].startswith(b"a1 OK")
+        # Pipelined after the login's answer: the pipe passes both on at once.
+        client.send(b"a2 SELECT INBOX\r\na3 FETCH 1 (BODY.PEEK[])\r\n")
+        assert client.until_tagged(b"a2")[-1].startswith(b"a2 OK")
+        fetched = b"".join(client.until_tagged(b"a3"))
+        assert MESSAGE in fetched
+        # No hook runs in the pipe: retention would have refused this.
+        assert client.command(b"a4 STORE 1 +FLAGS (\\Deleted)")[-1].startswith(b"a4 OK")
+        assert client.command(b"a5 LOGOUT")[-1].startswith(b"a5 OK")
+    assert proxy.metric("mailproxy_commands_total", protocol="imap", verb="STORE") == 0

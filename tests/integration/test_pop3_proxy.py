@@ -236,3 +236,16 @@ def test_upstream_down_is_a_temporary_failure(make_proxy, certs):
     client.user("alice@example.test")
     with pytest.raises(poplib.error_proto, match=r"\[SYS/TEMP\]"):
         client.pass_("alice-secret")
+
+
+def test_pipe_after_login(dovecot, make_proxy, certs):
+    proxy = make_proxy("127.0.0.1:9", **pop3_config(dovecot, certs, after_login="pipe"))
+    with Pop3Raw("127.0.0.1", proxy.port("pop3")) as client:
+        client.line()
+        client.starttls(client_context(certs[0]))
+        client.send(b"USER alice@example.test\r\nPASS alice-secret\r\nSTAT\r\nRETR 2\r\n")
+        assert [client.line()[:3] for _ in range(3)] == [b"+OK"] * 3
+        assert client.line().startswith(b"+OK")
+        assert client.multiline() == MESSAGES[1].replace(b"\r\n.", b"\r\n..")
+        assert client.command(b"QUIT").startswith(b"+OK")
+    assert proxy.metric("mailproxy_commands_total", protocol="pop3", verb="RETR") == 0

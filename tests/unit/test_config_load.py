@@ -431,3 +431,10 @@ def test_imap_listener_defaults_to_the_rfc_idle_timeout_and_id(tmp_path):
     assert config.upstreams["local"].identity_for("imap") == "id"
     path = write(tmp_path, UPSTREAM + 'client_identity = "xclient"\n' + POP3.replace('"pop3"', '"imap"'))
     assert error_of(path) == f"{path}: upstreams.local.client_identity: 'xclient' is not for imap listeners"
+
+
+def test_after_login_is_for_mail_store_listeners(tmp_path):
+    config = load_config(write(tmp_path, UPSTREAM + POP3 + 'after_login = "pipe"\n'))
+    assert config.listeners[0].after_login == "pipe"
+    path = write(tmp_path, MINIMAL + 'after_login = "pipe"\n')
+    assert error_of(path) == f"{path}: listeners[0]: after_login is for pop3 and imap listeners"

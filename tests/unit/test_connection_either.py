@@ -68,3 +68,51 @@ def test_bytes_already_buffered_return_at_once():
         right_peer.close()
 
     run(scenario())
+
+
+def test_splice_passes_bytes_both_ways_and_an_end_closes_the_other_side():
+    async def scenario():
+        left, left_peer = await connected_pair()
+        right, right_peer = await connected_pair()
+        loop = asyncio.get_running_loop()
+        left_peer.send(b"before the splice")
+        assert await left.wait_readable(10)
+        lost = left.splice(right)
+        assert await loop.sock_recv(right_peer, 100) == b"before the splice"  # read earlier, not lost
+        right_peer.send(b"pong")
+        assert await loop.sock_recv(left_peer, 100) == b"pong"
+        left_peer.send(b"ping")
+        assert await loop.sock_recv(right_peer, 100) == b"ping"
+        left_peer.close()
+        await asyncio.wait_for(lost, 10)
+        assert await asyncio.wait_for(loop.sock_recv(right_peer, 100), 10) == b""  # closed in turn
+        right_peer.close()
+
+    run(scenario())
+
+
+def test_a_spliced_side_that_does_not_read_stops_the_reading_of_the_other():
+    async def scenario():
+        left, left_peer = await connected_pair()
+        right, right_peer = await connected_pair()
+        loop = asyncio.get_running_loop()
+        lost = left.splice(right)
+        chunk = b"x" * 65536
+        sent = 0
+        # right_peer never reads: left_peer's sends must stall once the buffers are full,
+        # instead of the proxy's memory taking it all.
+        for _ in range(4000):  # at most 256 MiB, far beyond any socket buffers
+            try:
+                await asyncio.wait_for(loop.sock_sendall(left_peer, chunk), 0.5)
+            except TimeoutError:
+                break
+            sent += len(chunk)
+        else:
+            raise AssertionError("the sender was never held back")
+        assert right.write_buffer_size < 4 * 1024 * 1024
+        assert sent < 64 * 1024 * 1024
+        left_peer.close()
+        right_peer.close()
+        await asyncio.wait_for(lost, 10)
+
+    run(scenario())
