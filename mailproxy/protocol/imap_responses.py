@@ -37,7 +37,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import Enum
 
-from .events import CLOSED, NEED_DATA
+from .events import CLOSED, NEED_DATA, ProtocolViolation
 
 HOLD_LIMIT = 64 * 1024  # Dovecot's imap_max_line_length is 64k
 HEAD = 64  # bytes that classify an untagged response; its keywords are short
@@ -83,13 +83,6 @@ class Untagged:
     number: int | None
     raw: bytes
     code: str | None = None
-
-
-@dataclass(slots=True)
-class ProtocolViolation:
-    """The upstream sent something that is no IMAP response; the session gives up on it."""
-
-    text: str
 
 
 STATUS_KINDS = frozenset({"OK", "NO", "BAD", "BYE", "PREAUTH"})

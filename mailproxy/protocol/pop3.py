@@ -14,7 +14,7 @@ import re
 from collections import deque
 from dataclasses import dataclass
 
-from .events import CLOSED, NEED_DATA
+from .events import CLOSED, NEED_DATA, ProtocolViolation
 
 __all__ = [
     "CLOSED", "NEED_DATA", "BadCommand", "Collected", "Command", "Continuation", "End",
@@ -165,13 +165,6 @@ class Collected:
     as received; the "." line is not among them."""
 
     lines: list[bytes]
-
-
-@dataclass(slots=True)
-class ProtocolViolation:
-    """The upstream broke POP3; the reader is dead (CLOSED from now on)."""
-
-    text: str
 
 
 _STATUS = re.compile(rb"(\+OK|-ERR|\+)[ \r\n]")  # RFC 1939: indicators in upper case

@@ -11,65 +11,37 @@ both ways through `link` and `reader`.
 from __future__ import annotations
 
 import base64
-import logging
 import ssl
 import time
 
 from .. import metrics
 from ..config import UpstreamSettings
-from ..protocol.events import NEED_DATA
-from ..protocol.imap_responses import (
-    Continuation,
-    ImapResponseReader,
-    Passthrough,
-    ProtocolViolation,
-    Tagged,
-    Untagged,
-    capability_list,
-)
+from ..protocol.imap_responses import Continuation, ImapResponseReader, Tagged, Untagged, capability_list
 from ..session import Session
-from .connection import Connection
-from .upstream_link import UpstreamError, connect, proxy_header, upgrade
-
-log = logging.getLogger("mailproxy.upstream")
+from .mailstore_upstream import MailstoreUpstream
+from .upstream_link import UpstreamError
 
 LOGOUT_TIMEOUT = 2.0
 # Tagged NO codes (RFC 5530) that say the login failed for a reason other than the
 # credentials: the client should come back, and is not told its password is wrong.
 TEMPORARY_CODES = ("UNAVAILABLE", "SERVERBUG", "CONTACTADMIN", "INUSE", "EXPIRED", "LIMIT")
-# Upstreams already warned about (once per process): ID wanted, not offered.
-_warned_without_id: set[str] = set()
 
 
-class ImapUpstream:
+class ImapUpstream(MailstoreUpstream):
+    protocol = "imap"
+
     def __init__(self, name: str, settings: UpstreamSettings, tls: ssl.SSLContext | None) -> None:
-        self.name = name
-        self.settings = settings
-        self._tls = tls
-        self.link: Connection | None = None
-        self.reader = ImapResponseReader()
+        super().__init__(name, settings, tls, ImapResponseReader())
         self.capabilities: list[str] = []  # as the upstream last listed them
-        self.logged_in = False
         self._tags = 0
-
-    @property
-    def connected(self) -> bool:
-        return self.link is not None and self.link.connected
-
-    def detach(self) -> tuple[Connection | None, bytes]:
-        """The connection and what was read from it and not yet taken, for a session
-        that becomes a byte pipe; this object is done with both."""
-        link, self.link = self.link, None
-        return link, self.reader.take_pending()
 
     def has(self, capability: str) -> bool:
         return capability.upper() in (c.upper() for c in self.capabilities)
 
     async def open(self, session: Session) -> None:
         """Connect, read the greeting, secure the link, and pass the client's identity."""
-        header = proxy_header(session) if self.settings.identity_for("imap") == "proxy" else None
-        self.link = await connect(self.name, self.settings, self._tls, header)
-        greeting = await self._event("greeting", self.settings.connect_timeout)
+        await self.connect(session)
+        greeting = await self.next_event("greeting", self.settings.connect_timeout)
         if not (isinstance(greeting, Untagged) and greeting.kind == "OK"):
             raise self.fail("greeting", f"upstream refused the session: {_shown(greeting)}")
         self.capabilities = capability_list(greeting.raw) or []
@@ -77,7 +49,7 @@ class ImapUpstream:
             await self._starttls()
         if not self.capabilities:
             await self.command("CAPABILITY")
-        if self.settings.identity_for("imap") == "id":
+        if self.identity == "id":
             await self._announce(session)
 
     async def _starttls(self) -> None:
@@ -88,23 +60,14 @@ class ImapUpstream:
         reply = await self.command("STARTTLS")
         if reply.status != "OK":
             raise self.fail("tls", f"STARTTLS refused: {_shown(reply)}")
-        try:
-            await upgrade(self.link, self.settings, self._tls, self.reader.pending)
-        except UpstreamError as exc:
-            raise self.fail(exc.stage, str(exc).removeprefix("tls: ")) from None
+        await self.secure()
         self.capabilities = []  # RFC 3501 6.2.1: ask again after TLS
 
     async def _announce(self, session: Session) -> None:
         """RFC 2971 ID with the fields Dovecot takes from a trusted proxy. From an
         untrusted address Dovecot answers OK and ignores them: nothing on the wire tells."""
         if not self.has("ID"):
-            metrics.child(metrics.upstream_identity_missing, self.name).inc()
-            if self.name not in _warned_without_id:
-                _warned_without_id.add(self.name)
-                log.warning(
-                    "upstream %s does not offer ID: it sees the proxy's address, not the client's "
-                    "(set client_identity = \"none\" if that is intended)", self.name,
-                )
+            self.identity_missing("does not offer ID")
             return
         fields = {
             "x-originating-ip": session.client_address,
@@ -147,7 +110,7 @@ class ImapUpstream:
         timeout = timeout or self.settings.reply_timeout
         link.write(f"{tag} {text}\r\n".encode("utf-8", "surrogateescape"))
         while True:
-            event = await self._event(verb, timeout)
+            event = await self.next_event(verb, timeout)
             if isinstance(event, Tagged) and event.tag == tag:
                 break
             if isinstance(event, Untagged) and event.kind == "CAPABILITY":
@@ -159,51 +122,6 @@ class ImapUpstream:
         metrics.child(metrics.upstream_duration, self.name, verb).observe(time.perf_counter() - started)
         return event
 
-    async def _event(self, stage: str, timeout: float):
-        link = self.link
-        deadline = link.loop.time() + timeout
-        while True:
-            event = self.reader.next_event()
-            if event is not NEED_DATA:
-                break
-            try:
-                chunk = await link.receive(deadline)
-            except TimeoutError:
-                raise self.fail("timeout", f"no reply to {stage} within {timeout}s") from None
-            except OSError as exc:
-                raise self.fail("lost", f"{stage}: {exc}") from None
-            self.reader.receive_data(chunk)
-        if isinstance(event, ProtocolViolation):
-            raise self.fail("protocol", event.text)
-        if not isinstance(event, (Tagged, Untagged, Continuation, Passthrough)):  # CLOSED
-            raise self.fail("lost", f"connection closed during {stage}")
-        return event
-
-    def write(self, data: bytes) -> None:
-        """Bytes of the client's, forwarded as they are."""
-        if not self.connected:
-            raise UpstreamError("lost", "connection closed")
-        self.link.write(data)
-
-    async def drain(self) -> None:
-        """Wait while the upstream takes no more; one that stops reading must not hold
-        the session for ever."""
-        link = self.link
-        if link is None or not link.write_blocked:
-            return
-        try:
-            await link.drain(link.loop.time() + self.settings.reply_timeout)
-        except TimeoutError:
-            raise self.fail("timeout", f"upstream took nothing for {self.settings.reply_timeout}s") from None
-        except ConnectionError as exc:
-            raise self.fail("lost", f"write failed: {exc}") from None
-
-    def fail(self, stage: str, detail: str) -> UpstreamError:
-        """Count the failure, drop the connection, and return the error to raise."""
-        metrics.child(metrics.upstream_failures, self.name, stage).inc()
-        self.abort()
-        return UpstreamError(stage, detail)
-
     async def logout(self) -> None:
         """Say goodbye without waiting long. Unlike POP3, nothing depends on it: an
         IMAP session's changes are made as its commands run."""
@@ -213,11 +131,6 @@ class ImapUpstream:
             except UpstreamError:
                 pass
         self.abort()
-
-    def abort(self) -> None:
-        if self.link is not None:
-            self.link.abort()
-            self.link = None
 
 
 def _shown(event) -> str:
