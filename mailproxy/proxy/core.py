@@ -72,6 +72,7 @@ class ProxySession:
         self._outbox: list[bytes] = []
         self._outbox_size = 0
         self.machine = None  # the protocol's sans-IO machine for the client's side
+        self._upstream = None  # the protocol's upstream session, once there is one
         self._errors = 0
 
     # --- what a protocol provides ------------------------------------------------------------
@@ -96,7 +97,10 @@ class ProxySession:
         """Tell the hooks and the upstream the session is over."""
 
     def drop_upstream(self) -> None:
-        """Close the upstream link at once, if there is one."""
+        """Close the upstream session at once, if there is one."""
+        if self._upstream is not None:
+            self._upstream.abort()
+            self._upstream = None
 
     # --- the session's life --------------------------------------------------------------------
 

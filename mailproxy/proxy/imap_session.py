@@ -123,11 +123,6 @@ class ImapProxySession(ProxySession):
         if self._upstream is not None:
             await self._upstream.logout()
 
-    def drop_upstream(self) -> None:
-        if self._upstream is not None:
-            self._upstream.abort()
-            self._upstream = None
-
     async def serve(self) -> None:
         verdict = await self.runtime.policy.run("imap_connect", self.session)
         if verdict.action.is_refusal:

@@ -94,11 +94,6 @@ class Pop3ProxySession(ProxySession):
         if self._upstream is not None:
             await self._upstream.quit()
 
-    def drop_upstream(self) -> None:
-        if self._upstream is not None:
-            self._upstream.abort()
-            self._upstream = None
-
     async def serve(self) -> None:
         policy = self.runtime.policy
         verdict = await policy.run("pop3_connect", self.session)

@@ -92,11 +92,6 @@ class SmtpProxySession(AuthCommand, DataCommand, UpstreamPairing, SmtpReplies, P
         if self._upstream is not None:
             await self._upstream.quit()
 
-    def drop_upstream(self) -> None:
-        if self._upstream is not None:
-            self._upstream.abort()
-            self._upstream = None
-
     async def serve(self) -> None:
         if self.runtime.resolver is not None:
             self.session.client_name = await self.runtime.resolver.client_name(self.session.client_address)
