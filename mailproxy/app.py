@@ -31,25 +31,34 @@ class Application:
     listeners: list[ListenerRuntime]
 
 
-def _auth_backends(config: Config) -> list[tuple[str, object]]:
+def _auth_backends(config: Config) -> list[tuple[str, object, PluginSettings]]:
     backends = []
     for name in config.auth.backends:
         if name == "file":
             try:
-                backends.append(("auth:file", FileBackend(config.auth.users_file)))
+                backends.append(("auth:file", FileBackend(config.auth.users_file), PluginSettings()))
             except (OSError, ValueError) as exc:
                 raise ConfigError(f"{config.path}: auth.users_file: {exc}") from None
         else:
-            backends.append(("auth:upstream", UpstreamBackend()))
+            backends.append(("auth:upstream", UpstreamBackend(), PluginSettings(timeout=_upstream_login_time(config))))
     return backends
+
+
+def _upstream_login_time(config: Config) -> float:
+    """How long the `upstream` backend may take: opening an upstream session and logging
+    in there, each step within the upstream's own deadlines. A plugin's default of 5 s
+    would cut off a store that delays wrong answers (Dovecot: 2 s, plus up to 15 s of
+    penalty per address), and turn correct passwords into temporary failures."""
+    longest = max(u.connect_timeout + 3 * u.reply_timeout for u in config.upstreams.values())
+    return min(longest, 300.0)
 
 
 def build(config: Config) -> Application:
     state = make_state(config.state)
     manager = new_plugin_manager()
     loaded = [
-        register(manager, name, "built-in credential backend", backend, PluginSettings())
-        for name, backend in _auth_backends(config)
+        register(manager, name, "built-in credential backend", backend, settings)
+        for name, backend, settings in _auth_backends(config)
     ]
     context = PluginContext(state=state, config=config, logger=logging.getLogger("mailproxy.plugin"))
     loaded += load_plugins(config, context, manager)

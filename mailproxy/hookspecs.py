@@ -32,7 +32,9 @@ the same timeout. A call that times out cannot be stopped; it runs on in its thr
 until it returns, and holds that thread meanwhile.
 
 Whatever a hook raises, `SystemExit` and `CancelledError` included, counts as that
-plugin's failure and gets its `fail_mode`.
+plugin's failure and gets its `fail_mode`. It is logged with its traceback, unless the
+exception has a true `expected` attribute: a failure its message explains (a server
+that is down), logged in one line.
 
 Arguments are passed by name; an implementation may accept any subset of them.
 """

@@ -160,7 +160,10 @@ class PolicyEngine:
                 log.warning("plugin %s: %s timed out after %ss%s", name, hook, timeout, self._busy(impl))
                 raise _PluginFailed("timeout", elapsed) from None
             metrics.child(metrics.plugin_errors, name, hook, "exception").inc()
-            log.exception("plugin %s: %s raised", name, hook)
+            if getattr(exc, "expected", False):  # a failure its raiser explains: one line
+                log.warning("plugin %s: %s failed: %s", name, hook, exc)
+            else:
+                log.exception("plugin %s: %s raised", name, hook)
             raise _PluginFailed("exception", elapsed) from None
         elapsed = time.perf_counter() - started
         metrics.child(metrics.plugin_duration, name, hook).observe(elapsed)

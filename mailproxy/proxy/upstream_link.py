@@ -22,6 +22,8 @@ class UpstreamError(Exception):
     end of a message, the upstream may or may not have taken it.
     """
 
+    expected = True  # an outage, explained by its message: logged without a traceback
+
     def __init__(self, stage: str, detail: str, unanswered: bool = False) -> None:
         super().__init__(f"{stage}: {detail}")
         self.stage = stage

@@ -249,3 +249,21 @@ def test_pipe_after_login(dovecot, make_proxy, certs):
         assert client.multiline() == MESSAGES[1].replace(b"\r\n.", b"\r\n..")
         assert client.command(b"QUIT").startswith(b"+OK")
     assert proxy.metric("mailproxy_commands_total", protocol="pop3", verb="RETR") == 0
+
+
+def test_upstream_backend_waits_out_the_stores_own_failure_delays(make_proxy, certs):
+    # Dovecot as shipped answers a wrong password after 2 s and then delays every login
+    # from that address; a correct password after two wrong ones must still get in.
+    with Dovecot(USERS, listen="127.0.0.2", trusted_networks="127.0.0.5/32", stock_auth_delays=True) as dovecot:
+        config = pop3_config(dovecot, certs)
+        config["upstreams"]["store"]["reply_timeout"] = 30.0
+        proxy = make_proxy("127.0.0.1:9", auth={"backends": ["upstream"], "max_failures": 10}, **config)
+        client = poplib.POP3("127.0.0.1", proxy.port("pop3"), timeout=60)
+        client.stls(client_context(certs[0]))
+        for _ in range(2):
+            client.user("alice@example.test")
+            with pytest.raises(poplib.error_proto, match=r"\[AUTH\]"):
+                client.pass_("wrong")
+        client.user("alice@example.test")
+        assert client.pass_("alice-secret").startswith(b"+OK")
+        client.quit()
