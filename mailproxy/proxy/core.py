@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 import time
 
 from .. import metrics
@@ -144,12 +145,21 @@ class ProxySession:
                 runtime.release(self, session.client_address)
                 log.info("disconnect after %.3fs", time.monotonic() - session.started)
 
-    async def start_client_tls(self, timeout: float) -> None:
-        """STARTTLS: the go-ahead must be out before the handshake starts."""
+    async def start_client_tls(self, timeout: float) -> bool:
+        """STARTTLS: the go-ahead must be out before the handshake starts; both within
+        `timeout` (ClientTimeout past it). False when the handshake failed: the client
+        spoke no TLS, or none we accept; the session should end."""
         self.flush()
-        await self.client.drain(self.loop.time() + timeout)
-        await self.client.start_tls(self.runtime.server_tls, server_side=True, timeout=timeout)
+        try:
+            await self.client.drain(self.loop.time() + timeout)
+            await self.client.start_tls(self.runtime.server_tls, server_side=True, timeout=timeout)
+        except TimeoutError:
+            raise ClientTimeout(idle=False) from None
+        except (OSError, ssl.SSLError) as exc:
+            log.info("TLS handshake with the client failed: %s", exc or type(exc).__name__)
+            return False
         self.session.ssl = tls_facts(self.client)
+        return True
 
     # --- the client's side of the conversation ----------------------------------------------
 
@@ -184,16 +194,22 @@ class ProxySession:
 
     async def _next_event(self):
         """The client's next event from the machine (a command, a bad line, CLOSED...),
-        reading as needed within the deadline for a whole command line."""
+        reading as needed. Until the client sends anything, only the idle timeout
+        applies; from its first byte on, the whole command must arrive within
+        `command_timeout`."""
         machine = self.machine
         event = machine.next_event()
-        deadline = self.loop.time() + self.runtime.settings.command_timeout
+        command_timeout = self.runtime.settings.command_timeout
         if event is not NEED_DATA:
             if self.replies_backlogged:  # taking its replies is part of the next command
-                await self.push_replies(deadline)
+                await self.push_replies(self.loop.time() + command_timeout)
             return event
+        deadline = None
         while event is NEED_DATA:
-            machine.receive_data(await self.receive(deadline))
+            data = await self.receive(deadline)
+            if deadline is None:
+                deadline = self.loop.time() + command_timeout
+            machine.receive_data(data)
             event = machine.next_event()
         return event
 

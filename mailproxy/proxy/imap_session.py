@@ -217,15 +217,17 @@ class ImapProxySession(ProxySession):
         self._tagged(command.tag, "OK", "Logout completed.")
         return CLOSE_SESSION
 
-    async def imap_STARTTLS(self, command: Command) -> None:
+    async def imap_STARTTLS(self, command: Command) -> object | None:
         if not self._starttls_offered:
             self._tagged(command.tag, "BAD", "TLS is already active." if self.session.tls else "TLS is not available.")
-            return
+            return None
         # Whatever the client pipelined after STARTTLS came in plaintext: it must not be
         # taken as if it had come through TLS (the CVE-2011-0411 family).
         self.machine.take_pending()
         self._tagged(command.tag, "OK", "Begin TLS negotiation now.")
-        await self.start_client_tls(self.runtime.settings.command_timeout)
+        if not await self.start_client_tls(self.runtime.settings.command_timeout):
+            return CLOSE_SESSION
+        return None
 
     async def imap_LOGIN(self, command: Command) -> object | None:
         if not self._plaintext_allowed:

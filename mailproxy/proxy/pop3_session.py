@@ -151,14 +151,15 @@ class Pop3ProxySession(ProxySession):
     def _starttls_offered(self) -> bool:
         return self.runtime.settings.tls == "starttls" and not self.session.tls
 
-    async def pop3_STLS(self, command: Command) -> None:
+    async def pop3_STLS(self, command: Command) -> object | None:
         if not self._starttls_offered:
             return self._err("TLS is not available." if not self.session.tls else "TLS is already active.")
         # Whatever the client pipelined after STLS came in plaintext: it must not be
         # taken as if it had come through TLS (the CVE-2011-0411 family).
         self.machine.take_pending()
         self._ok("Begin TLS negotiation now.")
-        await self.start_client_tls(self.runtime.settings.command_timeout)
+        if not await self.start_client_tls(self.runtime.settings.command_timeout):
+            return CLOSE_SESSION
         self._username = None  # RFC 2595 4: the client starts over
         return None
 

@@ -14,7 +14,6 @@ message (see docs/architecture.md), and 4xx when the upstream fails.
 from __future__ import annotations
 
 import logging
-import ssl
 
 from .. import metrics
 from ..protocol.esmtp import UnsupportedParameter, check_client_parameters
@@ -23,7 +22,7 @@ from ..protocol.events import CLOSED
 from ..protocol.smtp_server import BadCommand, SmtpServerMachine
 from ..session import Envelope
 from ..verdict import Action, Verdict
-from .core import ClientTimeout, ProxySession
+from .core import ProxySession
 from .runtime import CLOSE_SESSION, ListenerRuntime
 from .smtp_auth import AuthCommand
 from .smtp_data import DataCommand
@@ -356,12 +355,7 @@ class SmtpProxySession(AuthCommand, DataCommand, UpstreamPairing, SmtpReplies, P
         await self._reset_transaction()
         self._say(220, "2.0.0", "Ready to start TLS")
         # The go-ahead and the handshake are part of this command, within its deadline.
-        try:
-            await self.start_client_tls(self.runtime.settings.command_timeout)
-        except TimeoutError:
-            raise ClientTimeout(idle=False) from None
-        except (OSError, ssl.SSLError) as exc:
-            log.info("TLS handshake with the client failed: %s", exc or type(exc).__name__)
+        if not await self.start_client_tls(self.runtime.settings.command_timeout):
             return CLOSE_SESSION
         self._forget_before_tls()
         return None

@@ -12,6 +12,7 @@ import base64
 import poplib
 import re
 import smtplib
+import time
 
 import pytest
 
@@ -267,3 +268,23 @@ def test_upstream_backend_waits_out_the_stores_own_failure_delays(make_proxy, ce
         client.user("alice@example.test")
         assert client.pass_("alice-secret").startswith(b"+OK")
         client.quit()
+
+
+def test_a_failed_stls_handshake_ends_the_session_quietly(pop3_proxy):
+    # The proxy fixture fails the test on any traceback in the proxy's log.
+    with Pop3Raw("127.0.0.1", pop3_proxy.port("pop3")) as client:
+        client.line()
+        assert client.command(b"STLS").startswith(b"+OK")
+        client.send(b"this is no TLS handshake\r\n" * 20)
+        assert client.until_closed() == b""
+
+
+def test_idle_time_before_a_command_is_not_the_command_deadline(dovecot, make_proxy, certs):
+    proxy = make_proxy("127.0.0.1:9", **pop3_config(dovecot, certs, idle_timeout=30.0, command_timeout=1.0))
+    with Pop3Raw("127.0.0.1", proxy.port("pop3")) as client:
+        client.line()
+        time.sleep(2.5)  # idle, within idle_timeout: no command has begun
+        assert client.command(b"CAPA").startswith(b"+OK")
+        client.multiline()
+        client.send(b"CA")  # a command begun and not finished within command_timeout
+        assert client.until_closed().startswith(b"-ERR Timeout exceeded")
