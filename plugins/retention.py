@@ -4,9 +4,16 @@ client asks of the mail store.
     [plugin.retention]
     accounts = ["archive@example.test", "@legal.example.test"]   # or ["*"] for everyone
     trash_names = ["Trash", "Deleted Items", "Deleted Messages"]
+    default_domain = "example.test"   # the mail store's auth_default_realm, if it has one
+    master_user_separator = "*"       # the mail store's auth_master_user_separator
 
 A login matches an entry that is the same address (compared without regard to case), a
-"@domain" entry for every address in that domain, or "*". For such an account:
+"@domain" entry for every address in that domain, or "*". The login is first read as
+the mail store will read it: a master-user login (`alice@example.test*admin`) is the
+account before the separator, and a login without a domain gets `default_domain`. A
+login that still has no domain is protected if an entry names the same local part or
+any entry is an "@domain" one: the store may put it in any domain, so it is refused
+rather than guessed. For a protected account:
 
 - POP3 `DELE` is refused. A POP3 server deletes only what DELE marked, at QUIT, so
   nothing is deleted.
@@ -53,6 +60,8 @@ class Plugin:
     class Config(PluginSettings):
         accounts: list[str] = []
         trash_names: list[str] = ["Trash", "Deleted Items", "Deleted Messages"]
+        default_domain: str | None = None
+        master_user_separator: str = "*"
 
         @field_validator("accounts")
         @classmethod
@@ -63,16 +72,33 @@ class Plugin:
             return [account.lower() for account in accounts]
 
     def __init__(self, settings: Config, context) -> None:
+        self._settings = settings
         self._everyone = "*" in settings.accounts
         self._accounts = frozenset(settings.accounts)
+        self._local_parts = frozenset(a.partition("@")[0] for a in settings.accounts if not a.startswith("@"))
+        self._any_domain = any(a.startswith("@") for a in settings.accounts)
         self._trash_names = frozenset(settings.trash_names)
+
+    def account_of(self, username: str) -> str:
+        """The account a login names, as the mail store resolves it."""
+        name = username.strip().lower()
+        separator = self._settings.master_user_separator
+        if separator:
+            name = name.partition(separator)[0]
+        if "@" not in name and self._settings.default_domain:
+            name = f"{name}@{self._settings.default_domain.lower()}"
+        return name
 
     def protects(self, username: str | None) -> bool:
         if username is None:
             return False
-        username = username.lower()
-        domain = username.rpartition("@")[2]
-        return self._everyone or username in self._accounts or f"@{domain}" in self._accounts
+        if self._everyone:
+            return True
+        name = self.account_of(username)
+        local, at, domain = name.rpartition("@")
+        if not at:
+            return name in self._local_parts or self._any_domain
+        return name in self._accounts or f"@{domain}" in self._accounts
 
     @hookimpl
     def pop3_command(self, session: Session, verb: str) -> Verdict | None:

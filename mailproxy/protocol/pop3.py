@@ -24,7 +24,9 @@ __all__ = [
 
 MAX_COMMAND_LINE = 512  # with its line end; RFC 2449 §4 says 255, clients send longer
 MAX_SASL_LINE = 8192  # RFC 5034 §4 sends long initial responses after "+ ", not on AUTH
-MAX_STATUS_LINE = 512
+# Servers echo the command in an error (Dovecot: "-ERR Unknown command: ..."): a status
+# line may be as long as the longest command plus a reply's own words.
+MAX_STATUS_LINE = MAX_COMMAND_LINE + 512
 MAX_COLLECTED = 64 * 1024
 
 # --- the client's side ----------------------------------------------------------------

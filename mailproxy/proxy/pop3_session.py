@@ -32,6 +32,12 @@ log = logging.getLogger("mailproxy.pop3")
 # Commands of the TRANSACTION state (RFC 1939, RFC 2449): before the login they get
 # "not logged in" rather than "unknown command".
 MAILBOX_COMMANDS = frozenset("STAT LIST RETR DELE NOOP RSET TOP UIDL".split())
+# SASL mechanisms shown to hooks by name; anything else in that place may be a client's
+# response sent too early, so it is shown as OTHER.
+KNOWN_MECHANISMS = frozenset(
+    "PLAIN LOGIN CRAM-MD5 DIGEST-MD5 SCRAM-SHA-1 SCRAM-SHA-256 SCRAM-SHA-1-PLUS SCRAM-SHA-256-PLUS "
+    "XOAUTH2 OAUTHBEARER GSSAPI EXTERNAL NTLM ANONYMOUS".split()
+)
 # Capabilities that belong to the proxy's side of the login, not the upstream's.
 LOGIN_CAPABILITIES = frozenset({b"STLS", b"SASL", b"USER", b"APOP"})
 PLAINTEXT_REFUSED = "[AUTH] Plaintext authentication disallowed on non-secure (SSL/TLS) connections."
@@ -61,9 +67,10 @@ class Pop3ProxySession(ProxySession):
         self.write(f"-ERR {text}\r\n".encode("utf-8", "replace"))
 
     def _relay(self, line: bytes) -> None:
-        ok = line.startswith(b"+OK")
-        metrics.pop3_reply_counter(ok, "upstream").inc()
-        self._failed = not ok
+        """The upstream's reply; its -ERR is no error of the client's to count (Dovecot
+        answers `DELE` of a deleted message so, and counts only bad commands itself)."""
+        metrics.pop3_reply_counter(line.startswith(b"+OK"), "upstream").inc()
+        self._to_client.inc(len(line))
         self.write(line)
 
     def _enforce(self, verdict: Verdict) -> object | None:
@@ -122,7 +129,8 @@ class Pop3ProxySession(ProxySession):
         metrics.child(metrics.commands, "pop3", metrics.pop3_verb_label(verb)).inc()
         policy = self.runtime.policy
         if policy.has("pop3_command"):
-            verdict = await policy.run("pop3_command", self.session, verb=verb, args=_shown_args(command))
+            shown_verb, shown_args = hook_view(command)
+            verdict = await policy.run("pop3_command", self.session, verb=shown_verb, args=shown_args)
             if verdict.action.is_refusal:
                 return self._enforce(verdict)
         if self.session.authenticated:
@@ -258,21 +266,27 @@ class Pop3ProxySession(ProxySession):
             return self._err("Already logged in.")
         multiline = multiline_reply(verb, command.args)
         upstream = self._upstream
+        label = metrics.pop3_verb_label(verb)
+        relaying = False  # part of a multi-line reply is out: no -ERR may follow it
         try:
-            status = await upstream.command(
-                command.line + b"\r\n", metrics.pop3_verb_label(verb), multiline, collect=verb == "CAPA"
-            )
+            status = await upstream.command(command.line + b"\r\n", label, multiline, collect=verb == "CAPA")
             self._to_upstream.inc(len(command.line) + 2)
-            self._to_client.inc(len(status.line))
-            self._relay(status.line)
-            if status.ok and multiline:
-                if verb == "CAPA":
-                    self.write(_without_login_capabilities(await upstream.collected()) + b".\r\n")
-                else:
+            if status.ok and multiline and verb == "CAPA":
+                capabilities = _without_login_capabilities(await upstream.collected())
+                self._relay(status.line)
+                self.write(capabilities + b".\r\n")
+            else:
+                self._relay(status.line)
+                if status.ok and multiline:
+                    relaying = True
                     await self._relay_body(upstream)
         except UpstreamError as exc:
-            log.warning("upstream %s failed during %s: %s", upstream.name, verb, exc)
-            self._err("[SYS/TEMP] Upstream failure, closing connection.")
+            log.warning("upstream %s failed during %s: %s", upstream.name, label, exc)
+            if relaying:  # cut the reply off: the client must not take it for whole
+                self.flush()
+                self.client.abort()
+            else:
+                self._err("[SYS/TEMP] Upstream failure, closing connection.")
             return CLOSE_SESSION
         if verb == "QUIT":
             upstream.abort()  # it has answered; the session is over for both sides
@@ -284,6 +298,8 @@ class Pop3ProxySession(ProxySession):
         a client that stops reading stops the reading from the upstream."""
         self.flush()
         async for piece in upstream.body():
+            if not self.client.connected:  # the client left: read no more for it
+                raise ConnectionResetError("client gone during a multi-line reply")
             self._to_client.inc(len(piece))
             self.client.write(piece)
             if self.client.write_blocked:
@@ -291,13 +307,18 @@ class Pop3ProxySession(ProxySession):
         self.write(b".\r\n")
 
 
-def _shown_args(command: Command) -> tuple[str, ...]:
-    """A command's args as hooks see them: no credentials."""
-    if command.verb == "PASS":
-        return ()
-    if command.verb == "AUTH":
-        return command.args[:1]
-    return command.args
+def hook_view(command: Command) -> tuple[str, tuple[str, ...]]:
+    """A command's verb and args as hooks see them: never credentials. A verb POP3 does
+    not know is shown as OTHER without args: it may be a password sent with a tab
+    (`PASS\tsecret`) or a SASL response sent where a command was due."""
+    verb = command.verb
+    if verb not in metrics.KNOWN_POP3_VERBS:
+        return "OTHER", ()
+    if verb == "PASS":
+        return verb, ()
+    if verb == "AUTH":
+        return verb, tuple(arg.upper() if arg.upper() in KNOWN_MECHANISMS else "OTHER" for arg in command.args[:1])
+    return verb, command.args
 
 
 def _without_login_capabilities(lines: list[bytes]) -> bytes:

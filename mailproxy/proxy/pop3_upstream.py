@@ -77,6 +77,10 @@ class Pop3Upstream(MailstoreUpstream):
         else piece by piece from `body()`."""
         if not self.connected:
             raise UpstreamError("lost", f"connection closed before {verb}")
+        if self.reader.pending or self.link.has_data:
+            # POP3 servers speak only when asked: these bytes would be taken for the
+            # reply to this command, and every reply after it would be one off.
+            raise self.fail("protocol", f"upstream sent data nobody asked for, before {verb}")
         started = time.perf_counter()
         timeout = timeout or self.settings.reply_timeout
         self.reader.expect(multiline, collect)

@@ -19,6 +19,7 @@ import pytest
 from tests.support.clients import auth_plain
 from tests.support.dovecot import Dovecot
 from tests.support.mailstore_clients import Pop3Raw
+from tests.support.scripted_pop3 import CLOSE, ScriptedPop3
 from tests.support.tls import client_context
 
 pytestmark = pytest.mark.integration
@@ -288,3 +289,57 @@ def test_idle_time_before_a_command_is_not_the_command_deadline(dovecot, make_pr
         client.multiline()
         client.send(b"CA")  # a command begun and not finished within command_timeout
         assert client.until_closed().startswith(b"-ERR Timeout exceeded")
+
+
+def scripted_proxy(make_proxy, certs, upstream):
+    _, cert, key = certs
+    return make_proxy(
+        "127.0.0.1:9",
+        upstreams={"store": {"address": upstream.address, "client_identity": "none", "reply_timeout": 5.0}},
+        listeners=[{"name": "pop3", "protocol": "pop3", "upstream": "store", "allow_plaintext_auth": True}],
+    )
+
+
+def logged_in_raw(proxy) -> Pop3Raw:
+    client = Pop3Raw("127.0.0.1", proxy.port("pop3"))
+    client.line()
+    client.send(b"USER alice@example.test\r\nPASS alice-secret\r\n")
+    assert client.line().startswith(b"+OK") and client.line().startswith(b"+OK")
+    return client
+
+
+def test_an_upstream_that_dies_mid_body_cuts_the_reply_off_without_an_error_line(make_proxy, certs):
+    with ScriptedPop3({b"RETR": (b"+OK 100 octets\r\nFrom: a@b\r\n\r\npartial bo", CLOSE)}) as upstream:
+        proxy = scripted_proxy(make_proxy, certs, upstream)
+        with logged_in_raw(proxy) as client:
+            client.send(b"RETR 1\r\n")
+            received = client.until_closed()
+    # The client must not take an -ERR for the message's last line, or the reply for whole.
+    assert received.startswith(b"+OK 100 octets\r\n") and b"-ERR" not in received
+    assert not received.endswith(b"\r\n.\r\n")
+
+
+def test_bytes_the_upstream_sent_unasked_end_the_session(make_proxy, certs):
+    with ScriptedPop3({b"STAT": b"+OK 1 10\r\n+OK injected\r\n", b"NOOP": b"+OK\r\n"}) as upstream:
+        proxy = scripted_proxy(make_proxy, certs, upstream)
+        with logged_in_raw(proxy) as client:
+            assert client.command(b"STAT") == b"+OK 1 10\r\n"
+            # Taken for NOOP's reply, the stray line would shift every later reply by one.
+            assert client.command(b"NOOP").startswith(b"-ERR [SYS/TEMP] Upstream failure")
+
+
+def test_the_upstreams_own_errors_do_not_use_up_the_clients_error_budget(make_proxy, certs):
+    with ScriptedPop3({b"DELE": b"-ERR Message is deleted.\r\n"}) as upstream:
+        _, cert, key = certs
+        proxy = make_proxy(
+            "127.0.0.1:9",
+            upstreams={"store": {"address": upstream.address, "client_identity": "none"}},
+            listeners=[{"name": "pop3", "protocol": "pop3", "upstream": "store", "allow_plaintext_auth": True,
+                        "max_errors": 3, "soft_error_limit": 100}],
+        )
+        with logged_in_raw(proxy) as client:
+            for _ in range(5):
+                assert client.command(b"DELE 1") == b"-ERR Message is deleted.\r\n"
+            # Still in the session after five -ERR (max_errors 3): QUIT, which commits the
+            # deletions, reaches the store.
+            assert client.command(b"QUIT") == b"+OK Bye.\r\n"

@@ -99,3 +99,17 @@ def test_pop3_dele():
 def test_accounts_must_be_addresses():
     with pytest.raises(ValueError, match="is not an address"):
         Plugin.Config(accounts=["archive"])
+
+
+def test_a_login_is_read_as_the_mail_store_reads_it():
+    # Dovecot logs "alice*admin" in as alice (a master user), and "archive" as
+    # archive@example.test when its auth_default_realm is example.test.
+    assert refused(b"a EXPUNGE", session("archive@example.test*admin"))
+    assert refused(b"a EXPUNGE", session("archive"), default_domain="example.test")
+    assert not refused(b"a EXPUNGE", session("bob"), default_domain="example.test")
+    # Without a default domain a bare login may land in any domain: refused when an
+    # entry could be it, rather than guessed.
+    assert refused(b"a EXPUNGE", session("archive"))
+    assert refused(b"a EXPUNGE", session("bob"))  # "@legal.example.test" could be bob's
+    assert not refused(b"a EXPUNGE", session("bob"), accounts=[PROTECTED])
+    assert refused(b"a EXPUNGE", session("archive@example.test+admin"), master_user_separator="+")

@@ -29,7 +29,7 @@ from tests.support.chunks import splits
 
 LONGEST = 512  # bytes in a command line, its line end included
 SASL_LONGEST = 8192  # bytes in a SASL response line
-STATUS_LONGEST = 512
+STATUS_LONGEST = LONGEST + 512  # a reply may echo the longest command
 COLLECT_MOST = 64 * 1024
 TOO_LONG = BadCommand("Line too long")
 BARE = BadCommand("Bare CR or NUL in command")
