@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 PYTEST_ARGS ?=
 
-.PHONY: venv system test run bench bench-stall mutate clean
+.PHONY: venv system test run bench bench-stall bench-imap mutate clean
 
 venv: $(VENV)/.stamp
 
@@ -24,14 +24,18 @@ run: system venv
 	bash scripts/demo.sh
 
 # Options pass through (see bench/README.md): make bench BENCH_ARGS=--quick,
-# make bench-stall STALL_ARGS="--cases ''"
+# make bench-stall STALL_ARGS="--cases ''", make bench-imap IMAP_ARGS="--sessions 500"
 BENCH_ARGS ?=
 STALL_ARGS ?=
+IMAP_ARGS ?=
 bench: system venv
 	$(VENV)/bin/python bench/smtp_throughput.py $(BENCH_ARGS)
 
 bench-stall: system venv
 	$(VENV)/bin/python bench/data_stall.py $(STALL_ARGS)
+
+bench-imap: system venv
+	$(VENV)/bin/python bench/imap_sessions.py $(IMAP_ARGS)
 
 # Mutation testing of the modules where a bug loses mail or opens a hole, in a scratch
 # copy of the tree; long, so not part of `make test` or CI. See docs/testing.md.

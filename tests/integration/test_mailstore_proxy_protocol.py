@@ -34,28 +34,26 @@ PROXY_SOURCE = "127.0.0.5"
 CLIENT = "127.0.0.1"  # where the kernel connects a client to 127.0.0.4 from
 
 
-class HaproxyDovecot(Dovecot):
-    """The harness's Dovecot, its Login lines naming the ports; with `tls_after_header`
-    its haproxy listeners take TLS after the header (`ssl = yes`), as an implicit-TLS
-    upstream behind a PROXY header does."""
+# Login lines that name the ports as well.
+LOGIN_LOG_FORMAT = (
+    "login_log_format_elements = user=<%u> method=%m rip=%r rport=%{rport} "
+    "lip=%l lport=%{lport} mpid=%e %c session=<%{session}>\n"
+)
 
-    def __init__(self, *args, tls_after_header: bool = False, **kwargs) -> None:
-        super().__init__(*args, haproxy=True, trusted_networks=f"{PROXY_SOURCE}/32", **kwargs)
-        self.tls_after_header = tls_after_header
 
-    def _config(self) -> str:
-        config = super()._config() + (
-            "login_log_format_elements = user=<%u> method=%m rip=%r rport=%{rport} "
-            "lip=%l lport=%{lport} mpid=%e %c session=<%{session}>\n"
-        )
-        if self.tls_after_header:
-            config = config.replace("    haproxy = yes\n", "    haproxy = yes\n    ssl = yes\n")
-        return config
+def haproxy_dovecot(*args, tls_after_header: bool = False, **kwargs) -> Dovecot:
+    """The harness's Dovecot with its haproxy listeners, trusting the proxy's source;
+    with `tls_after_header` they take TLS after the header, as an implicit-TLS upstream
+    behind a PROXY header does."""
+    return Dovecot(
+        *args, haproxy=True, haproxy_ssl=tls_after_header, trusted_networks=f"{PROXY_SOURCE}/32",
+        extra_config=LOGIN_LOG_FORMAT, **kwargs,
+    )
 
 
 @pytest.fixture
 def dovecot():
-    with HaproxyDovecot(USERS, listen="127.0.0.2") as server:
+    with haproxy_dovecot(USERS, listen="127.0.0.2") as server:
         server.seed(ALICE, [MESSAGE])
         yield server
 
@@ -171,7 +169,7 @@ def test_a_plaintext_client_is_not_claimed_to_be_on_tls(dovecot, make_proxy, cer
 def test_header_before_the_tls_of_an_implicit_tls_upstream(make_proxy, certs, protocol):
     ca, cert, key = certs
     # On 127.0.0.1: the test certificate names that address, and the proxy verifies it.
-    with HaproxyDovecot(USERS, tls=(cert, key), tls_after_header=True) as dovecot:
+    with haproxy_dovecot(USERS, tls=(cert, key), tls_after_header=True) as dovecot:
         dovecot.seed(ALICE, [MESSAGE])
         upstream = {**haproxy_upstream(dovecot, protocol), "tls": "implicit", "ca_file": str(ca)}
         proxy = start_proxy(make_proxy, certs, protocol, upstream)

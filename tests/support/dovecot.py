@@ -133,9 +133,15 @@ service anvil {
                  special_use: bool = False,
                  mailboxes: Mapping[str, str] | Sequence[str] = (),
                  imap_compress: bool = False,
-                 stock_auth_delays: bool = False):
+                 stock_auth_delays: bool = False,
+                 haproxy_ssl: bool = False,
+                 extra_config: str = ""):
         self.users = dict(users)
         self.stock_auth_delays = stock_auth_delays
+        self.haproxy_ssl = haproxy_ssl  # TLS after the PROXY header on the haproxy listeners
+        # Settings appended last: Dovecot merges a repeated block and keeps a setting's
+        # last value, so these override the harness's own.
+        self.extra_config = extra_config
         self.listen = listen
         self.submission_relay = submission_relay
         self.tls = tls
@@ -283,7 +289,7 @@ service imap-login {{
   inet_listener imaps {{
     port = 0
   }}
-{_haproxy_listener("imap_haproxy", self.imap_haproxy_port)}}}
+{_haproxy_listener("imap_haproxy", self.imap_haproxy_port, self.haproxy_ssl)}}}
 service pop3-login {{
   inet_listener pop3 {{
     port = {self.pop3_port}
@@ -291,8 +297,8 @@ service pop3-login {{
   inet_listener pop3s {{
     port = 0
   }}
-{_haproxy_listener("pop3_haproxy", self.pop3_haproxy_port)}}}
-{submission}{self._haproxy_config()}{self._namespace_config()}{self._compress_config()}"""
+{_haproxy_listener("pop3_haproxy", self.pop3_haproxy_port, self.haproxy_ssl)}}}
+{submission}{self._haproxy_config()}{self._namespace_config()}{self._compress_config()}{self.extra_config}"""
 
     def _haproxy_config(self) -> str:
         if not self.haproxy:
@@ -410,11 +416,13 @@ def _mailboxes(special_use: bool, mailboxes: Mapping[str, str] | Sequence[str]) 
     return named
 
 
-def _haproxy_listener(name: str, port: int | None) -> str:
-    """An inet_listener that wants a PROXY v1/v2 header first (haproxy_trusted_networks)."""
+def _haproxy_listener(name: str, port: int | None, ssl: bool) -> str:
+    """An inet_listener that wants a PROXY v1/v2 header first (haproxy_trusted_networks),
+    and with `ssl` TLS after it."""
     if port is None:
         return ""
-    return f"  inet_listener {name} {{\n    port = {port}\n    haproxy = yes\n  }}\n"
+    tls = "    ssl = yes\n" if ssl else ""
+    return f"  inet_listener {name} {{\n    port = {port}\n    haproxy = yes\n{tls}  }}\n"
 
 
 def _expect_ok(responses: list[bytes]) -> None:
