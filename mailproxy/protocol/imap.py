@@ -110,9 +110,11 @@ class LiteralData:
 
 @dataclass(frozen=True, slots=True)
 class CommandRest:
-    """The rest of a command after its last streamed literal, to its final line end."""
+    """The rest of a command after its last streamed literal, to its final line end.
+    `parts`: the same bytes as lines and the values of literals read in between."""
 
     raw: bytes
+    parts: tuple[bytes, ...] = field(default=(), compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -397,7 +399,7 @@ class ImapServerMachine:
             return self._drop()
         self._command = None
         if command.streamed:
-            return CommandRest(b"".join(command.raw))
+            return CommandRest(b"".join(command.raw), tuple(command.raw))
         return Command(command.tag, verb, args, command.raw)
 
     def _drop(self):

@@ -35,6 +35,16 @@ class CommandLedger:
     def sent(self, tag: str, verb: str, args: tuple) -> None:
         self._outstanding[tag] = Completion(tag, verb, args)
 
+    @property
+    def outstanding(self) -> bool:
+        """Some forwarded command has not had its tagged answer yet."""
+        return bool(self._outstanding)
+
+    def in_use(self, tag: str) -> bool:
+        """A forwarded command with this tag is still open: a second one would make
+        the answers ambiguous."""
+        return tag in self._outstanding
+
     def untagged(self, event: Untagged) -> None:
         if not self._outstanding:
             return

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import re
+from collections import deque
 
 from .. import metrics
 from ..auth.sasl import SaslError, decode_response, parse_plain
@@ -61,7 +62,10 @@ log = logging.getLogger("mailproxy.imap")
 # Answered by the proxy after the login, never forwarded: the login is over, and a
 # compressed stream would hide the commands from the hooks.
 NOT_AFTER_LOGIN = frozenset({"LOGIN", "AUTHENTICATE", "STARTTLS"})
-SYNC_MARKER = re.compile(rb"(~?\{\d+)\}(\r?\n)\Z")
+_BEFORE_LOGIN_CREDENTIALS = frozenset({"LOGIN", "AUTHENTICATE"})
+PRIVACY_REQUIRED = "[PRIVACYREQUIRED] Plaintext authentication disallowed on non-secure (SSL/TLS) connections."
+# A line's closing non-synchronising literal marker ({n+}, ~{n+}).
+NONSYNC_MARKER = re.compile(rb"(~?\{\d+)\+\}(\r?\n)\Z")
 
 
 class ImapProxySession(ProxySession):
@@ -75,7 +79,16 @@ class ImapProxySession(ProxySession):
         # After the login: a command waiting for the upstream's "+" (IDLE, or a sync
         # literal that streams), as (tag, what): client input waits meanwhile.
         self._awaiting: tuple[str, str] | None = None
+        # Lines and literal values of a command not yet sent: each literal goes only
+        # after the upstream's own "+", so a server that stops reading a line before its
+        # literal (unknown command, syntax error, fewer arguments read) answers the
+        # command instead, and never takes the literal's bytes for commands.
+        self._parts: deque[bytes] = deque()
+        self._then: str | None = None  # what the "+" to the last line starts
+        self._stream_tag = ""  # the command whose parts are being sent
+        self._client_heard = 0.0  # loop time the client last sent something
         self._idling = False  # IDLE runs: the client's next line should be DONE
+        self._client_ended = False  # its input ended: only the answers it is owed are left
         self._bye = False  # the upstream said BYE: the session ends once it is relayed
         self._ledger = CommandLedger(self.session)
         self._to_upstream = metrics.child(metrics.relayed_bytes, "imap", "to_upstream")
@@ -166,6 +179,10 @@ class ImapProxySession(ProxySession):
         if isinstance(event, BadCommand):
             return self._bad_command(event)
         if isinstance(event, LiteralAhead):  # LOGIN "user" {8}: credentials as literals
+            if event.verb in _BEFORE_LOGIN_CREDENTIALS and not self._plaintext_allowed:
+                self.machine.refuse_literal()  # before the client sends its password
+                self._tagged(event.tag, "NO", PRIVACY_REQUIRED)
+                return None
             if event.fits_inline and event.literal.sync:
                 self.write(b"+ OK\r\n")
                 self.machine.accept_literal()
@@ -231,7 +248,7 @@ class ImapProxySession(ProxySession):
 
     async def imap_LOGIN(self, command: Command) -> object | None:
         if not self._plaintext_allowed:
-            self._tagged(command.tag, "NO", "[PRIVACYREQUIRED] Plaintext authentication disallowed on non-secure (SSL/TLS) connections.")
+            self._tagged(command.tag, "NO", PRIVACY_REQUIRED)
             return None
         credentials = [astring(node) for node in command.args]
         if len(credentials) != 2 or None in credentials:
@@ -251,7 +268,7 @@ class ImapProxySession(ProxySession):
             self._tagged(command.tag, "NO", "Unsupported authentication mechanism.")
             return None
         if not self._plaintext_allowed:
-            self._tagged(command.tag, "NO", "[PRIVACYREQUIRED] Plaintext authentication disallowed on non-secure (SSL/TLS) connections.")
+            self._tagged(command.tag, "NO", PRIVACY_REQUIRED)
             return None
         check = LoginCheck(self.runtime, self.session, "PLAIN")
         if await check.network_over_limit():  # before the client is asked for anything
@@ -322,14 +339,16 @@ class ImapProxySession(ProxySession):
 
     async def _relay(self) -> None:
         upstream = self._upstream
+        self._client_heard = self.loop.time()
         try:
             while True:
                 if self._awaiting is None and await self._client_events() is CLOSE_SESSION:
                     return
                 if await self._upstream_events() is CLOSE_SESSION:
                     return
-                if not await self._wait_for_either(upstream) and self._awaiting is not None:
-                    return  # the client left while its command waited on the upstream
+                if self._client_ended and not self._ledger.outstanding:
+                    return  # every answer it was owed is out
+                await self._wait_for_either(upstream)
         except UpstreamError as exc:
             log.warning("upstream %s failed: %s", upstream.name, exc)
             self.write(self._bye_reply("[UNAVAILABLE] Upstream failure, closing connection."))
@@ -344,27 +363,35 @@ class ImapProxySession(ProxySession):
         self.write(data)
         self._to_client.inc(len(data))
 
-    async def _wait_for_either(self, upstream: ImapUpstream) -> bool:
-        """Until the client or the upstream has something; False once the client's
-        input has ended. The idle clock is the client's (an upstream's "* OK Still
-        here" during IDLE is not the client's doing)."""
-        until, idle = self._clock(None)
+    async def _wait_for_either(self, upstream: ImapUpstream) -> None:
+        """Until the client or the upstream has something. The idle clock is the
+        client's (an upstream's "* OK Still here" during IDLE is not the client's doing)."""
         self.flush()
         if self.client.write_blocked:  # a client that does not read: stop reading for it
             await self.push_replies()
         link = upstream.link
         if link is None:
             raise UpstreamError("lost", "connection closed")
+        if self._awaiting is not None or self._client_ended:
+            # The client's next bytes wait in its socket (bounded) until the upstream
+            # has answered what it was asked; an upstream that never does is a failure.
+            try:
+                data = await link.receive(self.loop.time() + upstream.settings.reply_timeout)
+            except TimeoutError:
+                raise UpstreamError("timeout", f"no answer within {upstream.settings.reply_timeout}s") from None
+            upstream.reader.receive_data(data)
+            return
+        until = self._client_heard + self.idle_timeout
         try:
             ready = await first_readable(self.client, link, until)
         except TimeoutError:
-            raise ClientTimeout(idle) from None
+            raise ClientTimeout(True) from None
         if ready is self.client:
             data = self.client.take()
+            self._client_heard = self.loop.time()
             self.machine.receive_data(data)
-            return bool(data)
+            return
         upstream.reader.receive_data(link.take())
-        return True
 
     async def _client_events(self) -> object | None:
         """Every complete event the client's bytes hold, each to the upstream or answered."""
@@ -373,7 +400,12 @@ class ImapProxySession(ProxySession):
             if event is NEED_DATA:
                 return None
             if event is CLOSED:
-                return CLOSE_SESSION
+                # A client that half-closed after its last commands still gets their
+                # answers (as from Dovecot itself); one that left in IDLE is done.
+                if self._idling or not self._ledger.outstanding:
+                    return CLOSE_SESSION
+                self._client_ended = True
+                return None
             self._failed = False
             outcome = await self._client_event(event)
             if outcome is CLOSE_SESSION:
@@ -389,7 +421,7 @@ class ImapProxySession(ProxySession):
             await upstream.drain()
             return None
         if isinstance(event, CommandRest):
-            self._forward(event.raw)
+            self._send(self._stream_tag, list(event.parts or (event.raw,)), None)
             return None
         if isinstance(event, (IdleDone, IdleOther)):
             # Another line than DONE also ends IDLE: Dovecot answers it BAD.
@@ -410,7 +442,10 @@ class ImapProxySession(ProxySession):
 
     async def _command(self, command: Command) -> object | None:
         verb = command.verb
-        refusal = await self._refusal(command.tag, verb, command.args)
+        if self._ledger.in_use(command.tag):
+            self._tagged(command.tag, "BAD", "Tag already in use by an unfinished command.")
+            return None
+        refusal = await self._refusal(command.tag, verb, _shown_args(command))
         if refusal is not None:
             return self._enforce(command.tag, refusal)
         if verb in NOT_AFTER_LOGIN:
@@ -419,29 +454,43 @@ class ImapProxySession(ProxySession):
         if verb == "COMPRESS":
             self._tagged(command.tag, "NO", "[CANNOT] Compression is not available through this proxy.")
             return None
-        self._forward(b"".join(self._forwardable(command.raw)))
         self._ledger.sent(command.tag, verb, command.args)
-        if verb == "IDLE":
-            self._awaiting = (command.tag, "idle")
+        self._send(command.tag, command.raw, "idle" if verb == "IDLE" else None)
         await self._upstream.drain()
         return None
 
-    def _forwardable(self, raw: list[bytes]) -> list[bytes]:
-        """A command's bytes for the upstream: the sync literals the proxy read itself
-        become non-sync ones (LITERAL+), so the upstream sends no "+" for them."""
-        return [SYNC_MARKER.sub(rb"\1+}\2", part) if part.endswith(b"}\r\n") or part.endswith(b"}\n") else part for part in raw]
+    def _send(self, tag: str, parts: list[bytes], then: str | None) -> None:
+        """Send a command's lines, each literal value after the upstream's "+" to the
+        line before it. `parts` alternate: line, value, line, ..., line. `then`: what the
+        upstream's "+" to the last line starts ("idle", or a streamed literal)."""
+        self._parts, self._then, self._stream_tag = deque(parts), then, tag
+        self._send_line(tag)
+
+    def _send_line(self, tag: str) -> None:
+        line = self._parts.popleft()
+        if self._parts or self._then in ("literal", "nonsync"):
+            self._forward(NONSYNC_MARKER.sub(rb"\1}\2", line))  # the upstream must say "+"
+            self._awaiting = (tag, "part" if self._parts else self._then)
+        else:
+            self._forward(line)
+            self._awaiting = (tag, self._then) if self._then else None
 
     async def _literal_ahead(self, event: LiteralAhead) -> object | None:
         literal, upstream = event.literal, self._upstream
+        if not event.continued and self._ledger.in_use(event.tag):
+            self.machine.refuse_literal()
+            self._tagged(event.tag, "BAD", "Tag already in use by an unfinished command.")
+            return None
+        if literal.sync and event.fits_inline and not event.continued:
+            # Read by the proxy (the hook sees its value once the command is whole).
+            self.write(b"+ OK\r\n")
+            self.machine.accept_literal()
+            return None
         if not event.continued:
             refusal = await self._refusal(event.tag, event.verb, event.args_so_far)
             if refusal is not None:
                 self.machine.refuse_literal()
                 return self._enforce(event.tag, refusal)
-        if literal.sync and event.fits_inline and upstream.has("LITERAL+") and not event.continued:
-            self.write(b"+ OK\r\n")
-            self.machine.accept_literal()
-            return None
         if literal.size > self.runtime.settings.max_message_size:
             self.machine.refuse_literal()
             if event.continued:  # part of the command is with the upstream already
@@ -449,14 +498,12 @@ class ImapProxySession(ProxySession):
                 return CLOSE_SESSION
             self._tagged(event.tag, "NO", "[TOOBIG] Literal too big.")
             return None
-        self._forward(b"".join(event.head))
         if not event.continued:
             self._ledger.sent(event.tag, event.verb, event.args_so_far)
+        # The literal streams after the upstream's own "+", relayed to the client only
+        # if the client waits for one.
+        self._send(event.tag, list(event.head), "literal" if literal.sync else "nonsync")
         await upstream.drain()
-        if literal.sync:  # the client waits for the upstream's own "+"
-            self._awaiting = (event.tag, "literal")
-        else:
-            self.machine.accept_literal(stream=True)
         return None
 
     async def _upstream_events(self) -> object | None:
@@ -484,7 +531,8 @@ class ImapProxySession(ProxySession):
             self._deliver(event.data)
             return
         if isinstance(event, Continuation):
-            self._deliver(event.raw)
+            if self._awaiting is None or self._awaiting[1] in ("idle", "literal"):
+                self._deliver(event.raw)  # the client's own go-ahead (or nobody's: relayed)
             self._go_ahead()
             return
         raw = event.raw
@@ -518,9 +566,12 @@ class ImapProxySession(ProxySession):
         now streams."""
         if self._awaiting is None:
             return
-        _, what = self._awaiting
+        tag, what = self._awaiting
         self._awaiting = None
-        if what == "idle":
+        if what == "part":  # the next literal the proxy read, and the line after it
+            self._forward(self._parts.popleft())
+            self._send_line(tag)
+        elif what == "idle":
             self.machine.start_idle()
             self._idling = True
         else:
@@ -531,8 +582,9 @@ class ImapProxySession(ProxySession):
         literal's command is over (the client sends no more of it)."""
         _, what = self._awaiting
         self._awaiting = None
-        if what == "literal":
-            self.machine.refuse_literal()
+        self._parts.clear()
+        if what in ("literal", "nonsync") or (what == "part" and self._then in ("literal", "nonsync")):
+            self.machine.refuse_literal()  # a non-sync one's bytes are discarded by count
 
 
 def _shown_args(command: Command) -> tuple:

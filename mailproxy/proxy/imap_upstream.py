@@ -16,7 +16,15 @@ import time
 
 from .. import metrics
 from ..config import UpstreamSettings
-from ..protocol.imap_responses import Continuation, ImapResponseReader, Tagged, Untagged, capability_list
+from ..protocol.events import CLOSED, NEED_DATA, ProtocolViolation
+from ..protocol.imap_responses import (
+    HOLD_LIMIT,
+    Continuation,
+    ImapResponseReader,
+    Tagged,
+    Untagged,
+    capability_list,
+)
 from ..session import Session
 from .mailstore_upstream import MailstoreUpstream
 from .upstream_link import UpstreamError
@@ -31,7 +39,8 @@ class ImapUpstream(MailstoreUpstream):
     protocol = "imap"
 
     def __init__(self, name: str, settings: UpstreamSettings, tls: ssl.SSLContext | None) -> None:
-        super().__init__(name, settings, tls, ImapResponseReader())
+        # A client's line may be 64 KiB, and the upstream may echo it in a tagged reply.
+        super().__init__(name, settings, tls, ImapResponseReader(hold_limit=2 * HOLD_LIMIT))
         self.capabilities: list[str] = []  # as the upstream last listed them
         self._tags = 0
 
@@ -124,11 +133,28 @@ class ImapUpstream(MailstoreUpstream):
 
     async def logout(self) -> None:
         """Say goodbye without waiting long. Unlike POP3, nothing depends on it: an
-        IMAP session's changes are made as its commands run."""
-        if self.connected:
+        IMAP session's changes are made as its commands run. Whatever the upstream says
+        meanwhile (answers to a command the client left open, BAD in IDLE, BYE) is
+        nobody's business any more, and no failure of the upstream's."""
+        link = self.link
+        if link is not None and link.connected:
+            self._tags += 1
+            tag = f"mp{self._tags}"
+            link.write(f"{tag} LOGOUT\r\n".encode())
+            deadline = link.loop.time() + LOGOUT_TIMEOUT
             try:
-                await self.command("LOGOUT", timeout=LOGOUT_TIMEOUT)
-            except UpstreamError:
+                while True:
+                    event = self.reader.next_event()
+                    if event is NEED_DATA:
+                        data = await link.receive(deadline)
+                        self.reader.receive_data(data)
+                        if not data:
+                            break
+                    elif event is CLOSED or isinstance(event, ProtocolViolation):
+                        break
+                    elif isinstance(event, Tagged) and event.tag == tag:
+                        break
+            except (TimeoutError, OSError):
                 pass
         self.abort()
 

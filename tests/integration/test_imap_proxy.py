@@ -11,6 +11,9 @@ import imaplib
 import json
 import poplib
 import re
+import socket
+import time
+from pathlib import Path
 
 import pytest
 
@@ -311,3 +314,147 @@ def test_pipe_after_login_relays_bytes_and_runs_no_command_hook(dovecot, make_pr
         assert client.command(b"a4 STORE 1 +FLAGS (\\Deleted)")[-1].startswith(b"a4 OK")
         assert client.command(b"a5 LOGOUT")[-1].startswith(b"a5 OK")
     assert proxy.metric("mailproxy_commands_total", protocol="imap", verb="STORE") == 0
+
+
+# --- what the command hooks see: nothing goes upstream past them ------------------------
+
+DROPINS = Path(__file__).parent / "dropins"
+
+
+@pytest.fixture
+def guarded(dovecot, make_proxy, certs):
+    """The proxy with a plugin that refuses DELETE."""
+    return make_proxy(
+        "127.0.0.1:9", **imap_config(dovecot, certs),
+        plugins={"enabled": ["access", "imap_guard"], "directories": [str(DROPINS)]},
+    )
+
+
+def smuggling_victim(client: ImapRaw) -> None:
+    client.command(b"a1 LOGIN alice@example.test alice-secret")
+    assert client.command(b"a2 CREATE Victim")[-1].startswith(b"a2 OK")
+    assert client.command(b"a3 DELETE Victim")[-1].startswith(b"a3 NO DELETE refused")
+
+
+def assert_not_smuggled(client: ImapRaw, answers: list[bytes]) -> None:
+    """Nothing answered the smuggled command: the upstream never ran it."""
+    answers = answers + client.command(b"a4 NOOP")
+    assert answers[-1].startswith(b"a4 OK")
+    assert not any(line.startswith(b"s1 ") for line in answers), answers
+    assert any(b"Victim" in line for line in client.command(b'a5 LIST "" "Victim"'))
+
+
+SMUGGLED = b"s1 DELETE Victim\r\n"
+
+
+@pytest.mark.parametrize("carrier", [
+    b"v1 NOOP {%d}\r\n",  # a sync literal the proxy reads itself
+    b"v2 SUBSCRIBE INBOX {%d+}\r\n",  # Dovecot reads only the arguments it needs
+    b"v3 SEARCH \xc3\xa9 {%d+}\r\n",  # Dovecot stops at 8-bit data in an atom
+    b"v4 FETCH 1 BODY[(] {%d+}\r\n",  # Dovecot stops at an invalid atom
+    b"v5 XYZZY {%d+}\r\n",  # an unknown command
+])
+def test_a_literal_the_upstream_never_reads_cannot_carry_a_command(guarded, certs, carrier):
+    with raw_client(guarded, certs) as client:
+        smuggling_victim(client)
+        tag = carrier.split(b" ", 1)[0]
+        if b"+}" in carrier:
+            client.send(carrier % len(SMUGGLED) + SMUGGLED)
+        else:
+            client.send(carrier % len(SMUGGLED))
+            assert client.line() == b"+ OK\r\n"
+            client.send(SMUGGLED)
+        client.send(b"\r\n")
+        assert_not_smuggled(client, client.until_tagged(tag))
+
+
+def test_a_big_literal_of_an_unknown_command_is_not_taken_for_commands(guarded, certs):
+    literal = b"x" * 70_000 + b"\r\n" + SMUGGLED
+    with raw_client(guarded, certs) as client:
+        smuggling_victim(client)
+        client.send(b"v6 XYZZY {%d+}\r\n" % len(literal) + literal + b"\r\n")
+        assert_not_smuggled(client, client.until_tagged(b"v6"))
+
+
+def test_a_message_ending_like_a_literal_marker_is_stored_as_sent(imap_proxy, certs):
+    message = b"From: a@example.test\r\nSubject: marker\r\n\r\nthe last part {1}\r\n"
+    client = login(imap_proxy, certs)
+    assert client.append("INBOX", None, None, message)[0] == "OK"
+    client.select("INBOX")
+    assert client.fetch("2", "(BODY.PEEK[])")[1][0][1] == message
+    client.logout()
+
+
+def test_a_tag_still_in_use_is_refused(imap_proxy, certs):
+    with raw_client(imap_proxy, certs) as client:
+        client.command(b"a1 LOGIN alice@example.test alice-secret")
+        client.send(b"t1 SELECT INBOX\r\nt1 APPEND INBOX {70000}\r\n")
+        replies = [client.line() for _ in range(3)]
+        while not any(line.startswith(b"t1 OK") for line in replies):
+            replies.append(client.line())
+        assert b"t1 BAD Tag already in use by an unfinished command.\r\n" in replies
+        assert not any(line.startswith(b"+") for line in replies)  # the client sends no literal
+        assert client.command(b"t2 NOOP")[-1].startswith(b"t2 OK")
+
+
+def test_hooks_never_see_credentials_after_the_login_either(guarded, certs):
+    with raw_client(guarded, certs) as client:
+        client.command(b"a1 LOGIN alice@example.test alice-secret")
+        assert client.command(b"a2 LOGIN bob@example.test bob-secret")[-1].startswith(b"a2 BAD")
+        client.send(b"a3 LOGIN bob@example.test {10}\r\n")
+        assert client.line() == b"+ OK\r\n"
+        client.send(b"bob-secret\r\n")
+        assert client.until_tagged(b"a3")[-1].startswith(b"a3 BAD")
+    log = guarded.log()
+    assert "imap_guard saw a2 LOGIN" in log and "bob-secret" not in log
+
+
+def test_a_client_that_half_closes_gets_every_answer(dovecot, make_proxy, certs):
+    # In plaintext: a TLS connection cannot be half-closed.
+    config = imap_config(dovecot, certs)
+    config["listeners"] = [{"name": "imap", "protocol": "imap", "upstream": "store", "allow_plaintext_auth": True}]
+    proxy = make_proxy("127.0.0.1:9", **config)
+    with ImapRaw("127.0.0.1", proxy.port("imap")) as client:
+        client.line()
+        client.command(b"a1 LOGIN alice@example.test alice-secret")
+        client.send(b"h1 SELECT INBOX\r\nh2 FETCH 1 (FLAGS)\r\nh3 LOGOUT\r\n")
+        client.sock.shutdown(socket.SHUT_WR)
+        rest = client.until_closed()
+    assert b"h1 OK" in rest and b"h2 OK" in rest and b"h3 OK" in rest
+
+
+def test_clients_leaving_without_logout_are_no_upstream_failure(imap_proxy, certs):
+    for leave_in_idle in (False, True):
+        with raw_client(imap_proxy, certs) as client:
+            client.command(b"a1 LOGIN alice@example.test alice-secret")
+            client.command(b"a2 SELECT INBOX")
+            if leave_in_idle:
+                client.send(b"a3 IDLE\r\n")
+                assert client.line().startswith(b"+ ")
+    time.sleep(0.5)  # the proxy's LOGOUT to the upstream after the client left
+    assert "mailproxy_upstream_failures_total{" not in imap_proxy.scrape()
+
+
+def test_upstream_chatter_does_not_keep_an_idle_client_alive(dovecot, make_proxy, certs):
+    proxy = make_proxy("127.0.0.1:9", **imap_config(dovecot, certs, idle_timeout=3.0))
+    with raw_client(proxy, certs) as client:
+        client.command(b"a1 LOGIN alice@example.test alice-secret")
+        client.command(b"a2 SELECT INBOX")
+        client.send(b"a3 IDLE\r\n")
+        assert client.line().startswith(b"+ ")
+        for _ in range(6):  # new mail every 0.8 s: EXISTS lines, none of them the client's doing
+            dovecot.seed("alice@example.test", [MESSAGE])
+            time.sleep(0.8)
+        chatter_ended = time.monotonic()
+        rest = client.until_closed()
+    # Closed 3 s after the client's last word, while the mail still came in: not 3 s
+    # after the upstream's last word.
+    assert b"* BYE Disconnected for inactivity." in rest
+    assert time.monotonic() - chatter_ended < 1.5
+
+
+def test_a_literal_login_before_tls_is_refused_before_the_password_is_sent(imap_proxy):
+    with ImapRaw("127.0.0.1", imap_proxy.port("imap")) as client:
+        client.line()
+        client.send(b"a1 LOGIN {18}\r\n")
+        assert client.line().startswith(b"a1 NO [PRIVACYREQUIRED]")  # no "+": the client sends nothing more
