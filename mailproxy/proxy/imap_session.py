@@ -8,11 +8,13 @@ BYE): every client command runs the `imap_command` hook and is forwarded as sent
 the upstream's responses are relayed as they arrive, capability lists rewritten so the
 client is never offered what the proxy does not pass on (STARTTLS, AUTH=, COMPRESS).
 
-Literals after the login: a small sync literal is read by the proxy (its own `+`) and
-forwarded as a non-sync one when the upstream offers LITERAL+, so the hook sees its
-value; any other sync literal waits for the upstream's own `+`, relayed to the client,
-and then streams; a non-sync one streams at once. Nothing of a client's literal is ever
-sent ahead of the upstream's go-ahead as command text.
+Literals after the login: every literal goes upstream as a synchronising one, and its
+bytes only after the upstream's own `+`. A server that stops reading a line before its
+literal (an unknown command, a syntax error, a command that reads fewer arguments)
+answers the command instead of `+`, and the literal is dropped; sent ahead, its bytes
+would run as commands that no hook saw. A small literal is read by the proxy first (its
+own `+` to the client), so the hook sees its value; a big one waits for the upstream's
+`+`, relayed to the client if it waits for one, and then streams.
 """
 
 from __future__ import annotations
