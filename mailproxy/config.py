@@ -258,6 +258,9 @@ class ListenerSettings(_Section):
     # "pipe" makes the session a byte pipe once logged in (nginx's way), for sites that
     # want only the login policy: the least memory per session, no command hooks.
     after_login: Literal["hooks", "pipe"] = "hooks"
+    # POP3 and IMAP: the time from connect to a successful login, whatever the client
+    # sends meanwhile (nginx's mail proxy allows 60 s; idle_timeout applies after it).
+    login_timeout: float = Field(60.0, gt=0)
     max_message_size: int = Field(10 * 1024 * 1024, ge=1024)
     max_recipients: int = Field(100, ge=1)
     idle_timeout: float = Field(300.0, gt=0)

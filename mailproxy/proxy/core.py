@@ -74,6 +74,11 @@ class ProxySession:
         self._outbox_size = 0
         self.machine = None  # the protocol's sans-IO machine for the client's side
         self._upstream = None  # the protocol's upstream session, once there is one
+        # A mail store session must log in by then (loop time), however busy the client
+        # keeps it meanwhile; None once it has (or for SMTP).
+        self.login_deadline: float | None = None
+        if settings.protocol != "smtp":
+            self.login_deadline = self.loop.time() + settings.login_timeout
         self._errors = 0
 
     # --- what a protocol provides ------------------------------------------------------------
@@ -260,9 +265,12 @@ class ProxySession:
             raise ClientTimeout(idle) from None
 
     def _clock(self, deadline: float | None) -> tuple[float, bool]:
-        """When a wait on the client ends: at its idle timeout, or at `deadline` if
-        that comes first. Also whether it is the idle timeout."""
+        """When a wait on the client ends: at its idle timeout, or at `deadline` or the
+        session's `login_deadline` if one comes first. Also whether it is the idle
+        timeout."""
         idle_at = self.loop.time() + self.idle_timeout
+        if self.login_deadline is not None and (deadline is None or self.login_deadline < deadline):
+            deadline = self.login_deadline
         if deadline is None or idle_at < deadline:
             return idle_at, True
         return deadline, False

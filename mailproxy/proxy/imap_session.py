@@ -306,6 +306,7 @@ class ImapProxySession(ProxySession):
             return self._enforce(tag, result.verdict)
         if result.outcome is LoginOutcome.SUCCESS:
             self._upstream = result.upstream
+            self.login_deadline = None
             answer: Tagged = result.answer
             # The upstream's own OK, with the client's tag and the capabilities it will
             # really get: clients that never ask again rely on this list.

@@ -237,6 +237,7 @@ class Pop3ProxySession(ProxySession):
             return self._enforce(result.verdict)
         if result.outcome is LoginOutcome.SUCCESS:
             self._upstream = result.upstream
+            self.login_deadline = None
             self._relay(result.answer)
             return None
         if result.outcome is LoginOutcome.THROTTLED:

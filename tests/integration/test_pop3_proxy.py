@@ -343,3 +343,20 @@ def test_the_upstreams_own_errors_do_not_use_up_the_clients_error_budget(make_pr
             # Still in the session after five -ERR (max_errors 3): QUIT, which commits the
             # deletions, reaches the store.
             assert client.command(b"QUIT") == b"+OK Bye.\r\n"
+
+
+def test_a_client_must_log_in_within_login_timeout_however_busy(dovecot, make_proxy, certs):
+    proxy = make_proxy("127.0.0.1:9", **pop3_config(dovecot, certs, login_timeout=2.0))
+    with Pop3Raw("127.0.0.1", proxy.port("pop3")) as client:
+        client.line()
+        started = time.monotonic()
+        replies = b""
+        for _ in range(20):  # a command every 0.25 s: never idle, never logged in
+            client.send(b"NOOP\r\n")
+            line = client.line()
+            if not line.startswith(b"-ERR Not logged in"):
+                replies = line + client.until_closed()
+                break
+            time.sleep(0.25)
+        assert replies.startswith(b"-ERR Timeout exceeded")
+        assert time.monotonic() - started < 4
