@@ -458,3 +458,12 @@ def test_a_literal_login_before_tls_is_refused_before_the_password_is_sent(imap_
         client.line()
         client.send(b"a1 LOGIN {18}\r\n")
         assert client.line().startswith(b"a1 NO [PRIVACYREQUIRED]")  # no "+": the client sends nothing more
+
+
+def test_the_upstreams_bye_reaches_the_client(dovecot, imap_proxy, certs):
+    with raw_client(imap_proxy, certs) as client:
+        client.command(b"a1 LOGIN alice@example.test alice-secret")
+        client.command(b"a2 SELECT INBOX")
+        dovecot.stop()  # Dovecot says BYE to its sessions on the way down
+        rest = client.until_closed()
+    assert rest == b"* BYE Server shutting down.\r\n"  # Dovecot's own, and nothing of the proxy's
