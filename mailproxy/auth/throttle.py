@@ -54,6 +54,7 @@ class Reservation:
     key: str
     delay: float  # seconds to wait before checking (or refusing) the attempt
     allowed: bool  # False: the network is over max_failures, do not check at all
+    in_flight_key: str = ""  # the network's count of attempts being checked now
 
 
 class AuthThrottle:
@@ -91,11 +92,24 @@ class AuthThrottle:
     async def reserve(self, address: str) -> Reservation:
         """Count this attempt as a failure of its network before the password is
         checked. Checking first and counting after would let many parallel sessions
-        check far more passwords than the limit."""
+        check far more passwords than the limit. The pause, though, is earned by
+        failures alone: attempts other sessions are checking right now count against
+        the limit, not towards the delay, so a client that logs in over several
+        connections at once (IMAP clients do) is not held back by its own logins.
+        Call `finished` once the attempt has been checked, or refused."""
         key = self.network_key(address)
-        count = await self._state.incr(key, self._settings.failure_window)
+        in_flight_key = key.replace("authfail:", "authbusy:", 1)
+        window = self._settings.failure_window
+        count = await self._state.incr(key, window)
+        others_in_flight = await self._state.incr(in_flight_key, window) - 1
         earlier = count - 1  # including attempts still being checked in other sessions
-        return Reservation(key, self.delay(earlier), allowed=not self.over_limit(earlier))
+        failed = max(0, earlier - others_in_flight)
+        return Reservation(key, self.delay(failed), allowed=not self.over_limit(earlier), in_flight_key=in_flight_key)
+
+    async def finished(self, reservation: Reservation) -> None:
+        """The attempt is no longer being checked (whatever its outcome)."""
+        if await self._state.get(reservation.in_flight_key) is not None:
+            await self._state.incr(reservation.in_flight_key, self._settings.failure_window, amount=-1)
 
     async def release(self, reservation: Reservation) -> None:
         """The attempt did not fail (valid, or could not be checked): take it back.

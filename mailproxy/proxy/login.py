@@ -60,14 +60,18 @@ class LoginCheck:
         throttle = runtime.throttle
         reservation = await throttle.reserve(session.client_address)
         if not reservation.allowed:
+            await throttle.finished(reservation)
             self.throttle_delay = reservation.delay
             self.count(LoginOutcome.THROTTLED.value)
             return LoginOutcome.THROTTLED
         started = asyncio.get_running_loop().time()
-        await self.pause(reservation.delay, "network")
-        valid, failures = await runtime.policy.first_result(
-            "authenticate", session=session, mechanism=self.mechanism, username=username, password=password
-        )
+        try:
+            await self.pause(reservation.delay, "network")
+            valid, failures = await runtime.policy.first_result(
+                "authenticate", session=session, mechanism=self.mechanism, username=username, password=password
+            )
+        finally:
+            await throttle.finished(reservation)
         if valid is True or (valid is None and failures):
             await throttle.release(reservation)
         if valid is True:

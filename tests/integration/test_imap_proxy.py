@@ -7,6 +7,7 @@ Dovecot listens on 127.0.0.2 and trusts only 127.0.0.5, the proxy's source addre
 from __future__ import annotations
 
 import base64
+import concurrent.futures
 import imaplib
 import json
 import poplib
@@ -467,3 +468,20 @@ def test_the_upstreams_bye_reaches_the_client(dovecot, imap_proxy, certs):
         dovecot.stop()  # Dovecot says BYE to its sessions on the way down
         rest = client.until_closed()
     assert rest == b"* BYE Server shutting down.\r\n"  # Dovecot's own, and nothing of the proxy's
+
+
+def test_parallel_logins_from_one_address_are_not_held_back(dovecot, make_proxy, certs):
+    # An IMAP client opens several connections at once: its own logins in flight must
+    # not delay one another (they still count against max_failures meanwhile).
+    proxy = make_proxy("127.0.0.1:9", auth={"throttle_delay": 2.0, "max_failures": 5}, **imap_config(dovecot, certs))
+
+    def timed_login() -> float:
+        started = time.monotonic()
+        client = login(proxy, certs)
+        elapsed = time.monotonic() - started
+        client.logout()
+        return elapsed
+
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        took = list(pool.map(lambda _: timed_login(), range(4)))
+    assert max(took) < 1.9, took  # a single throttle pause is 2 s

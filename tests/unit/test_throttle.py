@@ -83,6 +83,7 @@ def test_delays_grow_per_network_and_the_limit_refuses():
         seen = []
         for _ in range(4):  # each attempt fails: nothing is released
             reservation = await throttle.reserve("192.0.2.1")
+            await throttle.finished(reservation)
             seen.append((reservation.delay, reservation.allowed))
         assert seen == [(0.0, True), (2.0, True), (4.0, True), (8.0, False)]
         assert throttle.over_limit(await throttle.network_failures("192.0.2.1"))
@@ -115,11 +116,16 @@ def test_reservations_hold_against_parallel_attempts():
     throttle, state = make_throttle(max_failures=3)
 
     async def scenario():
-        # Twenty attempts reserve before any is checked: only three get checked, and
-        # those that do wait longer the more are in flight.
+        # Twenty attempts reserve before any is checked: only three get checked. None
+        # of them waits: attempts in flight count against the limit, and only failures
+        # earn a pause (a client logging in over several connections at once).
         reservations = await asyncio.gather(*(throttle.reserve("192.0.2.1") for _ in range(20)))
         allowed = [r for r in reservations if r.allowed]
-        assert [r.delay for r in allowed] == [0.0, 2.0, 4.0]
+        assert [r.delay for r in allowed] == [0.0, 0.0, 0.0]
+        # Once they have failed, the next attempt waits for them.
+        for reservation in reservations:
+            await throttle.finished(reservation)
+        assert (await throttle.reserve("192.0.2.1")).delay == 15.0
         # A valid login gives its slot back, and leaves earlier failures counted.
         await throttle.reserve("192.0.2.7")
         reservation = await throttle.reserve("192.0.2.7")
