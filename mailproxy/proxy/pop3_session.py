@@ -317,6 +317,8 @@ def hook_view(command: Command) -> tuple[str, tuple[str, ...]]:
         return "OTHER", ()
     if verb == "PASS":
         return verb, ()
+    if verb == "APOP":  # name and digest: the digest stands for the password
+        return verb, command.args[:1]
     if verb == "AUTH":
         return verb, tuple(arg.upper() if arg.upper() in KNOWN_MECHANISMS else "OTHER" for arg in command.args[:1])
     return verb, command.args

@@ -23,6 +23,7 @@ def view(line: bytes):
     (b"AUTH YWxpY2U", ("AUTH", ("OTHER",))),
     (b"AUTH cram-md5", ("AUTH", ("CRAM-MD5",))),
     (b"AGFsaWNlAHNlY3JldA==", ("OTHER", ())),  # a SASL response sent as a command
+    (b"APOP alice@example.test 0123456789abcdef0123456789abcdef", ("APOP", ("alice@example.test",))),
     (b"RETR 1", ("RETR", ("1",))),
     (b"USER alice@example.test", ("USER", ("alice@example.test",))),
 ])
