@@ -26,7 +26,7 @@ from mailproxy.protocol.imap import (
     SaslResponse,
 )
 from mailproxy.protocol.imap_syntax import Atom, Literal, ParenList, Quoted, astring
-from tests.support.chunks import splits
+from tests.support.chunks import chunked, drive, splits
 
 SMALL = {"max_inline_literal": 8}  # literals over 8 bytes stream in most tests
 
@@ -36,27 +36,11 @@ def inline_or_stream(event: LiteralAhead) -> str:
 
 
 def read_all(chunks, decide=inline_or_stream, **limits) -> list:
-    """Every event up to CLOSED, the machine driven as a session drives it: a read on
-    NEED_DATA (the end of input once the reads are spent), a decision on each
-    LiteralAhead, IDLE and AUTHENTICATE without an initial response answered with `+`."""
+    """Every event up to CLOSED, the machine driven as a session drives it: a decision
+    on each LiteralAhead, IDLE and AUTHENTICATE without an initial response answered
+    with `+`."""
     machine = ImapServerMachine(**limits)
-    reads = iter([chunk for chunk in chunks if chunk])  # b"" would be the end of input
-    most = 2 * sum(map(len, chunks)) + 8  # no more events than that: a bug must not spin
-    events: list = []
-    ended = False
-    while True:
-        event = machine.next_event()
-        if event is NEED_DATA:
-            assert not ended, "NEED_DATA after the end of input"
-            chunk = next(reads, b"")
-            ended = not chunk
-            machine.receive_data(chunk)
-            continue
-        events.append(event)
-        assert len(events) <= most, events[-5:]
-        if event is CLOSED:
-            return events
-        answer(machine, event, decide)
+    return drive(machine, chunks, lambda event: answer(machine, event, decide), slack=8)
 
 
 def answer(machine: ImapServerMachine, event, decide) -> None:
@@ -584,11 +568,6 @@ CONVERSATIONS = st.builds(lambda parts, tail: b"".join(parts) + tail,
                           st.lists(COMMAND_LINES | FOLLOWERS | EXCHANGES, max_size=8),
                           st.sampled_from([b"", b"a9 NO", b"a9 APPEND x {20+}\r\nabc"]))
 CUTS = st.lists(st.integers(0, 600), max_size=10)
-
-
-def chunked(stream: bytes, cuts) -> list[bytes]:
-    bounds = sorted({0, len(stream), *(c for c in cuts if c <= len(stream))})
-    return [stream[a:b] for a, b in zip(bounds, bounds[1:])]
 
 
 @given(CONVERSATIONS, CUTS)

@@ -22,7 +22,7 @@ from mailproxy.protocol.imap_responses import (
     rewrite_capabilities,
     rewrite_capability_response,
 )
-from tests.support.chunks import splits
+from tests.support.chunks import chunked, drive, in_reads, splits
 
 END = b"z9 OK end\r\n"
 END_EVENT = Tagged("z9", "OK", None, "end", END)
@@ -30,25 +30,8 @@ CUT_OFF = ProtocolViolation("input ended inside a response")
 
 
 def read_all(chunks, hold_limit: int = HOLD_LIMIT) -> list:
-    """Every event up to CLOSED, the reader driven as the session drives it: a read on
-    NEED_DATA (the end of input once the reads are spent)."""
-    reader = ImapResponseReader(hold_limit)
-    reads = iter([chunk for chunk in chunks if chunk])  # b"" would be the end of input
-    most = 2 * sum(map(len, chunks)) + 4  # no more events than that: a bug must not spin
-    events: list = []
-    ended = False
-    while True:
-        event = reader.next_event()
-        if event is NEED_DATA:
-            assert not ended, "NEED_DATA after the end of input"
-            chunk = next(reads, b"")
-            ended = not chunk
-            reader.receive_data(chunk)
-            continue
-        events.append(event)
-        assert len(events) <= most, events[-5:]
-        if event is CLOSED:
-            return events
+    """Every event up to CLOSED, the reader driven as the session drives it."""
+    return drive(ImapResponseReader(hold_limit), chunks)
 
 
 def joined(events) -> list:
@@ -70,15 +53,6 @@ def relayed(events) -> bytes:
         for event in events
         if isinstance(event, (Passthrough, Tagged, Continuation, Untagged))
     )
-
-
-def chunked(stream: bytes, cuts) -> list[bytes]:
-    bounds = sorted({0, len(stream), *(c for c in cuts if c <= len(stream))})
-    return [stream[a:b] for a, b in zip(bounds, bounds[1:])]
-
-
-def in_reads(stream: bytes, size: int) -> list[bytes]:
-    return [stream[i : i + size] for i in range(0, len(stream), size)]
 
 
 def untagged(raw: bytes, kind: str, number: int | None = None, code: str | None = None) -> Untagged:

@@ -25,7 +25,7 @@ from mailproxy.protocol.pop3 import (
     Status,
     multiline_reply,
 )
-from tests.support.chunks import splits
+from tests.support.chunks import chunked, drive, in_reads, splits
 
 LONGEST = 512  # bytes in a command line, its line end included
 SASL_LONGEST = 8192  # bytes in a SASL response line
@@ -38,44 +38,12 @@ NOOP = Command("NOOP", (), b"NOOP")
 QUIT = Command("QUIT", (), b"QUIT")
 
 
-def chunked(stream: bytes, cuts) -> list[bytes]:
-    bounds = sorted({0, len(stream), *(c for c in cuts if c <= len(stream))})
-    return [stream[a:b] for a, b in zip(bounds, bounds[1:])]
-
-
-def in_reads(stream: bytes, size: int) -> list[bytes]:
-    return [stream[i : i + size] for i in range(0, len(stream), size)]
-
-
 def some_splits(stream: bytes):
     """Every split of a short stream; a long one whole, byte by byte, and in reads."""
     if len(stream) <= 100:
         yield from splits(stream)
     else:
         yield from ([stream], in_reads(stream, 1), in_reads(stream, 1000), chunked(stream, [len(stream) - 3]))
-
-
-def drive(machine, chunks, after=lambda event: None) -> list:
-    """Every event up to CLOSED, `after` called with each: a read on NEED_DATA (the end
-    of input once the reads are spent). A bug must not spin: no more events than twice
-    the bytes."""
-    reads = iter([chunk for chunk in chunks if chunk])  # b"" would be the end of input
-    most = 2 * sum(map(len, chunks)) + 4
-    events: list = []
-    ended = False
-    while True:
-        event = machine.next_event()
-        if event is NEED_DATA:
-            assert not ended, "NEED_DATA after the end of input"
-            chunk = next(reads, b"")
-            ended = not chunk
-            machine.receive_data(chunk)
-            continue
-        events.append(event)
-        assert len(events) <= most, events[-5:]
-        if event is CLOSED:
-            return events
-        after(event)
 
 
 # --- the client's side ------------------------------------------------------------------

@@ -18,7 +18,7 @@ from mailproxy.protocol.smtp_server import (
     MessageData,
     SmtpServerMachine,
 )
-from tests.support.chunks import splits
+from tests.support.chunks import chunked, drive, in_reads, splits
 
 LONGEST = 4096  # bytes in a command line, its line end included
 TOO_LONG = BadCommand(500, "5.5.2", "Line too long")
@@ -31,28 +31,15 @@ LIMIT = 1 << 20
 
 
 def read_all(chunks, limit: int = LIMIT, stream: bool = False, content: bool = False) -> list:
-    """Every event up to CLOSED, the machine driven as the session drives it: a read on
-    NEED_DATA (the end of input once the reads are spent), and on DATA the message
-    started before reading on."""
+    """Every event up to CLOSED, the machine driven as the session drives it: on DATA
+    the message started before reading on."""
     machine = SmtpServerMachine()
-    reads = iter([chunk for chunk in chunks if chunk])  # b"" would be the end of input
-    most = 2 * sum(map(len, chunks)) + 4  # no more events than that: a bug must not spin
-    events: list = []
-    ended = False
-    while True:
-        event = machine.next_event()
-        if event is NEED_DATA:
-            assert not ended, "NEED_DATA after the end of input"
-            chunk = next(reads, b"")
-            ended = not chunk
-            machine.receive_data(chunk)
-            continue
-        events.append(event)
-        assert len(events) <= most, events[-5:]
-        if event is CLOSED:
-            return events
+
+    def start_message(event) -> None:
         if isinstance(event, Command) and event.verb == "DATA":
             machine.start_message(limit, content=content, stream=stream)
+
+    return drive(machine, chunks, start_message)
 
 
 def forwarded(events) -> list[tuple[bytes, object]]:
@@ -119,15 +106,6 @@ def reference(stream: bytes, limit: int = LIMIT) -> list:
                 overflow = len(wire) > limit
                 out.append(("message", None if overflow else wire, overflow))
     return out + [CLOSED]
-
-
-def chunked(stream: bytes, cuts) -> list[bytes]:
-    bounds = sorted({0, len(stream), *(c for c in cuts if c <= len(stream))})
-    return [stream[a:b] for a, b in zip(bounds, bounds[1:])]
-
-
-def in_reads(stream: bytes, size: int) -> list[bytes]:
-    return [stream[i : i + size] for i in range(0, len(stream), size)]
 
 
 # --- command lines, wire bytes --------------------------------------------------------------
