@@ -306,6 +306,9 @@ class ProxySession:
         to_upstream = self.machine.take_pending()
         if to_upstream:
             link.write(to_upstream)
+        # What only the command relay needs goes now: an idle piped session should
+        # hold little more than its two connections.
+        self.machine = self._upstream = None
         try:
             await self.client.splice(link)
         finally:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import ssl
+import sys
 import time
 
 from .. import metrics
@@ -53,7 +54,7 @@ class ImapUpstream(MailstoreUpstream):
         greeting = await self.next_event("greeting", self.settings.connect_timeout)
         if not (isinstance(greeting, Untagged) and greeting.kind == "OK"):
             raise self.fail("greeting", f"upstream refused the session: {_shown(greeting)}")
-        self.capabilities = capability_list(greeting.raw) or []
+        self.capabilities = _listed(greeting.raw)
         if self.settings.tls == "starttls":
             await self._starttls()
         if not self.capabilities:
@@ -101,7 +102,7 @@ class ImapUpstream(MailstoreUpstream):
             raise self.fail("auth", f"login refused for a passing reason: {_shown(reply)}")
         self.logged_in = reply.status == "OK"
         if self.logged_in:
-            self.capabilities = capability_list(reply.raw) or []
+            self.capabilities = _listed(reply.raw)
             if not self.capabilities:
                 await self.command("CAPABILITY")
         return self.logged_in, reply
@@ -123,7 +124,7 @@ class ImapUpstream(MailstoreUpstream):
             if isinstance(event, Tagged) and event.tag == tag:
                 break
             if isinstance(event, Untagged) and event.kind == "CAPABILITY":
-                self.capabilities = capability_list(event.raw) or []
+                self.capabilities = _listed(event.raw)
             elif isinstance(event, Untagged) and event.kind == "BYE":
                 raise self.fail("lost", f"upstream said {_shown(event)} during {verb}")
             elif isinstance(event, (Tagged, Continuation)):
@@ -157,6 +158,13 @@ class ImapUpstream(MailstoreUpstream):
             except (TimeoutError, OSError):
                 pass
         self.abort()
+
+
+def _listed(raw: bytes) -> list[str]:
+    """The capabilities a response lists. The names are interned: every session of an
+    upstream holds the same few dozen, and thousands of idle sessions would otherwise
+    hold a copy each."""
+    return [sys.intern(name) for name in capability_list(raw) or ()]
 
 
 def _shown(event) -> str:
