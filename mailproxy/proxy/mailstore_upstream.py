@@ -6,7 +6,6 @@ ends the connection. Each protocol's client adds its greeting, identity and logi
 
 from __future__ import annotations
 
-import logging
 import ssl
 
 from .. import metrics
@@ -14,12 +13,8 @@ from ..config import UpstreamSettings
 from ..protocol.events import CLOSED, NEED_DATA, ProtocolViolation
 from ..session import Session
 from .connection import Connection
-from .upstream_link import UpstreamError, connect, proxy_header, upgrade
+from .upstream_link import UpstreamError, connect, identity_missing, proxy_header, upgrade
 
-log = logging.getLogger("mailproxy.upstream")
-
-# Upstreams already warned about (once per process): the client's identity cannot reach them.
-_warned_without_identity: set[str] = set()
 
 
 class MailstoreUpstream:
@@ -54,15 +49,7 @@ class MailstoreUpstream:
             raise self.fail(exc.stage, str(exc).removeprefix("tls: ")) from None
 
     def identity_missing(self, what: str) -> None:
-        """The upstream will take the proxy's address for the client's: say so once
-        per upstream, and count every session it happens to."""
-        metrics.child(metrics.upstream_identity_missing, self.name).inc()
-        if self.name not in _warned_without_identity:
-            _warned_without_identity.add(self.name)
-            log.warning(
-                "upstream %s %s: it sees the proxy's address, not the client's (set "
-                "client_identity = \"none\" if that is intended)", self.name, what,
-            )
+        identity_missing(self.name, what)
 
     async def next_event(self, stage: str, timeout: float):
         """The reader's next event, reading within `timeout` seconds; a protocol

@@ -22,15 +22,13 @@ from .. import metrics
 from ..config import UpstreamSettings
 from ..protocol.smtp import ProtocolError, ReplyParser, ServerReply, ehlo_keywords, xtext
 from .connection import Connection
-from .upstream_link import UpstreamError, connect, upgrade
+from .upstream_link import UpstreamError, connect, identity_missing, upgrade
 
 log = logging.getLogger("mailproxy.upstream")
 
 
 # After this many idle seconds, look whether the upstream hung up before using it.
 IDLE_CHECK_AFTER = 0.5
-# Upstreams already warned about (once per process): XCLIENT wanted, not offered.
-_warned_without_xclient: set[str] = set()
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,7 +172,7 @@ class UpstreamConnection:
         if self.settings.identity_for("smtp") != "xclient":
             return None
         if offered is None:
-            self._without_xclient()
+            identity_missing(self.name, "does not offer XCLIENT")
             return None
         wanted = {
             "NAME": facts.name or "[UNAVAILABLE]",
@@ -195,17 +193,6 @@ class UpstreamConnection:
             self._logged_in = False
             return await self.ehlo(facts.helo, facts.esmtp)
         return None
-
-    def _without_xclient(self) -> None:
-        """The upstream will take the proxy's address for the client's: say so once
-        per upstream, and count every session it happens to."""
-        metrics.child(metrics.upstream_identity_missing, self.name).inc()
-        if self.name not in _warned_without_xclient:
-            _warned_without_xclient.add(self.name)
-            log.warning(
-                "upstream %s does not offer XCLIENT: it sees the proxy's address, not the "
-                "client's (set client_identity = \"none\" if that is intended)", self.name,
-            )
 
     async def authenticate(self, username: str, password: str) -> ServerReply:
         """AUTH PLAIN with an initial response: the reply is final. A 334 would leave

@@ -6,6 +6,7 @@ failure. Each failure is counted in mailproxy_upstream_failures_total by stage."
 from __future__ import annotations
 
 import asyncio
+import logging
 import ssl
 
 from .. import metrics
@@ -13,6 +14,24 @@ from ..config import UpstreamSettings
 from ..protocol.proxy_protocol import proxy_v2_header
 from ..session import Session
 from .connection import Connection
+
+log = logging.getLogger("mailproxy.upstream")
+
+
+# Upstreams already warned about (once per process): the client's identity cannot reach them.
+_warned_without_identity: set[str] = set()
+
+
+def identity_missing(name: str, what: str) -> None:
+    """The upstream will take the proxy's address for the client's: say so once per
+    upstream (`what` says why), and count every session it happens to."""
+    metrics.child(metrics.upstream_identity_missing, name).inc()
+    if name not in _warned_without_identity:
+        _warned_without_identity.add(name)
+        log.warning(
+            "upstream %s %s: it sees the proxy's address, not the client's (set "
+            "client_identity = \"none\" if that is intended)", name, what,
+        )
 
 
 class UpstreamError(Exception):

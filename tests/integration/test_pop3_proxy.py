@@ -360,3 +360,14 @@ def test_a_client_must_log_in_within_login_timeout_however_busy(dovecot, make_pr
             time.sleep(0.25)
         assert replies.startswith(b"-ERR Timeout exceeded")
         assert time.monotonic() - started < 4
+
+
+def test_an_upstream_that_does_not_trust_the_proxy_is_named_once_and_counted(make_proxy, certs):
+    # Dovecot trusts nobody here: no [XCLIENT] in its greeting, so the proxy says so
+    # (its answer to XCLIENT would be a useless "+OK ... ignoring").
+    with Dovecot(USERS, listen="127.0.0.2", trusted_networks="127.0.0.9/32", disable_plaintext_auth=False) as dovecot:
+        proxy = make_proxy("127.0.0.1:9", **pop3_config(dovecot, certs))
+        for _ in range(2):
+            login(proxy, certs).quit()
+    assert proxy.metric("mailproxy_upstream_identity_missing_total", upstream="store") == 2
+    assert proxy.log().count("does not offer XCLIENT to the proxy") == 1
