@@ -485,3 +485,13 @@ def test_parallel_logins_from_one_address_are_not_held_back(dovecot, make_proxy,
     with concurrent.futures.ThreadPoolExecutor(4) as pool:
         took = list(pool.map(lambda _: timed_login(), range(4)))
     assert max(took) < 1.9, took  # a single throttle pause is 2 s
+
+
+def test_imap_logins_are_throttled_like_every_other(imap_proxy, certs):
+    # max_failures is 3 in the tests' configuration.
+    with raw_client(imap_proxy, certs) as client:
+        for tag in (b"a1", b"a2", b"a3"):
+            assert client.command(tag + b" LOGIN alice@example.test wrong")[-1].startswith(tag + b" NO [AUTHENTICATIONFAILED]")
+        reply = client.command(b"a4 LOGIN alice@example.test alice-secret")[-1]
+    assert reply.startswith(b"a4 NO [UNAVAILABLE] Too many authentication failures")
+    assert imap_proxy.metric("mailproxy_auth_attempts_total", listener="imap", mechanism="LOGIN", result="throttled") == 1

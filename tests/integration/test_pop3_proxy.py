@@ -18,7 +18,7 @@ import pytest
 
 from tests.support.clients import auth_plain
 from tests.support.dovecot import Dovecot
-from tests.support.mailstore_clients import Pop3Raw
+from tests.support.mailstore_clients import ImapRaw, Pop3Raw
 from tests.support.scripted_pop3 import CLOSE, ScriptedPop3
 from tests.support.tls import client_context
 
@@ -81,6 +81,11 @@ def test_a_mailbox_session_after_stls(pop3_proxy, dovecot, certs):
     again = login(pop3_proxy, certs)
     assert again.stat()[0] == 1  # the deletion was committed at QUIT
     again.quit()
+    # And the store itself shows it over IMAP (from its own address, which it trusts).
+    with ImapRaw("127.0.0.2", dovecot.imap_port, source="127.0.0.2") as imap:
+        imap.line()
+        imap.command(b"a1 LOGIN alice@example.test alice-secret")
+        assert b"* 1 EXISTS\r\n" in imap.command(b"a2 EXAMINE INBOX")
     # Dovecot saw the real client, and the proxy's session id as its own.
     dovecot.wait_for_log(re.compile(r"pop3-login: Info: Login: user=<alice@example.test>, .*rip=127\.0\.0\.1, .*session=<[0-9a-f]{10}>"))
 
