@@ -15,7 +15,8 @@ listener's own `upstream`.
 and blank lines are skipped. Its entries win over `map`'s for the same key. A relative
 path is taken from the configuration file's directory. The file is looked at (one
 stat) at each login and read again when its modification time, size or inode changed:
-replace it with a rename, so that no login reads half a file. A version with a mistake
+replace it with a rename, so that no login reads half a file. The file is read in the
+event loop, within a login: a file over 8 MiB is refused. A version with a mistake
 (a line that is not `key name`, a key twice, a name that is no upstream) is refused as
 a whole, logged once, and the last good version stays in use; at start-up any mistake
 stops the proxy, as a configuration error.
@@ -33,6 +34,7 @@ each version of the file in `check="map_file"`, `result="loaded"` or `"rejected"
 
 from __future__ import annotations
 
+import functools
 import logging
 import string
 from pathlib import Path
@@ -48,6 +50,7 @@ from ._common import count
 PLUGIN = "route"
 MAILSTORE_PROTOCOLS = ("pop3", "imap")
 TEMPLATE_FIELDS = frozenset({"name", "protocol"})
+MAX_MAP_BYTES = 8 * 2**20  # about 200,000 entries
 
 log = logging.getLogger("mailproxy.plugin.route")
 
@@ -140,12 +143,16 @@ class MapFile:
 
     def __init__(self, path: Path, resolve: Resolve) -> None:
         self.path = path
-        self._resolve = resolve
+        self._resolve = functools.lru_cache(maxsize=4096)(resolve)  # a map names few upstreams
         self._version = _version(path)  # OSError and ValueError: the caller's to report
         self.entries = self._read()
         self._rejected: object = None  # the last version refused, logged once
 
     def _read(self) -> dict[str, Entry]:
+        # It is read within a login, in the event loop: a file far beyond any real map
+        # is a mistake, refused before it stalls every session.
+        if self.path.stat().st_size > MAX_MAP_BYTES:
+            raise ValueError(f"{self.path}: larger than {MAX_MAP_BYTES // 2**20} MiB")
         return parse_map(self.path.read_text(encoding="utf-8"), str(self.path), self._resolve)
 
     def refresh(self) -> bool:
@@ -229,9 +236,14 @@ class Plugin:
         return {**self._inline, **self._file.entries} if self._file else self._inline
 
     def upstream_for(self, protocol: str, username: str) -> str | None:
-        """The upstream of the first entry that matches, or None for the listener's own."""
-        name = username.lower()
-        domain = name.rpartition("@")[2] if "@" in name else None
+        """The upstream of the first entry that matches, or None for the listener's own.
+        A final dot of the domain is no other domain (`bob@example.test.` is bob)."""
+        name = username.strip().lower()
+        local, at, domain = name.rpartition("@")
+        if at and domain.endswith("."):
+            domain = domain.rstrip(".")
+            name = f"{local}@{domain}"
+        domain = domain if at else None
         entry = self._routes.get(name) or (domain and self._routes.get(f"@{domain}")) or self._routes.get("*")
         return entry.get(protocol) if entry else None
 

@@ -36,6 +36,8 @@ class Connection(asyncio.Protocol):
         self._sink: Connection | None = None  # spliced: where what is read here goes
         self._source: Connection | None = None  # spliced: whose reading waits on our writes
         self._lost: asyncio.Future | None = None  # spliced: resolved when the connection is gone
+        self._stall_limit: float | None = None  # spliced: how long a write may stay blocked
+        self._stall_timer: asyncio.TimerHandle | None = None
 
     # --- asyncio.Protocol ------------------------------------------------------------------
 
@@ -77,10 +79,15 @@ class Connection(asyncio.Protocol):
         source = self._source
         if source is not None and source.transport is not None:
             source.transport.pause_reading()
+            if self._stall_limit is not None:
+                self._stall_timer = self.loop.call_later(self._stall_limit, _abort_pipe, self)
 
     def resume_writing(self) -> None:
         self._write_paused = False
         self._wake(self._drain_waiter)
+        if self._stall_timer is not None:
+            self._stall_timer.cancel()
+            self._stall_timer = None
         source = self._source
         if source is not None and source.transport is not None:
             source.transport.resume_reading()
@@ -183,15 +190,18 @@ class Connection(asyncio.Protocol):
 
     # --- splicing --------------------------------------------------------------------------
 
-    def splice(self, other: Connection) -> asyncio.Future:
+    def splice(self, other: Connection, stall_limit: float | None = None) -> asyncio.Future:
         """Join two connections into a byte pipe, both ways: what either reads goes to
         the other as it arrives, reading pauses while the other side cannot write, and
         either side's end closes the other after its last bytes. No task, no buffer of
-        our own. Bytes read before (and not taken) go first. Returns a future resolved
-        once either connection is gone."""
+        our own. Bytes read before (and not taken) go first. A side that takes nothing
+        for `stall_limit` seconds ends both: the other's end of input is not read while
+        its reading waits, so a peer gone meanwhile would hold the pipe for ever.
+        Returns a future resolved once either connection is gone."""
         lost = self.loop.create_future()
         for here, there in ((self, other), (other, self)):
             here._sink, there._source, here._lost = there, here, lost
+            here._stall_limit = stall_limit
             pending = here.take()  # resumes reading, if a full buffer had paused it
             if pending:
                 there.write(pending)
@@ -249,6 +259,14 @@ async def first_readable(one: Connection, other: Connection, deadline: float | N
         if timer is not None:
             timer.cancel()
     return one if one.pending else other
+
+
+def _abort_pipe(connection: Connection) -> None:
+    """A spliced pair that stopped moving: both ends go."""
+    for end in (connection, connection._source):
+        if end is not None:
+            end.abort()
+    Connection._wake(connection._lost)
 
 
 def _expire(waiter: asyncio.Future) -> None:

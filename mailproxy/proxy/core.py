@@ -310,7 +310,8 @@ class ProxySession:
         # hold little more than its two connections.
         self.machine = self._upstream = None
         try:
-            await self.client.splice(link)
+            # A side that takes nothing for idle_timeout ends the pipe (not a quiet one).
+            await self.client.splice(link, stall_limit=self.idle_timeout)
         finally:
             link.abort()
 

@@ -116,3 +116,42 @@ def test_a_spliced_side_that_does_not_read_stops_the_reading_of_the_other():
         await asyncio.wait_for(lost, 10)
 
     run(scenario())
+
+
+def test_a_pipe_that_stops_moving_ends_both_sides_after_the_stall_limit():
+    async def scenario():
+        left, left_peer = await connected_pair()
+        right, right_peer = await connected_pair()
+        loop = asyncio.get_running_loop()
+        lost = left.splice(right, stall_limit=0.5)
+        # right_peer never reads: once the buffers are full nothing moves, and left_peer
+        # could have left meanwhile unnoticed (its end is not read while reading waits).
+        chunk = b"x" * 65536
+        for _ in range(4000):  # far beyond any socket buffers
+            try:
+                await asyncio.wait_for(loop.sock_sendall(left_peer, chunk), 0.2)
+            except TimeoutError:
+                break
+        await asyncio.wait_for(lost, 10)
+        assert left.transport is None and right.transport is None
+        left_peer.close()
+        right_peer.close()
+
+    run(scenario())
+
+
+def test_a_quiet_pipe_is_not_a_stalled_one():
+    async def scenario():
+        left, left_peer = await connected_pair()
+        right, right_peer = await connected_pair()
+        loop = asyncio.get_running_loop()
+        lost = left.splice(right, stall_limit=0.2)
+        await asyncio.sleep(0.6)  # nothing to send is no stall
+        assert not lost.done()
+        left_peer.send(b"still here")
+        assert await loop.sock_recv(right_peer, 100) == b"still here"
+        left_peer.close()
+        right_peer.close()
+        await asyncio.wait_for(lost, 10)
+
+    run(scenario())

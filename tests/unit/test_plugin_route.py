@@ -19,6 +19,7 @@ from mailproxy.app import build
 from mailproxy.config import Config, ConfigError
 from mailproxy.plugins import discover, instantiate
 from mailproxy.state import MemoryState
+from mailproxy_plugins.route import MAX_MAP_BYTES
 
 SINK = {"address": "127.0.0.1:2526"}
 # One POP3 listener in front of "one"; "two" and "three" are further mail stores.
@@ -277,3 +278,17 @@ def test_a_bad_file_at_start_up_is_a_config_error(tmp_path, text, problem):
     with pytest.raises(ConfigError) as error:
         load({"map_file": str(path)})
     assert str(error.value) == f"config: plugin.route.map_file: {problem.format(path=path)}"
+
+
+def test_a_final_dot_of_the_domain_is_the_same_domain():
+    plugin = load({"map": {"bob@example.test": "two", "@example.org": "three"}})
+    assert route(plugin, "bob@example.test.") == "two"
+    assert route(plugin, " carol@example.org. ") == "three"
+
+
+def test_a_map_file_beyond_any_real_map_is_refused(map_file, caplog):
+    plugin = load({"map_file": str(map_file)})
+    rewrite(map_file, "# filler\n" * (MAX_MAP_BYTES // 9 + 1))
+    with caplog.at_level(logging.INFO, LOGGER):
+        assert route(plugin, "bob@example.test") == "two"  # the last good version
+    assert "larger than 8 MiB" in caplog.text
