@@ -1,12 +1,13 @@
 """One client IMAP session on the session core, with its upstream opened at login.
 
 As for POP3, the upstream is known only once `route` has seen the username, so the
-proxy greets the client and answers what comes before the login itself: CAPABILITY,
-NOOP, ID, STARTTLS, LOGIN, AUTHENTICATE PLAIN, LOGOUT. After the login the session is a
-relay that hears both sides at any time (an IMAP server speaks unasked: IDLE, EXISTS,
-BYE): every client command runs the `imap_command` hook and is forwarded as sent, and
-the upstream's responses are relayed as they arrive, capability lists rewritten so the
-client is never offered what the proxy does not pass on (STARTTLS, AUTH=, COMPRESS).
+proxy greets the client and answers what comes before the login itself (CAPABILITY,
+NOOP, ID, STARTTLS, LOGIN, AUTHENTICATE PLAIN, LOGOUT: `imap_login.py`). After the login
+the session is a relay that hears both sides at any time (an IMAP server speaks unasked:
+IDLE, EXISTS, BYE): every client command runs the `imap_command` hook and is forwarded
+as sent, and the upstream's responses are relayed as they arrive, capability lists
+rewritten so the client is never offered what the proxy does not pass on (STARTTLS,
+AUTH=, COMPRESS).
 
 Literals after the login: every literal goes upstream as a synchronising one, and its
 bytes only after the upstream's own `+`. A server that stops reading a line before its
@@ -24,7 +25,6 @@ import re
 from collections import deque
 
 from .. import metrics
-from ..auth.sasl import SaslError, decode_response, parse_plain
 from ..protocol.events import CLOSED, NEED_DATA
 from ..protocol.imap import (
     PRE_LOGIN_LIMITS,
@@ -36,15 +36,12 @@ from ..protocol.imap import (
     ImapServerMachine,
     LiteralAhead,
     LiteralData,
-    SaslResponse,
-    astring,
 )
 from ..protocol.imap_responses import (
     Continuation,
     Passthrough,
     ProtocolViolation,
     Tagged,
-    Untagged,
     listed_mailbox,
     rewrite_capability_response,
 )
@@ -53,9 +50,8 @@ from ..verdict import Action, Verdict
 from .connection import first_readable
 from .core import ClientTimeout, ProxySession
 from .imap_ledger import CommandLedger
+from .imap_login import ImapLoginCommands, shown_args
 from .imap_upstream import ImapUpstream
-from .login import LoginCheck, LoginOutcome
-from .mailstore_login import log_in
 from .runtime import CLOSE_SESSION, ListenerRuntime
 from .upstream_link import UpstreamError
 
@@ -64,13 +60,11 @@ log = logging.getLogger("mailproxy.imap")
 # Answered by the proxy after the login, never forwarded: the login is over, and a
 # compressed stream would hide the commands from the hooks.
 NOT_AFTER_LOGIN = frozenset({"LOGIN", "AUTHENTICATE", "STARTTLS"})
-_BEFORE_LOGIN_CREDENTIALS = frozenset({"LOGIN", "AUTHENTICATE"})
-PRIVACY_REQUIRED = "[PRIVACYREQUIRED] Plaintext authentication disallowed on non-secure (SSL/TLS) connections."
 # A line's closing non-synchronising literal marker ({n+}, ~{n+}).
 NONSYNC_MARKER = re.compile(rb"(~?\{\d+)\+\}(\r?\n)\Z")
 
 
-class ImapProxySession(ProxySession):
+class ImapProxySession(ImapLoginCommands, ProxySession):
     protocol = "imap"
 
     def __init__(self, runtime: ListenerRuntime, client) -> None:
@@ -159,50 +153,7 @@ class ImapProxySession(ProxySession):
         else:
             await self._relay()
 
-    # --- before the login ------------------------------------------------------------------
-
-    @property
-    def _plaintext_allowed(self) -> bool:
-        return self.session.tls or self.runtime.settings.allow_plaintext_auth
-
-    @property
-    def _starttls_offered(self) -> bool:
-        return self.runtime.settings.tls == "starttls" and not self.session.tls
-
-    def _capabilities(self) -> str:
-        """What the proxy itself offers before the login (nothing it does not do)."""
-        offered = ["IMAP4rev1", "LITERAL-", "ID"]
-        if self._starttls_offered:
-            offered.append("STARTTLS")
-        offered += ["SASL-IR", "AUTH=PLAIN"] if self._plaintext_allowed else ["LOGINDISABLED"]
-        return " ".join(offered)
-
-    async def _before_login(self, event) -> object | None:
-        if isinstance(event, BadCommand):
-            return self._bad_command(event)
-        if isinstance(event, LiteralAhead):  # LOGIN "user" {8}: credentials as literals
-            if event.verb in _BEFORE_LOGIN_CREDENTIALS and not self._plaintext_allowed:
-                self.machine.refuse_literal()  # before the client sends its password
-                self._tagged(event.tag, "NO", PRIVACY_REQUIRED)
-                return None
-            if event.fits_inline and event.literal.sync:
-                self.write(b"+ OK\r\n")
-                self.machine.accept_literal()
-                return None
-            self.machine.refuse_literal()
-            self._tagged(event.tag, "NO", "[TOOBIG] Literal too big before login.")
-            return None
-        if not isinstance(event, Command):  # no SASL exchange or IDLE is open here
-            self._tagged(None, "BAD", "Unexpected line.")
-            return None
-        refusal = await self._refusal(event.tag, event.verb, _shown_args(event))
-        if refusal is not None:
-            return self._enforce(event.tag, refusal)
-        handler = _BEFORE_LOGIN.get(event.verb)
-        if handler is None:
-            self._tagged(event.tag, "BAD", "Command not valid before login.")
-            return None
-        return await handler(self, event)
+    # --- shared by both phases ------------------------------------------------------------
 
     def _bad_command(self, event: BadCommand) -> object | None:
         if event.fatal:
@@ -219,124 +170,6 @@ class ImapProxySession(ProxySession):
             return None
         verdict = await policy.run("imap_command", self.session, tag=tag, verb=verb, args=args)
         return verdict if verdict.action.is_refusal else None
-
-    async def imap_CAPABILITY(self, command: Command) -> None:
-        self._untagged(f"CAPABILITY {self._capabilities()}")
-        self._tagged(command.tag, "OK", "Capability completed.")
-
-    async def imap_NOOP(self, command: Command) -> None:
-        self._tagged(command.tag, "OK", "NOOP completed.")
-
-    async def imap_ID(self, command: Command) -> None:
-        self._untagged("ID NIL")
-        self._tagged(command.tag, "OK", "ID completed.")
-
-    async def imap_LOGOUT(self, command: Command) -> object:
-        self._untagged("BYE Logging out.")
-        self._tagged(command.tag, "OK", "Logout completed.")
-        return CLOSE_SESSION
-
-    async def imap_STARTTLS(self, command: Command) -> object | None:
-        if not self._starttls_offered:
-            self._tagged(command.tag, "BAD", "TLS is already active." if self.session.tls else "TLS is not available.")
-            return None
-        # Whatever the client pipelined after STARTTLS came in plaintext: it must not be
-        # taken as if it had come through TLS (the CVE-2011-0411 family).
-        self.machine.take_pending()
-        self._tagged(command.tag, "OK", "Begin TLS negotiation now.")
-        if not await self.start_client_tls(self.runtime.settings.command_timeout):
-            return CLOSE_SESSION
-        return None
-
-    async def imap_LOGIN(self, command: Command) -> object | None:
-        if not self._plaintext_allowed:
-            self._tagged(command.tag, "NO", PRIVACY_REQUIRED)
-            return None
-        credentials = [astring(node) for node in command.args]
-        if len(credentials) != 2 or None in credentials:
-            self._tagged(command.tag, "BAD", "Expected a username and a password.")
-            return None
-        check = LoginCheck(self.runtime, self.session, "LOGIN")
-        if await check.network_over_limit():
-            return await self._throttled(command.tag, check)
-        return await self._login(command.tag, check, *credentials)
-
-    async def imap_AUTHENTICATE(self, command: Command) -> object | None:
-        words = [astring(node) for node in command.args]
-        if not words or words[0] is None:
-            self._tagged(command.tag, "BAD", "Expected a mechanism.")
-            return None
-        if words[0].upper() != "PLAIN":
-            self._tagged(command.tag, "NO", "Unsupported authentication mechanism.")
-            return None
-        if not self._plaintext_allowed:
-            self._tagged(command.tag, "NO", PRIVACY_REQUIRED)
-            return None
-        check = LoginCheck(self.runtime, self.session, "PLAIN")
-        if await check.network_over_limit():  # before the client is asked for anything
-            return await self._throttled(command.tag, check)
-        if len(words) > 1 and words[1] is not None:  # SASL-IR (RFC 4959)
-            response = words[1]
-        else:
-            self.write(b"+ \r\n")
-            self.machine.expect_sasl()
-            event = await self._next_event()
-            if not isinstance(event, SaslResponse):
-                check.count("aborted")
-                if event is CLOSED:
-                    return CLOSE_SESSION
-                self._tagged(command.tag, "BAD", "Authentication aborted.")
-                return None
-            response = event.line.decode("ascii", "replace")
-        if response == "*":
-            check.count("aborted")
-            self._tagged(command.tag, "BAD", "Authentication aborted.")
-            return None
-        try:
-            username, password = parse_plain(decode_response(response))
-        except SaslError as exc:
-            check.count("failure")
-            self._tagged(command.tag, "BAD", f"{exc}.")
-            return None
-        return await self._login(command.tag, check, username, password)
-
-    async def _login(self, tag: str, check: LoginCheck, username: str, password: str) -> object | None:
-        result = await log_in(self.runtime, self.session, check, username, password, "imap_login", self._new_upstream)
-        if result.outcome is None:
-            return self._enforce(tag, result.verdict)
-        if result.outcome is LoginOutcome.SUCCESS:
-            self._upstream = result.upstream
-            self.login_deadline = None
-            answer: Tagged = result.answer
-            # The upstream's own OK, with the client's tag and the capabilities it will
-            # really get: clients that never ask again rely on this list.
-            raw = tag.encode() + rewrite_capability_response(answer.raw)[len(answer.tag):]
-            metrics.imap_reply_counter("OK", "upstream").inc()
-            self.write(raw)
-            self.machine.set_limits(
-                max_line_length=64 * 1024, max_inline_literal=64 * 1024, max_nonsync_literal=None,
-                max_literal_size=self.runtime.settings.max_message_size,
-            )
-            return None
-        if result.outcome is LoginOutcome.THROTTLED:
-            return await self._throttled(tag, check)
-        if result.outcome is LoginOutcome.ERROR:
-            self._tagged(tag, "NO", "[UNAVAILABLE] Temporary authentication failure.")
-            return None
-        self._tagged(tag, "NO", "[AUTHENTICATIONFAILED] Authentication failed.")
-        return None
-
-    def _new_upstream(self, name: str) -> ImapUpstream:
-        settings, tls = self.runtime.upstreams[name]
-        return ImapUpstream(name, settings, tls)
-
-    async def _throttled(self, tag: str, check: LoginCheck) -> object | None:
-        if self.runtime.auth.throttle == "disconnect":
-            self.write(self._bye_reply("[UNAVAILABLE] Too many authentication failures."))
-            return CLOSE_SESSION
-        await check.pause(check.throttle_delay, "network")
-        self._tagged(tag, "NO", "[UNAVAILABLE] Too many authentication failures, try again later.")
-        return None
 
     # --- after the login: the relay --------------------------------------------------------
 
@@ -448,7 +281,7 @@ class ImapProxySession(ProxySession):
         if self._ledger.in_use(command.tag):
             self._tagged(command.tag, "BAD", "Tag already in use by an unfinished command.")
             return None
-        refusal = await self._refusal(command.tag, verb, _shown_args(command))
+        refusal = await self._refusal(command.tag, verb, shown_args(command))
         if refusal is not None:
             return self._enforce(command.tag, refusal)
         if verb in NOT_AFTER_LOGIN:
@@ -588,23 +421,3 @@ class ImapProxySession(ProxySession):
         self._parts.clear()
         if what in ("literal", "nonsync") or (what == "part" and self._then in ("literal", "nonsync")):
             self.machine.refuse_literal()  # a non-sync one's bytes are discarded by count
-
-
-def _shown_args(command: Command) -> tuple:
-    """A command's args as hooks see them: no credentials."""
-    if command.verb == "LOGIN":
-        return command.args[:1]
-    if command.verb == "AUTHENTICATE":
-        return command.args[:1]
-    return command.args
-
-
-_BEFORE_LOGIN = {
-    "CAPABILITY": ImapProxySession.imap_CAPABILITY,
-    "NOOP": ImapProxySession.imap_NOOP,
-    "ID": ImapProxySession.imap_ID,
-    "LOGOUT": ImapProxySession.imap_LOGOUT,
-    "STARTTLS": ImapProxySession.imap_STARTTLS,
-    "LOGIN": ImapProxySession.imap_LOGIN,
-    "AUTHENTICATE": ImapProxySession.imap_AUTHENTICATE,
-}
