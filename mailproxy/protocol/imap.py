@@ -294,22 +294,21 @@ class ImapServerMachine:
         return self._on_literal(literal, text)
 
     def _idle_step(self):
-        line = self._read_line(self.limits.max_line_length)
-        if line is None:
-            return self._starved()
-        self._step = self._line_step
-        if line is _TOO_LONG:
-            return self._skip_overlong(None)
-        return IdleDone() if _without_line_end(line).upper() == b"DONE" else IdleOther(line)
+        return self._single_line(lambda line: IdleDone() if _without_line_end(line).upper() == b"DONE" else IdleOther(line))
 
     def _sasl_step(self):
+        return self._single_line(lambda line: SaslResponse(_without_line_end(line)))
+
+    def _single_line(self, event_of):
+        """One line that is no command (IDLE's DONE, a SASL response), bounded as a
+        command line is; then commands again."""
         line = self._read_line(self.limits.max_line_length)
         if line is None:
             return self._starved()
         self._step = self._line_step
         if line is _TOO_LONG:
             return self._skip_overlong(None)
-        return SaslResponse(_without_line_end(line))
+        return event_of(line)
 
     def _overlong_step(self):
         """Skip a line that is too long to its end, keeping only its last bytes."""
