@@ -8,9 +8,32 @@ are counted as OTHER) so that a hostile client cannot grow the series count.
 from __future__ import annotations
 
 import functools
+import platform
+from dataclasses import dataclass
 from typing import Any
 
 from prometheus_client import Counter, Gauge, Histogram
+
+from . import __version__
+
+
+@dataclass(frozen=True)
+class MetricInfo:
+    """One exported metric as the reference documentation and the dashboards' tests
+    see it: its exposed name, type, help text and label names."""
+
+    name: str
+    kind: str  # counter, gauge or histogram
+    help: str
+    labels: tuple[str, ...]
+
+
+CATALOGUE: list[MetricInfo] = []
+
+
+def _define(kind: type, name: str, documentation: str, labels: list[str], **options: Any):
+    CATALOGUE.append(MetricInfo(name, kind.__name__.lower(), documentation, tuple(labels)))
+    return kind(name, documentation, labels, **options)
 
 # Round trips to a local upstream take well under a millisecond; a remote one or a
 # content scan may take seconds.
@@ -20,34 +43,53 @@ KNOWN_SMTP_VERBS = frozenset(
     "HELO EHLO MAIL RCPT DATA BDAT RSET NOOP VRFY EXPN QUIT AUTH STARTTLS HELP".split()
 )
 
-connections = Counter(
+connections = _define(
+    Counter,
     "mailproxy_connections_total",
     "Client connections accepted.",
     ["protocol", "listener"],
 )
-connections_refused = Counter(
+connections_refused = _define(
+    Counter,
     "mailproxy_connections_refused_total",
     "Client connections turned away with 421 by an admission limit "
     "(reason=per_client: too many from one address; total: the listener is full).",
     ["protocol", "listener", "reason"],
 )
-sessions_active = Gauge(
+sessions_active = _define(
+    Gauge,
     "mailproxy_sessions_active",
     "Client sessions open now.",
     ["protocol", "listener"],
     multiprocess_mode="livesum",
 )
-commands = Counter(
+commands = _define(
+    Counter,
     "mailproxy_commands_total",
     "Client commands received, by verb (unknown verbs as OTHER).",
-    ["protocol", "verb"],
+    ["protocol", "listener", "verb"],
 )
-replies = Counter(
+replies = _define(
+    Counter,
     "mailproxy_replies_total",
     "Replies sent to clients, by class (SMTP: 2xx, 3xx, 4xx, 5xx; POP3: ok, err; IMAP, tagged "
     "replies and BYE: ok, no, bad, bye) and origin "
     "(upstream: relayed unchanged; proxy: written by mailproxy or a plugin).",
-    ["protocol", "class", "origin"],
+    ["protocol", "listener", "class", "origin"],
+)
+tls_handshakes = _define(
+    Counter,
+    "mailproxy_tls_handshakes_total",
+    "TLS handshakes with clients, by mode (starttls, implicit), result (success, failure) "
+    "and the protocol version agreed (TLSv1.2, TLSv1.3; none when the handshake failed).",
+    ["protocol", "listener", "mode", "result", "version"],
+)
+tls_certificate_expiry = _define(
+    Gauge,
+    "mailproxy_tls_certificate_expiry_timestamp_seconds",
+    "When the certificate a listener presents to clients expires (Unix time).",
+    ["listener"],
+    multiprocess_mode="min",
 )
 # Symbols are a plugin's words; a plugin that makes them up per message must not make
 # the metric grow without bound.
@@ -55,29 +97,34 @@ SYMBOLS_PER_PLUGIN = 100
 _symbol_children: dict[tuple[str, str, str], Any] = {}
 _symbols_seen: dict[str, set[str]] = {}
 
-verdicts = Counter(
+verdicts = _define(
+    Counter,
     "mailproxy_verdicts_total",
     "Plugin verdicts other than continue; enforced=false for observe mode.",
     ["plugin", "hook", "action", "enforced"],
 )
-symbols = Counter(
+symbols = _define(
+    Counter,
     "mailproxy_symbols_total",
     "Verdicts that named a symbol (a rule that matched), by plugin and symbol; past "
     f"{SYMBOLS_PER_PLUGIN} distinct symbols of one plugin, the rest count as OTHER.",
     ["plugin", "symbol", "enforced"],
 )
-plugin_errors = Counter(
+plugin_errors = _define(
+    Counter,
     "mailproxy_plugin_errors_total",
     "Plugin calls that raised (kind=exception) or ran past their timeout (kind=timeout).",
     ["plugin", "hook", "kind"],
 )
-plugin_duration = Histogram(
+plugin_duration = _define(
+    Histogram,
     "mailproxy_plugin_duration_seconds",
     "Time spent in each plugin hook call.",
     ["plugin", "hook"],
     buckets=_LATENCY_BUCKETS,
 )
-plugin_threads_busy = Gauge(
+plugin_threads_busy = _define(
+    Gauge,
     "mailproxy_plugin_threads_busy",
     "Threads of a blocking plugin running a hook call now, out of its 8; one held by a "
     "call that timed out stays busy until the plugin returns.",
@@ -86,7 +133,8 @@ plugin_threads_busy = Gauge(
 )
 # The shipped checks (plugins/): label values come from their code and configuration,
 # never from a client (no addresses, no names).
-plugin_checks = Counter(
+plugin_checks = _define(
+    Counter,
     "mailproxy_plugin_checks_total",
     "Results of the shipped checks: plugin=spf (check=mailfrom or helo, result=the SPF "
     "result), dnsbl (check=the list's zone, result=listed, not_listed, error), helo "
@@ -95,67 +143,127 @@ plugin_checks = Counter(
     "(check=the limit, e.g. client_messages, result=within, over).",
     ["plugin", "check", "result"],
 )
-plugin_check_duration = Histogram(
+plugin_check_duration = _define(
+    Histogram,
     "mailproxy_plugin_check_duration_seconds",
     "Time one check took: an SPF evaluation, one list's lookup, one HELO name's checks.",
     ["plugin", "check"],
     buckets=_LATENCY_BUCKETS,
 )
-state_errors = Counter(
+state_errors = _define(
+    Counter,
     "mailproxy_state_errors_total",
     "Shared-state operations that failed (the backend unreachable, timed out or refusing "
     "the command); each caller's fail mode applied instead (operation=incr, get, set, add, "
     "delete).",
     ["backend", "operation"],
 )
-auth_attempts = Counter(
+auth_attempts = _define(
+    Counter,
     "mailproxy_auth_attempts_total",
     "Login attempts (SMTP AUTH; POP3 USER/PASS and AUTH; IMAP LOGIN and AUTHENTICATE) by "
     "result (success, failure, throttled, refused, aborted, error).",
-    ["listener", "mechanism", "result"],
+    ["protocol", "listener", "mechanism", "result"],
 )
-auth_delay = Histogram(
+auth_delay = _define(
+    Histogram,
     "mailproxy_auth_delay_seconds",
     "Pauses before AUTH answers earned by earlier failures (reason=network: of the "
     "client's network, before checking; account: of the account, before a wrong answer).",
     ["listener", "reason"],
     buckets=(0.5, 1, 2, 4, 8, 15, 30, 60),
 )
-upstream_duration = Histogram(
+upstream_duration = _define(
+    Histogram,
     "mailproxy_upstream_duration_seconds",
     "Round trip of one command to the upstream, until its complete reply.",
     ["upstream", "command"],
     buckets=_LATENCY_BUCKETS,
 )
-upstream_failures = Counter(
+upstream_connect_duration = _define(
+    Histogram,
+    "mailproxy_upstream_connect_duration_seconds",
+    "Time to open an upstream session: the TCP connection and, for implicit TLS, the "
+    "handshake.",
+    ["upstream"],
+    buckets=_LATENCY_BUCKETS,
+)
+upstream_up = _define(
+    Gauge,
+    "mailproxy_upstream_up",
+    "Whether the last readiness probe reached the upstream (1) or not (0); probes run "
+    "every metrics.upstream_probe_interval seconds.",
+    ["upstream"],
+    multiprocess_mode="mostrecent",
+)
+upstream_failures = _define(
+    Counter,
     "mailproxy_upstream_failures_total",
     "Upstream connections that failed (stage=connect, greeting, tls, timeout, lost).",
     ["upstream", "stage"],
 )
-upstream_identity_missing = Counter(
+upstream_identity_missing = _define(
+    Counter,
     "mailproxy_upstream_identity_missing_total",
     "Upstream sessions that could not be told the client's identity: the upstream does "
     "not offer XCLIENT (SMTP, and POP3 from an untrusted address) or ID (IMAP).",
     ["upstream"],
 )
-relayed_bytes = Counter(
+relayed_bytes = _define(
+    Counter,
     "mailproxy_relayed_bytes_total",
     "Bytes a POP3 or IMAP session relayed after the login, by direction (to_upstream: "
     "the client's commands and uploads; to_client: the upstream's responses).",
-    ["protocol", "direction"],
+    ["protocol", "listener", "direction"],
 )
-messages = Counter(
+messages = _define(
+    Counter,
     "mailproxy_messages_total",
     "Messages at end-of-data, by outcome (delivered, rejected, tempfailed; unknown: the "
     "upstream never answered the end of the message, it may have taken it).",
     ["listener", "outcome"],
 )
-message_bytes = Histogram(
+message_bytes = _define(
+    Histogram,
     "mailproxy_message_size_bytes",
     "Size of the messages received from clients.",
     ["listener"],
     buckets=(1024, 4096, 16384, 65536, 262144, 1048576, 4194304, 16777216, 67108864),
 )
+
+
+spam_score = _define(
+    Histogram,
+    "mailproxy_spam_score",
+    "The final score of each message that reached the action stage with a score.",
+    ["listener"],
+    buckets=(-10, -5, -2, 0, 1, 2, 3, 4, 5, 6, 7, 8, 10, 12, 15, 20, 30, 50),
+)
+dns_query_duration = _define(
+    Histogram,
+    "mailproxy_dns_query_duration_seconds",
+    "DNS queries sent (answers from the cache are not queries), by record type and result "
+    "(answer, nxdomain, nodata, error).",
+    ["type", "result"],
+    buckets=_LATENCY_BUCKETS,
+)
+dns_cache_lookups = _define(
+    Counter,
+    "mailproxy_dns_cache_lookups_total",
+    "Lookups of the shipped checks' DNS cache, by result (hit, miss).",
+    ["result"],
+)
+build_info = _define(
+    Gauge,
+    "mailproxy_build_info",
+    "Always 1; the labels say which mailproxy and which Python run.",
+    ["version", "python"],
+    multiprocess_mode="max",
+)
+
+
+def announce_build() -> None:
+    build_info.labels(__version__, platform.python_version()).set(1)
 
 
 def smtp_verb_label(verb: str) -> str:
@@ -171,9 +279,9 @@ def pop3_verb_label(verb: str) -> str:
     return verb if verb in KNOWN_POP3_VERBS else "OTHER"
 
 
-def pop3_reply_counter(ok: bool, origin: str):
+def pop3_reply_counter(listener: str, ok: bool, origin: str):
     """POP3 replies have no code: their class is "ok" (+OK) or "err" (-ERR)."""
-    return replies.labels("pop3", "ok" if ok else "err", origin)
+    return child(replies, "pop3", listener, "ok" if ok else "err", origin)
 
 
 KNOWN_IMAP_VERBS = frozenset(
@@ -188,9 +296,9 @@ def imap_verb_label(verb: str) -> str:
     return verb if verb in KNOWN_IMAP_VERBS else "OTHER"
 
 
-def imap_reply_counter(status: str, origin: str):
+def imap_reply_counter(listener: str, status: str, origin: str):
     """IMAP replies counted are the tagged ones, by status ("ok", "no", "bad"), and BYE."""
-    return replies.labels("imap", status.lower(), origin)
+    return child(replies, "imap", listener, status.lower(), origin)
 
 
 def reply_class(code: int) -> str:
@@ -205,10 +313,10 @@ def child(metric, *label_values: str):
 
 
 @functools.cache
-def reply_counter(protocol: str, code: int, origin: str):
+def reply_counter(protocol: str, listener: str, code: int, origin: str):
     """The `replies` child for one reply code: one lookup per reply on the hot path
     (codes are 200..599, a closed set)."""
-    return replies.labels(protocol, reply_class(code), origin)
+    return replies.labels(protocol, listener, reply_class(code), origin)
 
 
 def symbol_counter(plugin: str, symbol: str, enforced: str):

@@ -158,7 +158,7 @@ class ImapLoginCommands:
             # The upstream's own OK, with the client's tag and the capabilities it will
             # really get: clients that never ask again rely on this list.
             raw = tag.encode() + rewrite_capability_response(answer.raw)[len(answer.tag):]
-            metrics.imap_reply_counter("OK", "upstream").inc()
+            metrics.imap_reply_counter(self.runtime.name, "OK", "upstream").inc()
             self.write(raw)
             self.machine.set_limits(
                 max_line_length=64 * 1024, max_inline_literal=64 * 1024, max_nonsync_literal=None,

@@ -87,13 +87,13 @@ class ImapProxySession(ImapLoginCommands, ProxySession):
         self._client_ended = False  # its input ended: only the answers it is owed are left
         self._bye = False  # the upstream said BYE: the session ends once it is relayed
         self._ledger = CommandLedger(self.session)
-        self._to_upstream = metrics.child(metrics.relayed_bytes, "imap", "to_upstream")
-        self._to_client = metrics.child(metrics.relayed_bytes, "imap", "to_client")
+        self._to_upstream = metrics.child(metrics.relayed_bytes, "imap", self.runtime.name, "to_upstream")
+        self._to_client = metrics.child(metrics.relayed_bytes, "imap", self.runtime.name, "to_client")
 
     # --- replies ---------------------------------------------------------------------------
 
     def _tagged(self, tag: str | None, status: str, text: str) -> None:
-        metrics.imap_reply_counter(status, "proxy").inc()
+        metrics.imap_reply_counter(self.runtime.name, status, "proxy").inc()
         self._failed = status != "OK"
         self.write(f"{tag or '*'} {status} {text}\r\n".encode("utf-8", "replace"))
 
@@ -101,7 +101,7 @@ class ImapProxySession(ImapLoginCommands, ProxySession):
         self.write(f"* {text}\r\n".encode("utf-8", "replace"))
 
     def _bye_reply(self, text: str) -> bytes:
-        metrics.imap_reply_counter("BYE", "proxy").inc()
+        metrics.imap_reply_counter(self.runtime.name, "BYE", "proxy").inc()
         return f"* BYE {text}\r\n".encode("utf-8", "replace")
 
     def _enforce(self, tag: str | None, verdict: Verdict) -> object | None:
@@ -164,7 +164,7 @@ class ImapProxySession(ImapLoginCommands, ProxySession):
 
     async def _refusal(self, tag: str, verb: str, args) -> Verdict | None:
         """The `imap_command` hook's verdict if it refuses the command."""
-        metrics.child(metrics.commands, "imap", metrics.imap_verb_label(verb)).inc()
+        metrics.child(metrics.commands, "imap", self.runtime.name, metrics.imap_verb_label(verb)).inc()
         policy = self.runtime.policy
         if not policy.has("imap_command"):
             return None
@@ -373,7 +373,7 @@ class ImapProxySession(ImapLoginCommands, ProxySession):
             return
         raw = event.raw
         if isinstance(event, Tagged):
-            metrics.imap_reply_counter(event.status, "upstream").inc()
+            metrics.imap_reply_counter(self.runtime.name, event.status, "upstream").inc()
             if self._awaiting is not None and self._awaiting[0] == event.tag:
                 self._refused_ahead()
             self._deliver(rewrite_capability_response(raw) if event.code else raw)
@@ -393,7 +393,7 @@ class ImapProxySession(ImapLoginCommands, ProxySession):
             if name is not None:
                 self.session.special_use[decode_mailbox_name(name)] = "\\Trash"
         elif event.kind == "BYE":
-            metrics.imap_reply_counter("BYE", "upstream").inc()
+            metrics.imap_reply_counter(self.runtime.name, "BYE", "upstream").inc()
             self._bye = True
         self._deliver(raw)
 

@@ -41,7 +41,7 @@ class LoginCheck:
         self.throttle_delay = 0.0  # the pause a THROTTLED outcome has earned
 
     def count(self, result: str) -> None:
-        metrics.child(metrics.auth_attempts, self.runtime.name, self.mechanism, result).inc()
+        metrics.child(metrics.auth_attempts, self.runtime.settings.protocol, self.runtime.name, self.mechanism, result).inc()
 
     async def network_over_limit(self) -> bool:
         """Whether the client's network has failed too often to try at all."""

@@ -52,24 +52,24 @@ class Pop3ProxySession(ProxySession):
         self._username: str | None = None  # given by USER, awaiting PASS
         self._upstream: Pop3Upstream | None = None  # opened by a login attempt
         self._failed = False  # the last reply was an -ERR
-        self._to_upstream = metrics.child(metrics.relayed_bytes, "pop3", "to_upstream")
-        self._to_client = metrics.child(metrics.relayed_bytes, "pop3", "to_client")
+        self._to_upstream = metrics.child(metrics.relayed_bytes, "pop3", self.runtime.name, "to_upstream")
+        self._to_client = metrics.child(metrics.relayed_bytes, "pop3", self.runtime.name, "to_client")
 
     # --- replies ---------------------------------------------------------------------------
 
     def _ok(self, text: str = "") -> None:
-        metrics.pop3_reply_counter(True, "proxy").inc()
+        metrics.pop3_reply_counter(self.runtime.name, True, "proxy").inc()
         self.write(f"+OK {text}\r\n".encode() if text else b"+OK\r\n")
 
     def _err(self, text: str) -> None:
-        metrics.pop3_reply_counter(False, "proxy").inc()
+        metrics.pop3_reply_counter(self.runtime.name, False, "proxy").inc()
         self._failed = True
         self.write(f"-ERR {text}\r\n".encode("utf-8", "replace"))
 
     def _relay(self, line: bytes) -> None:
         """The upstream's reply; its -ERR is no error of the client's to count (Dovecot
         answers `DELE` of a deleted message so, and counts only bad commands itself)."""
-        metrics.pop3_reply_counter(line.startswith(b"+OK"), "upstream").inc()
+        metrics.pop3_reply_counter(self.runtime.name, line.startswith(b"+OK"), "upstream").inc()
         self._to_client.inc(len(line))
         self.write(line)
 
@@ -80,15 +80,15 @@ class Pop3ProxySession(ProxySession):
         return CLOSE_SESSION if verdict.action is Action.DISCONNECT else None
 
     def timeout_reply(self, idle: bool) -> bytes:
-        metrics.pop3_reply_counter(False, "proxy").inc()
+        metrics.pop3_reply_counter(self.runtime.name, False, "proxy").inc()
         return b"-ERR Disconnected for inactivity.\r\n" if idle else b"-ERR Timeout exceeded, closing connection.\r\n"
 
     def internal_error_reply(self) -> bytes:
-        metrics.pop3_reply_counter(False, "proxy").inc()
+        metrics.pop3_reply_counter(self.runtime.name, False, "proxy").inc()
         return b"-ERR [SYS/TEMP] Internal error, closing connection.\r\n"
 
     def refusal_reply(self, reason: str) -> bytes:
-        metrics.pop3_reply_counter(False, "proxy").inc()
+        metrics.pop3_reply_counter(self.runtime.name, False, "proxy").inc()
         return f"-ERR [SYS/TEMP] {reason}, try again later.\r\n".encode()
 
     def too_many_errors_reply(self) -> None:
@@ -126,7 +126,7 @@ class Pop3ProxySession(ProxySession):
 
     async def _command(self, command: Command) -> object | None:
         verb = command.verb
-        metrics.child(metrics.commands, "pop3", metrics.pop3_verb_label(verb)).inc()
+        metrics.child(metrics.commands, "pop3", self.runtime.name, metrics.pop3_verb_label(verb)).inc()
         policy = self.runtime.policy
         if policy.has("pop3_command"):
             shown_verb, shown_args = hook_view(command)

@@ -11,7 +11,7 @@ from ..protocol.smtp import ServerReply, make_reply
 
 class SmtpReplies:
     def _write(self, raw: bytes, code: int, origin: str) -> None:
-        metrics.reply_counter("smtp", code, origin).inc()
+        metrics.reply_counter("smtp", self.runtime.name, code, origin).inc()
         self._last_code = code
         self.write(raw)
 
@@ -28,7 +28,7 @@ class SmtpReplies:
     # --- the core's protocol replies -------------------------------------------------------
 
     def _proxy_reply(self, code: int, enhanced: str, text: str) -> bytes:
-        metrics.reply_counter("smtp", code, "proxy").inc()
+        metrics.reply_counter("smtp", self.runtime.name, code, "proxy").inc()
         return make_reply(code, f"{enhanced} {self.hostname} {text}").raw
 
     def timeout_reply(self, idle: bool) -> bytes:
