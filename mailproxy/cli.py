@@ -101,9 +101,11 @@ def cmd_run(args) -> int:
     app = _build(config)
     from prometheus_client import REGISTRY, CollectorRegistry
 
+    from . import metrics
     from .proxy.metrics_http import MetricsServer
     from .proxy.server import run_process
 
+    metrics.announce_build()
     registry = REGISTRY
     if workers > 1:
         from prometheus_client import multiprocess

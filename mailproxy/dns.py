@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import time
 
 import dns.asyncresolver
 import dns.exception
@@ -16,6 +17,7 @@ import dns.nameserver
 import dns.resolver
 import dns.reversename
 
+from . import metrics
 from .config import DnsSettings
 
 log = logging.getLogger("mailproxy.dns")
@@ -24,6 +26,36 @@ UNAVAILABLE = "[UNAVAILABLE]"  # no name, for certain (XCLIENT's spelling)
 TEMPUNAVAIL = "[TEMPUNAVAIL]"  # could not find out now
 MAX_PTR_NAMES = 10  # a hostile PTR set must not cost unbounded lookups
 CACHE_ENTRIES = 10000
+
+
+class CountedQuery:
+    """Times one DNS query and counts it by record type and result in the DNS metrics:
+
+        with CountedQuery("TXT") as query:
+            query.answered(await resolver.resolve(name, "TXT", raise_on_no_answer=False))
+    """
+
+    def __init__(self, rdtype: str) -> None:
+        self.rdtype = rdtype
+        self.result = "error"
+
+    def __enter__(self) -> CountedQuery:
+        self.started = time.perf_counter()
+        return self
+
+    def answered(self, answer: dns.resolver.Answer) -> dns.resolver.Answer:
+        self.result = "answer" if answer.rrset is not None else "nodata"
+        return answer
+
+    def __exit__(self, kind, exc, traceback) -> None:
+        if isinstance(exc, dns.resolver.NXDOMAIN):
+            self.result = "nxdomain"
+        elif isinstance(exc, dns.resolver.NoAnswer):
+            self.result = "nodata"
+        elif exc is not None:
+            self.result = "error"
+        elapsed = time.perf_counter() - self.started
+        metrics.child(metrics.dns_query_duration, self.rdtype, self.result).observe(elapsed)
 
 
 class Resolver:
@@ -44,7 +76,8 @@ class Resolver:
         """The verified host name of `address`, or UNAVAILABLE / TEMPUNAVAIL."""
         try:
             ip = ipaddress.ip_address(address)
-            answer = await self._resolver.resolve(dns.reversename.from_address(str(ip)), "PTR")
+            with CountedQuery("PTR") as query:
+                answer = query.answered(await self._resolver.resolve(dns.reversename.from_address(str(ip)), "PTR"))
             names = [r.target.to_text(omit_final_dot=True) for r in answer][:MAX_PTR_NAMES]
             for name in names:
                 if await self._resolves_to(name, ip):
@@ -61,7 +94,8 @@ class Resolver:
     async def _resolves_to(self, name: str, ip) -> bool:
         rdtype = "AAAA" if ip.version == 6 else "A"
         try:
-            answer = await self._resolver.resolve(name, rdtype)
+            with CountedQuery(rdtype) as query:
+                answer = query.answered(await self._resolver.resolve(name, rdtype))
         except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer):
             return False
         return any(ipaddress.ip_address(r.address) == ip for r in answer)

@@ -89,7 +89,8 @@ tls_certificate_expiry = _define(
     "mailproxy_tls_certificate_expiry_timestamp_seconds",
     "When the certificate a listener presents to clients expires (Unix time).",
     ["listener"],
-    multiprocess_mode="min",
+    # Set by the process that loads the configuration; a worker's copy reads 0.
+    multiprocess_mode="max",
 )
 # Symbols are a plugin's words; a plugin that makes them up per message must not make
 # the metric grow without bound.
@@ -194,7 +195,8 @@ upstream_up = _define(
     "Whether the last readiness probe reached the upstream (1) or not (0); probes run "
     "every metrics.upstream_probe_interval seconds.",
     ["upstream"],
-    multiprocess_mode="mostrecent",
+    # Set only by the process that serves the metrics; a worker's copy reads 0.
+    multiprocess_mode="max",
 )
 upstream_failures = _define(
     Counter,
@@ -235,15 +237,19 @@ message_bytes = _define(
 spam_score = _define(
     Histogram,
     "mailproxy_spam_score",
-    "The final score of each message that reached the action stage with a score.",
+    "The final score of each message at the action stage (which runs when a [policy] "
+    "threshold is set); negative scores (a welcome list's) fall in the le=0 bucket.",
     ["listener"],
-    buckets=(-10, -5, -2, 0, 1, 2, 3, 4, 5, 6, 7, 8, 10, 12, 15, 20, 30, 50),
+    # No negative bucket: prometheus_client drops _sum from a histogram that has one.
+    buckets=(0, 1, 2, 3, 4, 5, 6, 7, 8, 10, 12, 15, 20, 30, 50),
 )
 dns_query_duration = _define(
     Histogram,
     "mailproxy_dns_query_duration_seconds",
-    "DNS queries sent (answers from the cache are not queries), by record type and result "
-    "(answer, nxdomain, nodata, error).",
+    "DNS queries, by record type and result (answer, nxdomain, nodata, error). Answers "
+    "the shipped checks take from their cache are not queries (see "
+    "mailproxy_dns_cache_lookups_total); client-name lookups the resolver answers from "
+    "its own cache are.",
     ["type", "result"],
     buckets=_LATENCY_BUCKETS,
 )

@@ -311,6 +311,7 @@ class PolicyEngine:
         is answered (no hook can score after that); when it is taken whole, after the
         data hooks. Returns the score's refusal, or `continue` after adding the header
         lines the message is delivered with (X-Spam-*, X-Mailproxy-Trace)."""
+        metrics.child(metrics.spam_score, session.listener).observe(session.score + envelope.score)
         if self._judges:
             verdict = self._judge("smtp_data", session, envelope, envelope)
             if verdict.action.is_refusal:

@@ -23,6 +23,9 @@ import dns.nameserver
 import dns.rdatatype
 import dns.resolver
 
+from mailproxy import metrics
+from mailproxy.dns import CountedQuery
+
 from ._common import ExpiringCache
 
 
@@ -79,12 +82,16 @@ class CachedLookups:
         self._max_negative_ttl = max_negative_ttl
         self._cache: ExpiringCache[tuple[Any, ...]] = ExpiringCache(entries, clock)
         self._queries: dict[tuple[str, str], asyncio.Task] = {}
+        self._hits = metrics.child(metrics.dns_cache_lookups, "hit")
+        self._misses = metrics.child(metrics.dns_cache_lookups, "miss")
 
     async def lookup(self, name: str, rdtype: str, timeout: float) -> tuple[Any, ...]:
         key = (name.lower().removesuffix("."), rdtype)
         records = self._cache.get(key)
         if records is not None:
+            self._hits.inc()
             return records
+        self._misses.inc()
         # Callers that ask for the same name at once (one zone under several filters, a
         # client in many sessions) share one query; one that gives up (its hook timed
         # out) does not cancel it for the others.
@@ -108,7 +115,10 @@ class CachedLookups:
     async def _ask(self, name: str, rdtype: str, timeout: float) -> tuple[tuple[Any, ...], float]:
         try:
             qname = dns.name.from_text(name)  # absolute: no search domains are tried
-            answer = await self._resolver.resolve(qname, rdtype, lifetime=timeout, raise_on_no_answer=False)
+            with CountedQuery(rdtype) as query:
+                answer = query.answered(
+                    await self._resolver.resolve(qname, rdtype, lifetime=timeout, raise_on_no_answer=False)
+                )
         except dns.resolver.NXDOMAIN as exc:
             response = next(iter(exc.responses().values()), None)
             return (), min(_negative_ttl(response), self._max_negative_ttl)

@@ -41,6 +41,7 @@ import spf as pyspf
 from pydantic import Field, ValidationInfo, field_validator
 
 from mailproxy import Envelope, Session, Verdict, hookimpl
+from mailproxy.dns import CountedQuery
 from mailproxy.threads import ThreadLane
 
 from ._common import (
@@ -82,7 +83,8 @@ def _lookup(name: str, qtype: str, strict=True, timeout=30):
     if resolver is None:
         return _pyspf_lookup(name, qtype, strict, timeout)
     try:
-        answer = resolver.resolve(name, qtype, lifetime=timeout)
+        with CountedQuery(qtype) as query:
+            answer = query.answered(resolver.resolve(name, qtype, lifetime=timeout))
     except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer):
         return []
     except dns.exception.DNSException as exc:

@@ -65,6 +65,7 @@ class ProxySession:
         session.wait_for_client = self.wait_for_client
         if client.tls:  # an implicit-TLS listener: the handshake is done
             session.ssl = tls_facts(client)
+            self._count_tls_handshake("implicit", session.ssl.get("version"))
         self.hostname = runtime.hostname
         self.idle_timeout = settings.idle_timeout
         # A message is with the upstream and its reply not yet with the client: a
@@ -159,12 +160,24 @@ class ProxySession:
             await self.client.drain(self.loop.time() + timeout)
             await self.client.start_tls(self.runtime.server_tls, server_side=True, timeout=timeout)
         except TimeoutError:
+            self._count_tls_handshake("starttls", None)
             raise ClientTimeout(idle=False) from None
         except (OSError, ssl.SSLError) as exc:
             log.info("TLS handshake with the client failed: %s", exc or type(exc).__name__)
+            self._count_tls_handshake("starttls", None)
             return False
         self.session.ssl = tls_facts(self.client)
+        self._count_tls_handshake("starttls", self.session.ssl.get("version"))
         return True
+
+    def _count_tls_handshake(self, mode: str, version: str | None) -> None:
+        """A handshake with the client: a failed one (`version` None) agreed on nothing.
+        Failed implicit-TLS handshakes never reach a session (the event loop drops them
+        before it makes one), so only STARTTLS failures are counted."""
+        result = "success" if version else "failure"
+        metrics.child(
+            metrics.tls_handshakes, self.protocol, self.runtime.name, mode, result, version or "none"
+        ).inc()
 
     # --- the client's side of the conversation ----------------------------------------------
 

@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import ssl
 from collections import Counter
+from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Any
+
+from cryptography import x509
 
 from .. import metrics
 from ..auth.throttle import AuthThrottle
@@ -24,7 +27,14 @@ def server_tls_context(listener: ListenerSettings) -> ssl.SSLContext | None:
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.load_cert_chain(str(listener.cert_file), str(listener.key_file))
+    metrics.child(metrics.tls_certificate_expiry, listener.name).set(certificate_expiry(listener.cert_file))
     return context
+
+
+def certificate_expiry(cert_file: Path) -> float:
+    """When the certificate a client is shown (the first of the chain file) expires, as
+    Unix time; load_cert_chain has already refused a file without one."""
+    return x509.load_pem_x509_certificate(cert_file.read_bytes()).not_valid_after_utc.timestamp()
 
 
 @dataclass

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
+import time
 
 from .. import metrics
 from ..config import UpstreamSettings
@@ -81,6 +82,7 @@ async def connect(
     host, port = settings.address.host, settings.address.port
     loop = asyncio.get_running_loop()
     link: Connection | None = None
+    started = time.perf_counter()
     try:
         async with asyncio.timeout(settings.connect_timeout):
             _, link = await loop.create_connection(Connection, host, port, local_addr=local_address(settings))
@@ -93,6 +95,7 @@ async def connect(
             link.abort()
         metrics.child(metrics.upstream_failures, name, "connect").inc()
         raise UpstreamError("connect", f"{host}:{port}: {exc or type(exc).__name__}") from None
+    metrics.child(metrics.upstream_connect_duration, name).observe(time.perf_counter() - started)
     return link
 
 

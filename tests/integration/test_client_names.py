@@ -46,3 +46,18 @@ def test_unanswered_lookup_is_tempunavail(make_proxy):
         with smtplib.SMTP("127.0.0.1", proxy.port("mx"), timeout=10) as client:
             assert client.ehlo("client.test")[0] == 250
     assert b"XCLIENT NAME=[TEMPUNAVAIL] ADDR=127.0.0.1" in bytes(upstream.received)
+    assert proxy.metric("mailproxy_dns_query_duration_seconds_count", type="PTR", result="error") == 1
+
+
+def test_client_name_lookups_are_counted(make_proxy):
+    with Dnsmasq(RECORDS) as dns, RecordingUpstream(xclient=True) as upstream:
+        proxy = make_proxy(
+            upstream.address,
+            proxy={"hostname": "proxy.test", "resolve_client_names": True},
+            dns={"servers": [dns.address], "timeout": 2.0},
+        )
+        with smtplib.SMTP("127.0.0.1", proxy.port("mx"), timeout=10, source_address=("127.0.0.5", 0)) as client:
+            assert client.ehlo("client.test")[0] == 250
+        m = proxy.metric
+        assert m("mailproxy_dns_query_duration_seconds_count", type="PTR", result="answer") == 1
+        assert m("mailproxy_dns_query_duration_seconds_count", type="A", result="answer") == 1

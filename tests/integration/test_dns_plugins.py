@@ -95,3 +95,19 @@ def test_a_bad_helo_is_refused(make_proxy, upstream, dns, name, reply):
         client.sendmail("someone@pass.test", ["rcpt@example.test"], MESSAGE)
     assert upstream.messages == [DELIVERED]
     assert name.encode() not in upstream.received
+
+
+def test_dns_queries_and_cache_hits_are_counted(make_proxy, upstream, dns):
+    proxy = proxy_with(make_proxy, upstream, dns, "dnsbl",
+                       client_lists=["bl.test=127.0.0.[2..11]*3"], reject_threshold=3)
+    for _ in range(2):  # the second refusal is answered from the cache
+        with pytest.raises(smtplib.SMTPConnectError):
+            smtplib.SMTP("127.0.0.1", proxy.port("mx"), timeout=15, source_address=(LISTED, 0))
+    with smtplib.SMTP("127.0.0.1", proxy.port("mx"), timeout=15, source_address=(CLEAN, 0)) as client:
+        client.noop()
+    m = proxy.metric
+    assert m("mailproxy_dns_query_duration_seconds_count", type="A", result="answer") == 1
+    assert m("mailproxy_dns_query_duration_seconds_count", type="TXT", result="answer") == 1
+    assert m("mailproxy_dns_query_duration_seconds_count", type="A", result="nxdomain") == 1
+    assert m("mailproxy_dns_cache_lookups_total", result="hit") >= 1
+    assert m("mailproxy_dns_cache_lookups_total", result="miss") == 3  # A and TXT of the listed, A of the clean
