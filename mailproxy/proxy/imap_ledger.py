@@ -10,6 +10,7 @@ interleave the responses of several commands, so the counts are then approximate
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 
 from ..protocol.imap import astring
@@ -25,6 +26,12 @@ class Completion:
     args: tuple
     status: str = ""  # OK, NO or BAD
     facts: dict[str, int | bool] = field(default_factory=dict)
+    sent_at: float = field(default_factory=time.perf_counter)
+
+    @property
+    def round_trip(self) -> float:
+        """Seconds from forwarding the command to its tagged answer (once completed)."""
+        return time.perf_counter() - self.sent_at
 
 
 class CommandLedger:

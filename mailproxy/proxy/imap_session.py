@@ -378,6 +378,10 @@ class ImapProxySession(ImapLoginCommands, ProxySession):
                 self._refused_ahead()
             self._deliver(rewrite_capability_response(raw) if event.code else raw)
             completion = self._ledger.completed(event)
+            # IDLE lasts as long as the client wants: it is no measure of the upstream.
+            if completion is not None and completion.verb != "IDLE":
+                verb = metrics.imap_verb_label(completion.verb)
+                metrics.child(metrics.upstream_duration, self._upstream.name, verb).observe(completion.round_trip)
             policy = self.runtime.policy
             if completion is not None and policy.has("imap_completed"):
                 await policy.notify(

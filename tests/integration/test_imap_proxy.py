@@ -297,6 +297,11 @@ def test_one_scrape_shows_the_mail_store_traffic(dovecot, make_proxy, certs):
     assert metric("mailproxy_relayed_bytes_total", protocol="imap", direction="to_upstream") > 0
     assert metric("mailproxy_relayed_bytes_total", protocol="pop3", direction="to_client") > len(MESSAGE)
     assert metric("mailproxy_replies_total", protocol="imap", **{"class": "no"}, origin="proxy") >= 2
+    # Commands relayed after the login are timed from forwarding to the tagged answer.
+    assert metric("mailproxy_upstream_duration_seconds_count", upstream="store", command="SELECT") == 1
+    assert metric("mailproxy_upstream_duration_seconds_count", upstream="store", command="FETCH") == 1
+    assert metric("mailproxy_upstream_duration_seconds_count", upstream="pop3store", command="RETR") == 1
+    assert metric("mailproxy_tls_handshakes_total", protocol="pop3", listener="pop3", result="success") == 1
 
 
 def test_pipe_after_login_relays_bytes_and_runs_no_command_hook(dovecot, make_proxy, certs):
