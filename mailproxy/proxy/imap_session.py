@@ -83,6 +83,7 @@ class ImapProxySession(ImapLoginCommands, ProxySession):
         self._then: str | None = None  # what the "+" to the last line starts
         self._stream_tag = ""  # the command whose parts are being sent
         self._client_heard = 0.0  # loop time the client last sent something
+        self._upstream_heard = 0.0  # ... the upstream last sent something, or was asked
         self._idling = False  # IDLE runs: the client's next line should be DONE
         self._client_ended = False  # its input ended: only the answers it is owed are left
         self._bye = False  # the upstream said BYE: the session ends once it is relayed
@@ -214,19 +215,28 @@ class ImapProxySession(ImapLoginCommands, ProxySession):
             try:
                 data = await link.receive(self.loop.time() + upstream.settings.reply_timeout)
             except TimeoutError:
-                raise UpstreamError("timeout", f"no answer within {upstream.settings.reply_timeout}s") from None
+                raise upstream.fail("timeout", f"no answer within {upstream.settings.reply_timeout}s") from None
+            self._upstream_heard = self.loop.time()
             upstream.reader.receive_data(data)
             return
-        until = self._client_heard + self.idle_timeout
+        client_until = until = self._client_heard + self.idle_timeout
+        if self._ledger.outstanding and not self._idling:
+            # An upstream that owes an answer and goes quiet for reply_timeout has hung
+            # (Dovecot reports progress on long commands): the client would otherwise
+            # wait out its own idle timeout for nothing.
+            until = min(until, self._upstream_heard + upstream.settings.reply_timeout)
         try:
             ready = await first_readable(self.client, link, until)
         except TimeoutError:
+            if until < client_until:
+                raise upstream.fail("timeout", f"no answer within {upstream.settings.reply_timeout}s") from None
             raise ClientTimeout(True) from None
         if ready is self.client:
             data = self.client.take()
             self._client_heard = self.loop.time()
             self.machine.receive_data(data)
             return
+        self._upstream_heard = self.loop.time()
         upstream.reader.receive_data(link.take())
 
     async def _client_events(self) -> object | None:
@@ -290,10 +300,16 @@ class ImapProxySession(ImapLoginCommands, ProxySession):
         if verb == "COMPRESS":
             self._tagged(command.tag, "NO", "[CANNOT] Compression is not available through this proxy.")
             return None
-        self._ledger.sent(command.tag, verb, command.args)
+        self._sending(command.tag, verb, command.args)
         self._send(command.tag, command.raw, "idle" if verb == "IDLE" else None)
         await self._upstream.drain()
         return None
+
+    def _sending(self, tag: str, verb: str, args: tuple) -> None:
+        """A command goes to the upstream: its answer is owed from now."""
+        if not self._ledger.outstanding:
+            self._upstream_heard = self.loop.time()
+        self._ledger.sent(tag, verb, args)
 
     def _send(self, tag: str, parts: list[bytes], then: str | None) -> None:
         """Send a command's lines, each literal value after the upstream's "+" to the
@@ -335,7 +351,7 @@ class ImapProxySession(ImapLoginCommands, ProxySession):
             self._tagged(event.tag, "NO", "[TOOBIG] Literal too big.")
             return None
         if not event.continued:
-            self._ledger.sent(event.tag, event.verb, event.args_so_far)
+            self._sending(event.tag, event.verb, event.args_so_far)
         # The literal streams after the upstream's own "+", relayed to the client only
         # if the client waits for one.
         self._send(event.tag, list(event.head), "literal" if literal.sync else "nonsync")
