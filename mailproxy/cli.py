@@ -102,6 +102,7 @@ def cmd_run(args) -> int:
     from prometheus_client import REGISTRY, CollectorRegistry
 
     from . import metrics
+    from .proxy.health import Readiness, UpstreamProbes
     from .proxy.metrics_http import MetricsServer
     from .proxy.server import run_process
 
@@ -112,14 +113,17 @@ def cmd_run(args) -> int:
 
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)
-    metrics_server = None
+    readiness = Readiness()
+    metrics_server = probes = None
     if config.metrics.listen is not None:
-        metrics_server = MetricsServer(config.metrics.listen, registry)
+        metrics_server = MetricsServer(config.metrics.listen, registry, readiness)
         metrics_server.start()
         logging.getLogger("mailproxy").info("metrics on http://%s/metrics", config.metrics.listen)
+        probes = UpstreamProbes(config, readiness)
+        probes.start()
     try:
         if workers == 1:
-            run_process(app)
+            run_process(app, ready=readiness.serving, stopping=readiness.stopping)
             return 0
         from .proxy.server import check_listen_addresses
         from .proxy.workers import supervise
@@ -127,8 +131,13 @@ def cmd_run(args) -> int:
         check_listen_addresses(app)
         # A worker may wait past the grace for messages the upstream is taking.
         limit = config.proxy.shutdown_grace + config.longest_delivery
-        return supervise(workers, lambda: run_process(app, reuse_port=True), limit)
+        return supervise(
+            workers, lambda: run_process(app, reuse_port=True), limit,
+            ready=readiness.serving, stopping=readiness.stopping,
+        )
     finally:
+        if probes is not None:
+            probes.stop()
         if metrics_server is not None:
             metrics_server.stop()
 

@@ -123,6 +123,10 @@ class DnsSettings(_Section):
 
 class MetricsSettings(_Section):
     listen: ListenEndpoint | None = None
+    # Readiness (/readyz): each upstream a listener uses gets a TCP connection this
+    # often, in seconds; 0 turns the probes off, and upstreams then count as reachable.
+    upstream_probe_interval: FiniteFloat = Field(15.0, ge=0)
+    upstream_probe_timeout: FiniteFloat = Field(2.0, gt=0)
 
 
 def _redis_url(value: str) -> str:

@@ -11,6 +11,7 @@ import logging
 import os
 import signal
 import socket
+from collections.abc import Callable
 
 from ..app import Application
 from ..config import ConfigError
@@ -23,6 +24,7 @@ log = logging.getLogger("mailproxy.server")
 
 HANDSHAKE_TIMEOUT = 10.0  # seconds for a client's implicit TLS handshake
 SESSIONS = {"smtp": SmtpProxySession, "pop3": Pop3ProxySession, "imap": ImapProxySession}
+Hook = Callable[[], None]
 
 
 def new_event_loop() -> asyncio.AbstractEventLoop:
@@ -111,16 +113,21 @@ def _close(sessions) -> None:
         session.close()
 
 
-async def serve(app: Application, reuse_port: bool = False, ready=None) -> None:
-    """Serve until SIGINT or SIGTERM. `ready` (a callable) is told the servers are up."""
+async def serve(
+    app: Application, reuse_port: bool = False, ready: Hook | None = None, stopping: Hook | None = None,
+) -> None:
+    """Serve until SIGINT or SIGTERM. `ready` is called once the listeners are open,
+    `stopping` on the signal, before they close."""
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
     servers = await _open_listeners(app, reuse_port)
     if ready is not None:
-        ready(servers)
+        ready()
     await stop.wait()
+    if stopping is not None:
+        stopping()  # first, so that load balancers send no more clients
     log.info("stopping: no new connections, %.1fs for open sessions", app.config.proxy.shutdown_grace)
     for server in servers:
         server.close()
@@ -131,6 +138,8 @@ async def serve(app: Application, reuse_port: bool = False, ready=None) -> None:
     log.info("stopped")
 
 
-def run_process(app: Application, reuse_port: bool = False) -> None:
+def run_process(
+    app: Application, reuse_port: bool = False, ready: Hook | None = None, stopping: Hook | None = None,
+) -> None:
     with asyncio.Runner(loop_factory=new_event_loop) as runner:
-        runner.run(serve(app, reuse_port))
+        runner.run(serve(app, reuse_port, ready, stopping))

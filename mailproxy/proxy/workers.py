@@ -29,7 +29,12 @@ def _raise_stop(signum, frame) -> None:
     raise _Stop()
 
 
-def supervise(count: int, run_worker: Callable[[], None], grace: float) -> int:
+def supervise(
+    count: int, run_worker: Callable[[], None], grace: float,
+    ready: Callable[[], None] | None = None, stopping: Callable[[], None] | None = None,
+) -> int:
+    """Run `count` workers until SIGINT or SIGTERM. `ready` is called once they are
+    started, `stopping` when they are about to be stopped."""
     from prometheus_client import multiprocess
 
     children: dict[int, int] = {}  # pid -> worker number
@@ -60,6 +65,8 @@ def supervise(count: int, run_worker: Callable[[], None], grace: float) -> int:
     try:
         for number in range(count):
             spawn(number)
+        if ready is not None:
+            ready()
         while children:
             pid, code = os.waitpid(-1, 0)
             number = children.pop(pid, None)
@@ -82,6 +89,8 @@ def supervise(count: int, run_worker: Callable[[], None], grace: float) -> int:
     finally:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        if stopping is not None:
+            stopping()  # before the workers close their listeners
         _stop_children(children, grace)
     return status
 

@@ -85,9 +85,11 @@ class PluginProxy:
         self.metrics_port = free_port()
         if mode == "submission":  # this kit has no certificates: AUTH is offered in plaintext
             listener = {"allow_plaintext_auth": True, **(listener or {})}
-        # A quick stop, and the metrics to read; the test's own settings win.
+        # A quick stop, and the metrics to read (no readiness probes: each would be a
+        # session at the recording upstream); the test's own settings win.
+        metrics = {"listen": f"127.0.0.1:{self.metrics_port}", "upstream_probe_interval": 0}
         extra = merge_sections(
-            {"proxy": {"shutdown_grace": 2.0}, "metrics": {"listen": f"127.0.0.1:{self.metrics_port}"}},
+            {"proxy": {"shutdown_grace": 2.0}, "metrics": metrics},
             config or {},
         )
         self.config = config_for(

@@ -30,6 +30,9 @@ class ProxyProcess:
         self.expected_tracebacks = 0  # a test that makes a plugin raise expects its traceback
         self.metrics_port = free_port()
         config.setdefault("metrics", {})["listen"] = f"127.0.0.1:{self.metrics_port}"
+        # A readiness probe is an upstream session too: tests that count sessions at
+        # the upstream ask for probes when they want them.
+        config["metrics"].setdefault("upstream_probe_interval", 0)
         config.setdefault("proxy", {}).setdefault("log_level", "debug")
         config["proxy"].setdefault("shutdown_grace", 2.0)
         self.ports: dict[str, int] = {}
