@@ -114,7 +114,8 @@ symbols = _define(
 plugin_errors = _define(
     Counter,
     "mailproxy_plugin_errors_total",
-    "Plugin calls that raised (kind=exception) or ran past their timeout (kind=timeout).",
+    "Plugin calls that raised (kind=exception), ran past their timeout (kind=timeout) or "
+    "returned something other than a verdict (kind=bad_result).",
     ["plugin", "hook", "kind"],
 )
 plugin_duration = _define(
@@ -201,7 +202,10 @@ upstream_up = _define(
 upstream_failures = _define(
     Counter,
     "mailproxy_upstream_failures_total",
-    "Upstream connections that failed (stage=connect, greeting, tls, timeout, lost).",
+    "Upstream sessions that failed, by stage: connect, greeting, tls, timeout (no reply in "
+    "time), lost (the connection closed), protocol (a reply that breaks the protocol), auth "
+    "(the service login, or a login refused for a passing reason), identity (ID refused), "
+    "xclient (XCLIENT refused).",
     ["upstream", "stage"],
 )
 upstream_identity_missing = _define(
