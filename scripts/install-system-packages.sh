@@ -7,7 +7,7 @@ say() { echo "install-system-packages: $*"; }
 
 PACKAGES=(postfix swaks libnet-ssleay-perl libio-socket-inet6-perl nginx-light
           libnginx-mod-mail dovecot-core dovecot-imapd dovecot-pop3d
-          dovecot-submissiond dnsmasq-base redis-server openssl make)
+          dovecot-submissiond dnsmasq-base redis-server prometheus openssl make)
 PYTHON=${PYTHON:-python3}
 
 SUDO=()
@@ -20,7 +20,7 @@ missing=()
 for f in /usr/sbin/smtp-sink /usr/sbin/smtp-source /usr/bin/swaks /usr/sbin/nginx \
          /usr/lib/nginx/modules/ngx_mail_module.so /usr/sbin/dovecot \
          /usr/lib/dovecot/imap /usr/lib/dovecot/pop3 /usr/lib/dovecot/submission \
-         /usr/sbin/dnsmasq /usr/bin/redis-server; do
+         /usr/sbin/dnsmasq /usr/bin/redis-server /usr/bin/prometheus /usr/bin/promtool; do
     [ -e "$f" ] || missing+=("$f")
 done
 command -v openssl >/dev/null || missing+=(openssl)
@@ -36,7 +36,7 @@ if command -v "$PYTHON" >/dev/null && ! "$PYTHON" -c 'import ensurepip, venv' 2>
 fi
 
 if [ ${#missing[@]} -eq 0 ]; then
-    say "all binaries present (smtp-sink, smtp-source, swaks with TLS, nginx + mail module, dovecot, dnsmasq, redis-server, openssl, make); skipping apt"
+    say "all binaries present (smtp-sink, smtp-source, swaks with TLS, nginx + mail module, dovecot, dnsmasq, redis-server, prometheus + promtool, openssl, make); skipping apt"
     exit 0
 fi
 say "missing: ${missing[*]}"
