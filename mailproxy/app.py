@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from .auth.file import FileBackend
 from .auth.throttle import AuthThrottle
+from . import metrics
 from .auth.upstream import UpstreamBackend
 from .config import Config, ConfigError
 from .dns import Resolver
@@ -95,4 +96,11 @@ def build(config: Config) -> Application:
                 upstreams=upstreams,
             )
         )
+    metrics.declare_series(
+        smtp_listeners=[s.name for s in config.listeners if s.protocol == "smtp"],
+        upstreams=list(config.upstreams),
+        plugin_hooks={plugin.name: plugin.hooks for plugin in loaded},
+        # Only a networked backend can fail; its label is the backend's name.
+        state_backend=config.state.backend if config.state.backend != "memory" else None,
+    )
     return Application(config, state, loaded, policy, listeners)

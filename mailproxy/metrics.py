@@ -272,6 +272,34 @@ build_info = _define(
 )
 
 
+UPSTREAM_FAILURE_STAGES = ("connect", "greeting", "tls", "timeout", "lost", "protocol", "auth", "identity", "xclient")
+PLUGIN_ERROR_KINDS = ("exception", "timeout", "bad_result")
+STATE_OPERATIONS = ("incr", "get", "set", "add", "delete")
+MESSAGE_OUTCOMES = ("delivered", "rejected", "tempfailed", "unknown")
+
+
+def declare_series(
+    smtp_listeners: list[str], upstreams: list[str], plugin_hooks: dict[str, list[str]], state_backend: str | None,
+) -> None:
+    """Create at 0 the counter series that alert rules take rates of. Prometheus sees a
+    series from its first sample on, so the first failure of a kind that had no series
+    before would not count in rate() or increase(): the first plugin timeout after a
+    start would go unnoticed."""
+    for listener in smtp_listeners:
+        for outcome in MESSAGE_OUTCOMES:
+            messages.labels(listener, outcome)
+    for upstream in upstreams:
+        for stage in UPSTREAM_FAILURE_STAGES:
+            upstream_failures.labels(upstream, stage)
+    for plugin, hooks in plugin_hooks.items():
+        for hook in hooks:
+            for kind in PLUGIN_ERROR_KINDS:
+                plugin_errors.labels(plugin, hook, kind)
+    if state_backend is not None:
+        for operation in STATE_OPERATIONS:
+            state_errors.labels(state_backend, operation)
+
+
 def announce_build() -> None:
     build_info.labels(__version__, platform.python_version()).set(1)
 

@@ -77,3 +77,12 @@ def test_multiple_workers_report_the_certificate_and_build_once(sink, make_proxy
     sink.bodies(expected=1)
     assert proxy.metric("mailproxy_tls_certificate_expiry_timestamp_seconds", listener="mx") == expiry
     assert proxy.metric("mailproxy_build_info") == 1
+
+
+def test_alerting_series_exist_at_zero_before_the_first_failure(proxy):
+    # rate() sees a counter from its first sample: the first failure of a kind whose
+    # series did not exist before would be missed by every alert.
+    samples = proxy.scrape().splitlines()
+    assert 'mailproxy_plugin_errors_total{hook="smtp_mail",kind="timeout",plugin="access"} 0.0' in samples
+    assert 'mailproxy_upstream_failures_total{stage="connect",upstream="sink"} 0.0' in samples
+    assert 'mailproxy_messages_total{listener="mx",outcome="rejected"} 0.0' in samples
