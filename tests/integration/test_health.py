@@ -13,7 +13,7 @@ import urllib.request
 import pytest
 
 from tests.support.clients import connect, start_transaction
-from tests.support.servers import SMTP_SINK, wait_for_listen
+from tests.support.servers import SMTP_SINK, wait_for_listen, wait_until_refused
 
 pytestmark = pytest.mark.integration
 
@@ -119,14 +119,7 @@ def test_sigterm_makes_it_unready_first_while_an_open_session_drains(sink, make_
     proxy.process.send_signal(signal.SIGTERM)
     assert wait_for_readyz(proxy, lambda answer: not is_ready(answer)) == (503, "not ready: stopping\n")
     # The listeners close too, while the session stays open ...
-    deadline = time.monotonic() + 15
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", proxy.port("mx")), timeout=5).close()
-        except ConnectionRefusedError:
-            break
-        assert time.monotonic() < deadline, "still accepting connections 15 s after SIGTERM"
-        time.sleep(0.05)
+    wait_until_refused(proxy.port("mx"))
     assert readyz(proxy) == (503, "not ready: stopping\n")
     # ... and finishes its message.
     assert client.data(b"Subject: late\r\n\r\nok\r\n")[0] == 250

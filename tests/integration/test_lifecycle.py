@@ -5,13 +5,13 @@ import smtplib
 import socket
 import subprocess
 import sys
-import time
 
 import pytest
 
 from tests.support.clients import connect
 from tests.support.configs import base_config
 from tests.support.proxy import to_toml
+from tests.support.servers import wait_until_refused
 
 pytestmark = pytest.mark.integration
 
@@ -25,14 +25,7 @@ def test_sigterm_lets_an_open_session_finish_then_exits_cleanly(sink, make_proxy
     client.mail("a@sender.example")
     proxy.process.send_signal(signal.SIGTERM)
     # Not accepting any more, once the signal is handled ...
-    deadline = time.monotonic() + 15
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", proxy.port("mx")), timeout=5).close()
-        except ConnectionRefusedError:
-            break
-        assert time.monotonic() < deadline, "still accepting connections 15 s after SIGTERM"
-        time.sleep(0.05)
+    wait_until_refused(proxy.port("mx"))
     # ... but the open session finishes its message within the grace period.
     client.rcpt("user@example.test")
     assert client.data(b"Subject: late\r\n\r\nok\r\n")[0] == 250

@@ -2,6 +2,20 @@
 
 from __future__ import annotations
 
+# The smallest valid configuration file, for tests of one section: append or prepend
+# the section under test (TOML tables may come in any order).
+MINIMAL_TOML = """
+[upstreams.local]
+address = "127.0.0.1:2526"
+
+[[listeners]]
+name = "mx"
+mode = "mx"
+address = "127.0.0.1:2525"
+upstream = "local"
+local_domains = ["example.test"]
+"""
+
 
 def base_config(sink_address: str, certs, users_file, **overrides) -> dict:
     """An mx and a submission listener (both STARTTLS) in front of one upstream."""

@@ -11,37 +11,23 @@ from __future__ import annotations
 import socket
 import threading
 
+from tests.support.scripted import ThreadedServer
+
 GREETING = b"* OK [CAPABILITY IMAP4rev1 SASL-IR AUTH=PLAIN] scripted ready.\r\n"
 
 
-class ScriptedImap:
+class ScriptedImap(ThreadedServer):
     def __init__(self, replies: dict[bytes, bytes], host: str = "127.0.0.1") -> None:
+        super().__init__(host)
         self.replies = {
             b"AUTHENTICATE": b"{tag} OK [CAPABILITY IMAP4rev1 IDLE] Logged in\r\n",
             b"LOGOUT": b"* BYE Logging out\r\n{tag} OK Logout completed.\r\n",
             **replies,
         }
-        self._server = socket.create_server((host, 0))
-        self.address = f"{host}:{self._server.getsockname()[1]}"
         self.commands: list[bytes] = []
         self.closed = threading.Event()  # a session's connection ended
 
-    def __enter__(self) -> ScriptedImap:
-        threading.Thread(target=self._accept, daemon=True).start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._server.close()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                connection, _ = self._server.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._serve, args=(connection,), daemon=True).start()
-
-    def _serve(self, connection: socket.socket) -> None:
+    def serve(self, connection: socket.socket) -> None:
         try:
             with connection, connection.makefile("rb") as lines:
                 connection.sendall(GREETING)

@@ -5,37 +5,22 @@ asked for)."""
 from __future__ import annotations
 
 import socket
-import threading
+
+from tests.support.scripted import ThreadedServer
 
 CLOSE = b""  # as a reply: close the connection after what came before
 
 
-class ScriptedPop3:
+class ScriptedPop3(ThreadedServer):
     """`replies` maps a verb to the bytes sent for it, which may end in CLOSE (send,
     then hang up); USER and PASS get +OK unless scripted, anything else -ERR."""
 
     def __init__(self, replies: dict[bytes, bytes | tuple[bytes, bytes]], host: str = "127.0.0.1") -> None:
+        super().__init__(host)
         self.replies = {b"USER": b"+OK\r\n", b"PASS": b"+OK Logged in.\r\n", b"QUIT": b"+OK Bye.\r\n", **replies}
-        self._server = socket.create_server((host, 0))
-        self.address = f"{host}:{self._server.getsockname()[1]}"
         self.commands: list[bytes] = []
 
-    def __enter__(self) -> ScriptedPop3:
-        threading.Thread(target=self._accept, daemon=True).start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._server.close()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                connection, _ = self._server.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._serve, args=(connection,), daemon=True).start()
-
-    def _serve(self, connection: socket.socket) -> None:
+    def serve(self, connection: socket.socket) -> None:
         with connection, connection.makefile("rb") as lines:
             connection.sendall(b"+OK scripted ready.\r\n")
             for line in lines:

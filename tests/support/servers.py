@@ -51,6 +51,18 @@ def wait_for_port(host: str, port: int, timeout: float = 10.0,
             time.sleep(0.05)
 
 
+def wait_until_refused(port: int, timeout: float = 15.0) -> None:
+    """Poll until nothing accepts on 127.0.0.1:port any more (a listener closed)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=5).close()
+        except ConnectionRefusedError:
+            return
+        assert time.monotonic() < deadline, f"still accepting connections on port {port} after {timeout} s"
+        time.sleep(0.05)
+
+
 def listening_inodes(port: int) -> set[str]:
     """Inodes of the sockets listening on `port` (IPv4 or IPv6), from /proc/net."""
     inodes = set()

@@ -16,20 +16,11 @@ from mailproxy.plugins import LoadedPlugin, PluginSettings, new_plugin_manager
 from mailproxy.policy import SCORE_TEMPFAIL, PolicyEngine
 from mailproxy.session import POLICY, Envelope, Session
 from mailproxy.verdict import Action, Reply, Verdict
+from tests.support.configs import MINIMAL_TOML
 
 _names = itertools.count()
 
-CONFIG = """
-[upstreams.local]
-address = "127.0.0.1:2526"
-
-[[listeners]]
-name = "mx"
-mode = "mx"
-address = "127.0.0.1:2525"
-upstream = "local"
-local_domains = ["example.test"]
-"""
+CONFIG = MINIMAL_TOML
 
 
 def thresholds(**keys) -> Thresholds:

@@ -4,18 +4,9 @@ import pytest
 
 from mailproxy.config import ConfigError, load_config
 from mailproxy.proxy.health import Readiness
+from tests.support.configs import MINIMAL_TOML
 
-CONFIG = """
-[upstreams.local]
-address = "127.0.0.1:2526"
-
-[[listeners]]
-name = "mx"
-mode = "mx"
-address = "127.0.0.1:2525"
-upstream = "local"
-local_domains = ["example.test"]
-"""
+CONFIG = MINIMAL_TOML
 
 
 def test_ready_only_while_serving_with_every_watched_upstream_reachable():

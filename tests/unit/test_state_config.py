@@ -9,23 +9,9 @@ import sys
 import pytest
 
 from mailproxy.config import ConfigError, StateSettings, load_config
+from tests.support.configs import MINIMAL_TOML
 
-BASE = """
-[proxy]
-workers = {workers}
-
-[upstreams.local]
-address = "127.0.0.1:2526"
-
-[[listeners]]
-name = "mx"
-mode = "mx"
-address = "127.0.0.1:2525"
-upstream = "local"
-local_domains = ["example.test"]
-
-[state]
-"""
+BASE = "[proxy]\nworkers = {workers}\n" + MINIMAL_TOML + "\n[state]\n"
 
 
 def write(tmp_path, state_lines: str, workers: int = 1):
