@@ -131,7 +131,7 @@ class ImapProxySession(ImapLoginCommands, ProxySession):
     async def goodbye(self) -> None:
         await self.runtime.policy.notify("imap_disconnect", session=self.session)
         if self._upstream is not None:
-            await self._upstream.logout()
+            await self._upstream.logout(in_idle=self._idling)
 
     async def serve(self) -> None:
         verdict = await self.runtime.policy.run("imap_connect", self.session)

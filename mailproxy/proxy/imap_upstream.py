@@ -132,16 +132,18 @@ class ImapUpstream(MailstoreUpstream):
         metrics.child(metrics.upstream_duration, self.name, verb).observe(time.perf_counter() - started)
         return event
 
-    async def logout(self) -> None:
+    async def logout(self, in_idle: bool = False) -> None:
         """Say goodbye without waiting long. Unlike POP3, nothing depends on it: an
         IMAP session's changes are made as its commands run. Whatever the upstream says
-        meanwhile (answers to a command the client left open, BAD in IDLE, BYE) is
-        nobody's business any more, and no failure of the upstream's."""
+        meanwhile (answers to a command the client left open, BYE) is nobody's business
+        any more, and no failure of the upstream's. `in_idle`: the client left during
+        IDLE, which must end (DONE) before the upstream reads a command again."""
         link = self.link
         if link is not None and link.connected:
             self._tags += 1
             tag = f"mp{self._tags}"
-            link.write(f"{tag} LOGOUT\r\n".encode())
+            goodbye = f"{tag} LOGOUT\r\n".encode()
+            link.write(b"DONE\r\n" + goodbye if in_idle else goodbye)
             deadline = link.loop.time() + LOGOUT_TIMEOUT
             try:
                 while True:

@@ -429,7 +429,7 @@ def test_a_client_that_half_closes_gets_every_answer(dovecot, make_proxy, certs)
     assert b"h1 OK" in rest and b"h2 OK" in rest and b"h3 OK" in rest
 
 
-def test_clients_leaving_without_logout_are_no_upstream_failure(imap_proxy, certs):
+def test_clients_leaving_without_logout_are_no_upstream_failure(imap_proxy, dovecot, certs):
     for leave_in_idle in (False, True):
         with raw_client(imap_proxy, certs) as client:
             client.command(b"a1 LOGIN alice@example.test alice-secret")
@@ -437,7 +437,12 @@ def test_clients_leaving_without_logout_are_no_upstream_failure(imap_proxy, cert
             if leave_in_idle:
                 client.send(b"a3 IDLE\r\n")
                 assert client.line().startswith(b"+ ")
-    time.sleep(0.5)  # the proxy's LOGOUT to the upstream after the client left
+    # The proxy logged both sessions out of the upstream after their clients left (the
+    # one in IDLE after ending it). Dovecot names them by the session id the proxy's ID
+    # gave (10 hex digits; its own are base64).
+    logged_out = r"imap\(alice@example\.test\)<\d+><[0-9a-f]{10}>: Info: Disconnected: Logged out in="
+    dovecot.wait_for_log(re.compile(f"(?s){logged_out}.*{logged_out}"))
+    # ... and counted nothing of it as an upstream failure.
     assert imap_proxy.metric("mailproxy_upstream_failures_total") == 0
 
 
