@@ -26,11 +26,15 @@ class Completion:
     args: tuple
     status: str = ""  # OK, NO or BAD
     facts: dict[str, int | bool] = field(default_factory=dict)
+    # The upstream has the whole command (its literals and last line; IDLE: its DONE)
+    # and owes the answer, since then (perf_counter).
+    owed: bool = False
     sent_at: float = field(default_factory=time.perf_counter)
 
     @property
     def round_trip(self) -> float:
-        """Seconds from forwarding the command to its tagged answer (once completed)."""
+        """Seconds from the command's last byte to its tagged answer (once completed):
+        the upstream's time, not the client's upload."""
         return time.perf_counter() - self.sent_at
 
 
@@ -42,10 +46,21 @@ class CommandLedger:
     def sent(self, tag: str, verb: str, args: tuple) -> None:
         self._outstanding[tag] = Completion(tag, verb, args)
 
+    def owed(self, tag: str) -> None:
+        """The upstream now has all of the command `tag`: its answer is owed."""
+        completion = self._outstanding.get(tag)
+        if completion is not None and not completion.owed:
+            completion.owed, completion.sent_at = True, time.perf_counter()
+
     @property
     def outstanding(self) -> bool:
         """Some forwarded command has not had its tagged answer yet."""
         return bool(self._outstanding)
+
+    @property
+    def answer_owed(self) -> bool:
+        """Some command is with the upstream whole, its answer not yet in."""
+        return any(completion.owed for completion in self._outstanding.values())
 
     def in_use(self, tag: str) -> bool:
         """A forwarded command with this tag is still open: a second one would make

@@ -83,7 +83,7 @@ class ImapProxySession(ImapLoginCommands, ProxySession):
         self._then: str | None = None  # what the "+" to the last line starts
         self._stream_tag = ""  # the command whose parts are being sent
         self._client_heard = 0.0  # loop time the client last sent something
-        self._upstream_heard = 0.0  # ... the upstream last sent something, or was asked
+        self._upstream_heard = 0.0  # ... the upstream last sent something, or was owed an answer
         self._idling = False  # IDLE runs: the client's next line should be DONE
         self._client_ended = False  # its input ended: only the answers it is owed are left
         self._bye = False  # the upstream said BYE: the session ends once it is relayed
@@ -220,10 +220,11 @@ class ImapProxySession(ImapLoginCommands, ProxySession):
             upstream.reader.receive_data(data)
             return
         client_until = until = self._client_heard + self.idle_timeout
-        if self._ledger.outstanding and not self._idling:
+        if self._ledger.answer_owed:
             # An upstream that owes an answer and goes quiet for reply_timeout has hung
             # (Dovecot reports progress on long commands): the client would otherwise
-            # wait out its own idle timeout for nothing.
+            # wait out its own idle timeout for nothing. Not while a client uploads or
+            # idles: then the upstream owes nothing yet.
             until = min(until, self._upstream_heard + upstream.settings.reply_timeout)
         try:
             ready = await first_readable(self.client, link, until)
@@ -271,13 +272,11 @@ class ImapProxySession(ImapLoginCommands, ProxySession):
             return None
         if isinstance(event, (IdleDone, IdleOther)):
             # Another line than DONE also ends IDLE: Dovecot answers it BAD.
-            self._forward(b"DONE\r\n" if isinstance(event, IdleDone) else event.raw)
-            self._idling = False
+            self._end_idle(b"DONE\r\n" if isinstance(event, IdleDone) else event.raw)
             return None
         if isinstance(event, BadCommand):
             if self._idling:  # a line too long in IDLE: it ends IDLE all the same
-                self._forward(b"DONE\r\n")
-                self._idling = False
+                self._end_idle(b"DONE\r\n")
             return self._bad_command(event)
         if isinstance(event, LiteralAhead):
             return await self._literal_ahead(event)
@@ -306,10 +305,19 @@ class ImapProxySession(ImapLoginCommands, ProxySession):
         return None
 
     def _sending(self, tag: str, verb: str, args: tuple) -> None:
-        """A command goes to the upstream: its answer is owed from now."""
-        if not self._ledger.outstanding:
-            self._upstream_heard = self.loop.time()
+        """A command starts to go to the upstream."""
         self._ledger.sent(tag, verb, args)
+
+    def _owed(self, tag: str) -> None:
+        """The upstream has all of the command `tag`: the silence it may keep counts
+        from now (not from its start: a client's upload may take long)."""
+        self._ledger.owed(tag)
+        self._upstream_heard = self.loop.time()
+
+    def _end_idle(self, line: bytes) -> None:
+        self._forward(line)
+        self._idling = False
+        self._owed(self._stream_tag)
 
     def _send(self, tag: str, parts: list[bytes], then: str | None) -> None:
         """Send a command's lines, each literal value after the upstream's "+" to the
@@ -326,6 +334,8 @@ class ImapProxySession(ImapLoginCommands, ProxySession):
         else:
             self._forward(line)
             self._awaiting = (tag, self._then) if self._then else None
+            if not self._then:
+                self._owed(tag)
 
     async def _literal_ahead(self, event: LiteralAhead) -> object | None:
         literal, upstream = event.literal, self._upstream
@@ -394,8 +404,7 @@ class ImapProxySession(ImapLoginCommands, ProxySession):
                 self._refused_ahead()
             self._deliver(rewrite_capability_response(raw) if event.code else raw)
             completion = self._ledger.completed(event)
-            # IDLE lasts as long as the client wants: it is no measure of the upstream.
-            if completion is not None and completion.verb != "IDLE":
+            if completion is not None:
                 verb = metrics.imap_verb_label(completion.verb)
                 metrics.child(metrics.upstream_duration, self._upstream.name, verb).observe(completion.round_trip)
             policy = self.runtime.policy
