@@ -8,6 +8,7 @@ POP3 `-ERR text`, IMAP `NO text`), so plugins stay protocol-neutral.
 from __future__ import annotations
 
 import enum
+import math
 import re
 from dataclasses import dataclass
 
@@ -127,6 +128,9 @@ class Verdict:
             raise ValueError("a reject needs a 5xx reply")
         if self.action is Action.TEMPFAIL and self.reply and not 400 <= self.reply.code < 500:
             raise ValueError("a tempfail needs a 4xx reply")
+        if not math.isfinite(self.points):
+            # NaN would make every threshold comparison false and poison the score sums.
+            raise ValueError(f"points must be a finite number, not {self.points}")
 
 
 _DEFAULT_REPLIES = {

@@ -123,3 +123,10 @@ def test_a_refusal_built_without_a_reply_still_says_something(action, code):
     # The session writes the verdict's reply; with none the client would wait for ever.
     assert Verdict(action).reply.code == code
     assert Verdict(action).reply.lines()[0].startswith(f"{code} ")
+
+
+@pytest.mark.parametrize("points", [float("nan"), float("inf"), float("-inf")])
+def test_a_score_must_be_a_finite_number(points):
+    # NaN compares false with every threshold, and would poison the score metrics.
+    with pytest.raises(ValueError, match="points must be a finite number"):
+        Verdict.score("BROKEN", points)
