@@ -7,6 +7,7 @@ means by a client's verified name, and what XCLIENT's NAME attribute carries.
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import logging
 import time
@@ -48,6 +49,8 @@ class CountedQuery:
         return answer
 
     def __exit__(self, kind, exc, traceback) -> None:
+        if isinstance(exc, asyncio.CancelledError):
+            return  # nobody waited for the answer any more (the client left): no result
         if isinstance(exc, dns.resolver.NXDOMAIN):
             self.result = "nxdomain"
         elif isinstance(exc, dns.resolver.NoAnswer):

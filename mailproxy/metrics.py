@@ -81,7 +81,9 @@ tls_handshakes = _define(
     Counter,
     "mailproxy_tls_handshakes_total",
     "TLS handshakes with clients, by mode (starttls, implicit), result (success, failure) "
-    "and the protocol version agreed (TLSv1.2, TLSv1.3; none when the handshake failed).",
+    "and the protocol version agreed (TLSv1.2, TLSv1.3; none when the handshake failed). "
+    "A failed implicit-TLS handshake is not seen: the event loop drops the connection "
+    "before a session exists, so implicit failures always read 0.",
     ["protocol", "listener", "mode", "result", "version"],
 )
 tls_certificate_expiry = _define(
