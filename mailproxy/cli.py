@@ -11,6 +11,7 @@ import argparse
 import getpass
 import logging
 import os
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -89,10 +90,19 @@ def cmd_plugins(args) -> int:
 
 def cmd_run(args) -> int:
     config = load_config(args.config)
-    workers = config.proxy.workers
-    if workers > 1:
-        # Must happen before prometheus_client is first imported (below).
-        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="mailproxy-metrics-")
+    metrics_directory = None
+    if config.proxy.workers > 1:
+        # Must happen before prometheus_client is first imported (in _run).
+        metrics_directory = tempfile.mkdtemp(prefix="mailproxy-metrics-")
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_directory
+    try:
+        return _run(config)
+    finally:
+        if metrics_directory is not None:  # the supervisor's; a worker never returns here
+            shutil.rmtree(metrics_directory, ignore_errors=True)
+
+
+def _run(config: Config) -> int:
     from .logs import setup_logging
 
     setup_logging(config.proxy.log_level)
@@ -102,18 +112,20 @@ def cmd_run(args) -> int:
     from prometheus_client import REGISTRY, CollectorRegistry
 
     from . import metrics
-    from .proxy.health import Readiness, UpstreamProbes
+    from .proxy.health import Readiness, UpstreamProbes, UpstreamUpCollector
     from .proxy.metrics_http import MetricsServer
     from .proxy.server import run_process
 
     metrics.announce_build()
+    workers = config.proxy.workers
     registry = REGISTRY
     if workers > 1:
         from prometheus_client import multiprocess
 
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)
-    readiness = Readiness()
+    readiness = Readiness.of(config)
+    registry.register(UpstreamUpCollector(readiness))
     metrics_server = probes = None
     if config.metrics.listen is not None:
         metrics_server = MetricsServer(config.metrics.listen, registry, readiness)
@@ -121,9 +133,10 @@ def cmd_run(args) -> int:
         logging.getLogger("mailproxy").info("metrics on http://%s/metrics", config.metrics.listen)
         probes = UpstreamProbes(config, readiness)
         probes.start()
+    delay = config.proxy.shutdown_delay
     try:
         if workers == 1:
-            run_process(app, ready=readiness.serving, stopping=readiness.stopping)
+            run_process(app, ready=readiness.serving, stopping=readiness.stopping, shutdown_delay=delay)
             return 0
         from .proxy.server import check_listen_addresses
         from .proxy.workers import supervise
@@ -132,8 +145,7 @@ def cmd_run(args) -> int:
         # A worker may wait past the grace for messages the upstream is taking.
         limit = config.proxy.shutdown_grace + config.longest_delivery
         return supervise(
-            workers, lambda: run_process(app, reuse_port=True), limit,
-            ready=readiness.serving, stopping=readiness.stopping,
+            workers, lambda ready: run_process(app, reuse_port=True, ready=ready), limit, readiness, delay,
         )
     finally:
         if probes is not None:

@@ -108,6 +108,9 @@ class ProxySettings(_Section):
     hostname: str = Field(default_factory=socket.gethostname, min_length=1)
     workers: int = Field(1, ge=1, le=64)
     shutdown_grace: float = Field(10.0, ge=0)
+    # Seconds between SIGTERM and closing the listeners, while /readyz already says
+    # "stopping": time for a load balancer's health checks to notice.
+    shutdown_delay: FiniteFloat = Field(0.0, ge=0)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     # Look up each client's verified (forward-confirmed) host name at connect: plugins
     # see it as session.client_name and XCLIENT passes it as NAME. On by default, as

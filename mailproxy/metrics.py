@@ -31,8 +31,15 @@ class MetricInfo:
 CATALOGUE: list[MetricInfo] = []
 
 
+def _describe(kind: str, name: str, documentation: str, labels: list[str]) -> MetricInfo:
+    """A metric in the catalogue only: one a custom collector exposes at scrape time."""
+    info = MetricInfo(name, kind, documentation, tuple(labels))
+    CATALOGUE.append(info)
+    return info
+
+
 def _define(kind: type, name: str, documentation: str, labels: list[str], **options: Any):
-    CATALOGUE.append(MetricInfo(name, kind.__name__.lower(), documentation, tuple(labels)))
+    _describe(kind.__name__.lower(), name, documentation, labels)
     return kind(name, documentation, labels, **options)
 
 # Round trips to a local upstream take well under a millisecond; a remote one or a
@@ -192,14 +199,15 @@ upstream_connect_duration = _define(
     ["upstream"],
     buckets=_LATENCY_BUCKETS,
 )
-upstream_up = _define(
-    Gauge,
+# Exposed by proxy/health.py's collector from the last probes, at scrape time: the
+# probes run in a thread, and a thread must not write a multiprocess metric of a
+# process that forks workers.
+upstream_up = _describe(
+    "gauge",
     "mailproxy_upstream_up",
     "Whether the last readiness probe reached the upstream (1) or not (0); probes run "
     "every metrics.upstream_probe_interval seconds.",
     ["upstream"],
-    # Set only by the process that serves the metrics; a worker's copy reads 0.
-    multiprocess_mode="max",
 )
 upstream_failures = _define(
     Counter,

@@ -1,15 +1,19 @@
 """The Prometheus scrape endpoint (/metrics), the liveness probe (/healthz) and the
-readiness probe (/readyz: 200 "ready", or 503 and why not; proxy/health.py).
+readiness probe (/readyz: 200 "ready", or 503 and why not; /readyz?listener=NAME for
+one listener; proxy/health.py).
 
 A small threaded HTTP server: it runs beside the event loop (or in the supervisor,
 which has none) and only ever reads the metric registry and the readiness. GET and
-HEAD (load balancers' health checks often use HEAD).
+HEAD (load balancers' health checks often use HEAD). At most MAX_CONNECTIONS are
+served at once; one more is closed at once, so idle connections cannot pile up threads.
 """
 
 from __future__ import annotations
 
 import socket
+import sys
 import threading
+import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
@@ -18,6 +22,7 @@ from ..config import Endpoint
 from .health import Readiness
 
 TEXT = "text/plain; charset=utf-8"
+MAX_CONNECTIONS = 64
 
 
 def _handler_for(registry: CollectorRegistry, readiness: Readiness) -> type[BaseHTTPRequestHandler]:
@@ -32,13 +37,16 @@ def _handler_for(registry: CollectorRegistry, readiness: Readiness) -> type[Base
             self._send(*self._answer(), with_body=False)
 
         def _answer(self) -> tuple[int, bytes, str]:
-            path = self.path.split("?", 1)[0]
+            path, _, query = self.path.partition("?")
             if path == "/metrics":
                 return 200, generate_latest(registry), CONTENT_TYPE_LATEST
             if path == "/healthz":
                 return 200, b"ok\n", TEXT
             if path == "/readyz":
-                ready, why = readiness.answer()
+                listener = urllib.parse.parse_qs(query, keep_blank_values=True).get("listener", [None])[0]
+                if listener is not None and not readiness.has_listener(listener):
+                    return 404, b"no such listener\n", TEXT
+                ready, why = readiness.answer(listener)
                 return (200 if ready else 503), f"{why}\n".encode(), TEXT
             return 404, b"not found\n", TEXT
 
@@ -58,10 +66,32 @@ def _handler_for(registry: CollectorRegistry, readiness: Readiness) -> type[Base
 
 class _HttpServer(ThreadingHTTPServer):
     daemon_threads = True
+    request_queue_size = MAX_CONNECTIONS  # a burst of checks waits to be accepted, not dropped
 
     def __init__(self, endpoint: Endpoint, handler: type[BaseHTTPRequestHandler]) -> None:
         self.address_family = socket.AF_INET6 if ":" in endpoint.host else socket.AF_INET
+        self.connection_slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
         super().__init__((endpoint.host, endpoint.port), handler)
+
+    def process_request(self, request, client_address) -> None:
+        if not self.connection_slots.acquire(blocking=False):
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)  # a thread, which frees the slot
+        except BaseException:
+            self.connection_slots.release()
+            raise
+
+    def process_request_thread(self, request, client_address) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self.connection_slots.release()
+
+    def handle_error(self, request, client_address) -> None:
+        if not isinstance(sys.exception(), ConnectionError):  # a client that left is not news
+            super().handle_error(request, client_address)
 
 
 class MetricsServer:

@@ -1,7 +1,8 @@
 """The asyncio side of one process: listeners, signals and a graceful stop.
 
-On SIGINT/SIGTERM: stop accepting, let open sessions finish for `shutdown_grace`
-seconds, then close whatever is left.
+On SIGINT/SIGTERM: say "not ready", keep accepting for `shutdown_delay` seconds (so
+that a load balancer notices first), stop accepting, let open sessions finish for
+`shutdown_grace` seconds, then close whatever is left.
 """
 
 from __future__ import annotations
@@ -115,9 +116,10 @@ def _close(sessions) -> None:
 
 async def serve(
     app: Application, reuse_port: bool = False, ready: Hook | None = None, stopping: Hook | None = None,
+    shutdown_delay: float = 0.0,
 ) -> None:
     """Serve until SIGINT or SIGTERM. `ready` is called once the listeners are open,
-    `stopping` on the signal, before they close."""
+    `stopping` on the signal, `shutdown_delay` seconds before they close."""
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -128,6 +130,9 @@ async def serve(
     await stop.wait()
     if stopping is not None:
         stopping()  # first, so that load balancers send no more clients
+    if shutdown_delay > 0:
+        log.info("stopping: not ready, still accepting for %.1fs", shutdown_delay)
+        await asyncio.sleep(shutdown_delay)
     log.info("stopping: no new connections, %.1fs for open sessions", app.config.proxy.shutdown_grace)
     for server in servers:
         server.close()
@@ -140,6 +145,7 @@ async def serve(
 
 def run_process(
     app: Application, reuse_port: bool = False, ready: Hook | None = None, stopping: Hook | None = None,
+    shutdown_delay: float = 0.0,
 ) -> None:
     with asyncio.Runner(loop_factory=new_event_loop) as runner:
-        runner.run(serve(app, reuse_port, ready, stopping))
+        runner.run(serve(app, reuse_port, ready, stopping, shutdown_delay))

@@ -17,8 +17,8 @@ from mailproxy.config import load_config
 REPO = Path(__file__).resolve().parents[2]
 UNIT = REPO / "config" / "mailproxy.service"
 INSTALLED_PROGRAM = "/opt/mailproxy/.venv/bin/mailproxy"
-# The supervisor of several workers waits this long past shutdown_grace plus the
-# longest delivery before it kills a worker (mailproxy/proxy/workers.py).
+# The supervisor of several workers waits this long past shutdown_delay, shutdown_grace
+# and the longest delivery before it kills a worker (mailproxy/proxy/workers.py).
 SUPERVISOR_MARGIN = 5.0
 
 
@@ -139,7 +139,8 @@ def test_the_stop_timeout_outlasts_the_drain_of_the_example_configuration(tmp_pa
     shutil.copy(cert_pair[1], tls / "key.pem")
     config = load_config(tmp_path / "config" / "mailproxy.toml")
 
-    drain = config.proxy.shutdown_grace + config.longest_delivery + SUPERVISOR_MARGIN
+    proxy = config.proxy
+    drain = proxy.shutdown_delay + proxy.shutdown_grace + config.longest_delivery + SUPERVISOR_MARGIN
     assert seconds(setting("TimeoutStopSec")) > drain
 
 
