@@ -80,33 +80,24 @@ def test_probe_settings_default_to_every_15_s_within_2_s(tmp_path):
     assert (metrics.upstream_probe_interval, metrics.upstream_probe_timeout) == (15.0, 2.0)
 
 
-@pytest.mark.parametrize(("setting", "problem"), [
-    ("upstream_probe_interval = -1", "metrics.upstream_probe_interval: Input should be greater than or equal to 0"),
-    ("upstream_probe_timeout = 0", "metrics.upstream_probe_timeout: Input should be greater than 0"),
-    ("upstream_probe_interval = inf", "metrics.upstream_probe_interval: Input should be a finite number"),
-])
-def test_a_bad_probe_setting_is_one_error_naming_file_and_key(tmp_path, setting, problem):
-    path = tmp_path / "mailproxy.toml"
-    path.write_text(f"[metrics]\n{setting}\n{CONFIG}")
-    with pytest.raises(ConfigError) as error:
-        load_config(path)
-    assert str(error.value) == f"{path}: {problem}"
-
-
 def test_shutdown_delay_defaults_to_no_delay(tmp_path):
     path = tmp_path / "mailproxy.toml"
     path.write_text(CONFIG)
     assert load_config(path).proxy.shutdown_delay == 0.0
 
 
-@pytest.mark.parametrize(("value", "problem"), [
-    ("-1", "proxy.shutdown_delay: Input should be greater than or equal to 0"),
-    ("inf", "proxy.shutdown_delay: Input should be a finite number"),
-    ('"soon"', "proxy.shutdown_delay: Input should be a valid number"),
+@pytest.mark.parametrize(("section", "setting", "problem"), [
+    ("metrics", "upstream_probe_interval = -1",
+     "metrics.upstream_probe_interval: Input should be greater than or equal to 0"),
+    ("metrics", "upstream_probe_timeout = 0", "metrics.upstream_probe_timeout: Input should be greater than 0"),
+    ("metrics", "upstream_probe_interval = inf", "metrics.upstream_probe_interval: Input should be a finite number"),
+    ("proxy", "shutdown_delay = -1", "proxy.shutdown_delay: Input should be greater than or equal to 0"),
+    ("proxy", "shutdown_delay = inf", "proxy.shutdown_delay: Input should be a finite number"),
+    ("proxy", 'shutdown_delay = "soon"', "proxy.shutdown_delay: Input should be a valid number"),
 ])
-def test_a_bad_shutdown_delay_is_one_error_naming_file_and_key(tmp_path, value, problem):
+def test_a_bad_readiness_setting_is_one_error_naming_file_and_key(tmp_path, section, setting, problem):
     path = tmp_path / "mailproxy.toml"
-    path.write_text(f"[proxy]\nshutdown_delay = {value}\n{CONFIG}")
+    path.write_text(f"[{section}]\n{setting}\n{CONFIG}")
     with pytest.raises(ConfigError) as error:
         load_config(path)
     assert str(error.value) == f"{path}: {problem}"
