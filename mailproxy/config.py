@@ -107,7 +107,7 @@ class _Section(BaseModel):
 class ProxySettings(_Section):
     hostname: str = Field(default_factory=socket.gethostname, min_length=1)
     workers: int = Field(1, ge=1, le=64)
-    shutdown_grace: float = Field(10.0, ge=0)
+    shutdown_grace: FiniteFloat = Field(10.0, ge=0)
     # Seconds between SIGTERM and closing the listeners, while /readyz already says
     # "stopping": time for a load balancer's health checks to notice.
     shutdown_delay: FiniteFloat = Field(0.0, ge=0)
@@ -167,7 +167,7 @@ class AuthSettings(_Section):
     backends: list[Literal["file", "upstream"]] = ["file"]
     users_file: FilePath | None = None
     max_failures: int = Field(5, ge=1)
-    failure_window: float = Field(300.0, gt=0)
+    failure_window: FiniteFloat = Field(300.0, gt=0)
     throttle: Literal["delay", "disconnect"] = "delay"
     # The pause before an AUTH attempt is checked: throttle_delay after one failure from
     # the client's network, doubling with each further one, at most throttle_delay_max
@@ -201,15 +201,15 @@ class UpstreamSettings(_Section):
     tls: TlsMode = "none"
     verify: bool = True
     ca_file: FilePath | None = None
-    connect_timeout: float = Field(10.0, gt=0)
-    reply_timeout: float = Field(120.0, gt=0)
+    connect_timeout: FiniteFloat = Field(10.0, gt=0)
+    reply_timeout: FiniteFloat = Field(120.0, gt=0)
     # The reply to the end of a message has its own, longer limit (RFC 5321 4.5.3.2.6
     # allows 10 minutes): giving up early on an upstream that has taken the message
     # makes the client send it again, and it is delivered twice.
-    data_timeout: float = Field(600.0, gt=0)
+    data_timeout: FiniteFloat = Field(600.0, gt=0)
     # While a client uploads a message, a NOOP this often keeps the upstream session
     # from timing out (Postfix allows 300 s, and only 10 s under stress).
-    keepalive: float = Field(5.0, gt=0)
+    keepalive: FiniteFloat = Field(5.0, gt=0)
     # How the upstream learns the client's address: "auto" is the protocol's own way
     # (XCLIENT for SMTP and POP3, ID for IMAP); "proxy" sends a PROXY protocol v2
     # header first (POP3 and IMAP, for Dovecot's haproxy listeners); "none" tells it nothing.
@@ -267,13 +267,13 @@ class ListenerSettings(_Section):
     after_login: Literal["hooks", "pipe"] = "hooks"
     # POP3 and IMAP: the time from connect to a successful login, whatever the client
     # sends meanwhile (nginx's mail proxy allows 60 s; idle_timeout applies after it).
-    login_timeout: float = Field(60.0, gt=0)
+    login_timeout: FiniteFloat = Field(60.0, gt=0)
     max_message_size: int = Field(10 * 1024 * 1024, ge=1024)
     max_recipients: int = Field(100, ge=1)
-    idle_timeout: float = Field(300.0, gt=0)
+    idle_timeout: FiniteFloat = Field(300.0, gt=0)
     # A whole command line must arrive within this many seconds, however it trickles
     # in (Postfix: smtpd_timeout as a per-record deadline).
-    command_timeout: float = Field(300.0, gt=0)
+    command_timeout: FiniteFloat = Field(300.0, gt=0)
     # DATA gets `command_timeout` plus one second per `min_data_rate` bytes received
     # (Postfix: smtpd_min_data_rate); 0 turns the rate floor off.
     min_data_rate: int = Field(500, ge=0)

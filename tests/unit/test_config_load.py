@@ -438,3 +438,16 @@ def test_after_login_is_for_mail_store_listeners(tmp_path):
     assert config.listeners[0].after_login == "pipe"
     path = write(tmp_path, MINIMAL + 'after_login = "pipe"\n')
     assert error_of(path) == f"{path}: listeners[0]: after_login is for pop3 and imap listeners"
+
+
+@pytest.mark.parametrize(("text", "key"), [
+    ("[proxy]\nshutdown_grace = inf\n" + MINIMAL, "proxy.shutdown_grace"),
+    ("[auth]\nfailure_window = inf\n" + MINIMAL, "auth.failure_window"),
+    (UPSTREAM + "reply_timeout = inf\n" + MX, "upstreams.local.reply_timeout"),
+    (UPSTREAM + "data_timeout = nan\n" + MX, "upstreams.local.data_timeout"),
+    (UPSTREAM + MX + "idle_timeout = inf\n", "listeners[0].idle_timeout"),
+    (UPSTREAM + MX + "login_timeout = inf\n", "listeners[0].login_timeout"),
+])
+def test_a_duration_must_be_a_finite_number(tmp_path, text, key):
+    # inf as "no timeout" would reach time arithmetic and sleeps that cannot take it.
+    assert error_of(write(tmp_path, text)).endswith(f": {key}: Input should be a finite number")
