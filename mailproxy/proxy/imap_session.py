@@ -215,7 +215,7 @@ class ImapProxySession(ImapLoginCommands, ProxySession):
             try:
                 data = await link.receive(self.loop.time() + upstream.settings.reply_timeout)
             except TimeoutError:
-                raise upstream.fail("timeout", f"no answer within {upstream.settings.reply_timeout}s") from None
+                raise _silent(upstream) from None
             self._upstream_heard = self.loop.time()
             upstream.reader.receive_data(data)
             return
@@ -230,7 +230,7 @@ class ImapProxySession(ImapLoginCommands, ProxySession):
             ready = await first_readable(self.client, link, until)
         except TimeoutError:
             if until < client_until:
-                raise upstream.fail("timeout", f"no answer within {upstream.settings.reply_timeout}s") from None
+                raise _silent(upstream) from None
             raise ClientTimeout(True) from None
         if ready is self.client:
             data = self.client.take()
@@ -299,14 +299,10 @@ class ImapProxySession(ImapLoginCommands, ProxySession):
         if verb == "COMPRESS":
             self._tagged(command.tag, "NO", "[CANNOT] Compression is not available through this proxy.")
             return None
-        self._sending(command.tag, verb, command.args)
+        self._ledger.sent(command.tag, verb, command.args)
         self._send(command.tag, command.raw, "idle" if verb == "IDLE" else None)
         await self._upstream.drain()
         return None
-
-    def _sending(self, tag: str, verb: str, args: tuple) -> None:
-        """A command starts to go to the upstream."""
-        self._ledger.sent(tag, verb, args)
 
     def _owed(self, tag: str) -> None:
         """The upstream has all of the command `tag`: the silence it may keep counts
@@ -361,7 +357,7 @@ class ImapProxySession(ImapLoginCommands, ProxySession):
             self._tagged(event.tag, "NO", "[TOOBIG] Literal too big.")
             return None
         if not event.continued:
-            self._sending(event.tag, event.verb, event.args_so_far)
+            self._ledger.sent(event.tag, event.verb, event.args_so_far)
         # The literal streams after the upstream's own "+", relayed to the client only
         # if the client waits for one.
         self._send(event.tag, list(event.head), "literal" if literal.sync else "nonsync")
@@ -450,3 +446,8 @@ class ImapProxySession(ImapLoginCommands, ProxySession):
         self._parts.clear()
         if what in ("literal", "nonsync") or (what == "part" and self._then in ("literal", "nonsync")):
             self.machine.refuse_literal()  # a non-sync one's bytes are discarded by count
+
+
+def _silent(upstream: ImapUpstream) -> UpstreamError:
+    """The failure of an upstream that owed an answer and said nothing for reply_timeout."""
+    return upstream.fail("timeout", f"no answer within {upstream.settings.reply_timeout}s")
