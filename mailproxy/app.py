@@ -10,9 +10,9 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
+from . import metrics
 from .auth.file import FileBackend
 from .auth.throttle import AuthThrottle
-from . import metrics
 from .auth.upstream import UpstreamBackend
 from .config import Config, ConfigError
 from .dns import Resolver

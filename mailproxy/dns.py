@@ -38,7 +38,7 @@ class CountedQuery:
 
     def __init__(self, rdtype: str) -> None:
         self.rdtype = rdtype
-        self.result = "error"
+        self.result = "error"  # unless answered() is reached
 
     def __enter__(self) -> CountedQuery:
         self.started = time.perf_counter()
@@ -55,8 +55,6 @@ class CountedQuery:
             self.result = "nxdomain"
         elif isinstance(exc, dns.resolver.NoAnswer):
             self.result = "nodata"
-        elif exc is not None:
-            self.result = "error"
         elapsed = time.perf_counter() - self.started
         metrics.child(metrics.dns_query_duration, self.rdtype, self.result).observe(elapsed)
 

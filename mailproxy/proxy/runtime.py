@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import ssl
 from collections import Counter
-from pathlib import Path
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from cryptography import x509
