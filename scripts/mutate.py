@@ -10,11 +10,13 @@ test command runs there. The integration tests start `python -m mailproxy.cli ru
 from the test's working directory, so the proxy process imports the mutated module
 too: a mutant is killed by what a real client sees, not only by the unit tests.
 
-    python scripts/mutate.py [--module PATH ...] [--timeout S] [--budget S] [--survivors-only]
+    python scripts/mutate.py [--module PATH ...] [--timeout S] [--budget S]
+                             [--survivors-only | --resume]
 
 `--survivors-only` runs again only the mutants that survived the last run of each
-module (kept in var/mutation/), to check new tests quickly; the module itself must not
-have changed since.
+module (kept in var/mutation/), to check new tests quickly. `--resume` runs the mutants
+that the last run of each module left unrun (its budget ran out, or it was stopped), and
+counts the others as they came out. For both, the module must not have changed since.
 
 Exit status: 0 when every survivor is explained, 1 when some are not (or a module's
 tests fail before any mutation), 2 when the budget ran out first.
@@ -24,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import hashlib
 import os
 import re
 import shlex
@@ -152,7 +155,8 @@ def test_command(settings: dict, target: Target) -> str:
 
 
 def run_module(target: Target, settings: dict, timeout: float, deadline: float,
-               equivalents: dict, survivors_only: bool) -> Outcome:
+               equivalents: dict, mode: str) -> Outcome:
+    """Run one module's mutants; `mode` is "full", "survivors" or "resume"."""
     outcome = Outcome(target.path)
     command = test_command(settings, target)
     print(f"\n== {target.path}: {command}", flush=True)
@@ -170,15 +174,22 @@ def run_module(target: Target, settings: dict, timeout: float, deadline: float,
         print(f"   the unmutated tests took {unmutated:.0f} s: per-mutant timeout {timeout:.0f} s", flush=True)
 
     database = OUTPUT / (target.path.replace("/", ".") + ".sqlite")
-    if survivors_only:
+    fingerprint = database.with_suffix(".source-sha256")
+    source_hash = hashlib.sha256(Path(target.path).read_bytes()).hexdigest()
+    if mode != "full":
         if not database.exists():
             print(f"   no earlier run of {target.path} in {database}; run it in full first", flush=True)
             return outcome
+        if not fingerprint.exists() or fingerprint.read_text() != source_hash:
+            sys.exit(f"{target.path} changed since its last run: run it in full")
     else:
         database.unlink(missing_ok=True)
+        fingerprint.write_text(source_hash)
     with use_db(str(database), mode=WorkDB.Mode.create) as db:
-        if survivors_only:
+        if mode == "survivors":
             pending = reopen_survivors(db, outcome, equivalents)
+        elif mode == "resume":
+            pending = reopen_unrun(db, outcome, equivalents)
         else:
             pending = plan(db, target, settings, outcome)
         print(f"   {len(pending)} mutants to run ({outcome.counts['skipped']} filtered out)", flush=True)
@@ -222,6 +233,16 @@ def reopen_survivors(db: WorkDB, outcome: Outcome, equivalents: dict) -> list:
             record(outcome, item.mutations[0], result, equivalents)
     outcome.counts["not run (budget)"] += len(db.pending_work_items)
     return pending
+
+
+def reopen_unrun(db: WorkDB, outcome: Outcome, equivalents: dict) -> list:
+    """The mutants the last run left unrun; every other result counts as it was."""
+    for item, result in db.completed_work_items:
+        if result.worker_outcome == WorkerOutcome.SKIPPED:
+            outcome.counts["skipped"] += 1
+        else:
+            record(outcome, item.mutations[0], result, equivalents)
+    return [(item, None) for item in db.pending_work_items]
 
 
 def record(outcome: Outcome, mutation, result: WorkResult, equivalents: dict) -> None:
@@ -292,9 +313,13 @@ def main() -> int:
     parser.add_argument("--module", action="append", help="only this module (repeatable)")
     parser.add_argument("--timeout", type=float, help="seconds for one mutant's tests")
     parser.add_argument("--budget", type=float, help="seconds for the whole run")
-    parser.add_argument("--survivors-only", action="store_true",
-                        help="run again only the mutants that survived the last run")
+    modes = parser.add_mutually_exclusive_group()
+    modes.add_argument("--survivors-only", action="store_true",
+                       help="run again only the mutants that survived the last run")
+    modes.add_argument("--resume", action="store_true",
+                       help="run the mutants the last run left unrun")
     args = parser.parse_args()
+    mode = "survivors" if args.survivors_only else "resume" if args.resume else "full"
 
     settings, targets = load_config(CONFIG)
     if args.module:
@@ -312,8 +337,7 @@ def main() -> int:
           f"per-mutant timeout {timeout:.0f} s, overall budget {budget:.0f} s", flush=True)
     os.chdir(SCRATCH)  # module paths and test commands are relative to the copy
     deadline = time.monotonic() + budget
-    outcomes = [run_module(t, settings, timeout, deadline, equivalents, args.survivors_only)
-                for t in targets]
+    outcomes = [run_module(t, settings, timeout, deadline, equivalents, mode) for t in targets]
 
     report = OUTPUT / "survivors.md"
     write_report(outcomes, report)
