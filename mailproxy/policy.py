@@ -28,6 +28,7 @@ import pluggy
 from . import actions, metrics, trace
 from .actions import SCORE_REJECT, SCORE_TEMPFAIL, Thresholds
 from .config import PolicySettings
+from .deadlines import Watchdog
 from .plugins import LoadedPlugin
 from .session import POLICY, TraceEntry
 from .threads import DEFAULT_THREADS, ThreadLane
@@ -89,6 +90,7 @@ class PolicyEngine:
         settings: PolicySettings | None = None,
     ) -> None:
         self._settings = settings = settings or PolicySettings()
+        self._watchdog = Watchdog()
         self._thresholds = Thresholds.of(settings)
         self._thresholds_authenticated = (
             self._thresholds if settings.authenticated is None else Thresholds.of(settings.authenticated)
@@ -142,23 +144,29 @@ class PolicyEngine:
                 usual = result is None or type(result) is Verdict
                 pending = None if usual or not inspect.isawaitable(result) else result
             if pending is not None:
-                # asyncio.timeout, not wait_for: the hook runs in this task, so whatever
-                # it raises comes here (a SystemExit out of a task of its own would stop
-                # the event loop).
-                deadline = asyncio.timeout(timeout)
-                async with deadline:
+                # Awaited in this task, not wait_for's: whatever the hook raises comes
+                # here (a SystemExit out of a task of its own would stop the event loop).
+                # The watchdog's deadline, not asyncio.timeout's timer: see deadlines.py.
+                deadline = self._watchdog.arm(timeout)
+                try:
                     result = await pending
                     if impl.lane is not None and inspect.isawaitable(result):
                         result = await result  # a blocking hook that handed back a coroutine
+                finally:
+                    self._watchdog.disarm(deadline)
+                # A hook that swallowed the watchdog's cancellation and answered anyway
+                # is taken at its word, as asyncio.timeout would: the request is withdrawn.
+                deadline.expired_alone()
         except BaseException as exc:
             elapsed = time.perf_counter() - started
             metrics.child(metrics.plugin_duration, name, hook).observe(elapsed)
-            if isinstance(exc, asyncio.CancelledError) and _session_cancelled():
-                raise
-            if isinstance(exc, TimeoutError) and deadline is not None and deadline.expired():
+            cancelled = isinstance(exc, asyncio.CancelledError)
+            if cancelled and deadline is not None and deadline.expired_alone():
                 metrics.child(metrics.plugin_errors, name, hook, "timeout").inc()
                 log.warning("plugin %s: %s timed out after %ss%s", name, hook, timeout, self._busy(impl))
                 raise _PluginFailed("timeout", elapsed) from None
+            if cancelled and _session_cancelled():
+                raise
             metrics.child(metrics.plugin_errors, name, hook, "exception").inc()
             if getattr(exc, "expected", False):  # a failure its raiser explains: one line
                 log.warning("plugin %s: %s failed: %s", name, hook, exc)
