@@ -67,17 +67,25 @@ class MemoryState(SharedState):
 
     def _store(self, key: str, value: str | int, ttl: float) -> None:
         expires = self._clock() + ttl
+        previous = self._values.get(key)
         self._values[key] = (expires, value)
-        heapq.heappush(self._expiries, (expires, key))
+        # Every key has a heap entry no later than its expiry. A key set again for
+        # longer (a greylist triplet at each message) keeps the one it has, which the
+        # sweep moves on when it comes due: one entry per key, not one per write.
+        if previous is None or previous[0] > expires:
+            heapq.heappush(self._expiries, (expires, key))
         self._sweep()
 
     def _sweep(self, budget: int = 16) -> None:
         now = self._clock()
         while budget and self._expiries and self._expiries[0][0] <= now:
-            _, key = heapq.heappop(self._expiries)
+            due, key = heapq.heappop(self._expiries)
             entry = self._values.get(key)
-            if entry is not None and entry[0] <= now:
-                del self._values[key]
+            if entry is not None:
+                if entry[0] <= now:
+                    del self._values[key]
+                elif entry[0] > due:  # set again for longer since: look again then
+                    heapq.heappush(self._expiries, (entry[0], key))
             budget -= 1
 
     async def incr(self, key: str, ttl: float, amount: int = 1) -> int:

@@ -117,6 +117,48 @@ def test_sweep_is_bounded(state, clock):
     assert len(state) == 40 - 32 + 2
 
 
+def test_a_key_set_again_for_longer_costs_no_memory_per_write(state, clock):
+    # A greylist triplet is set again at every message for weeks: each write must not
+    # leave something behind until the first expiry comes due.
+    import tracemalloc
+
+    async def writes(count: int) -> None:
+        for _ in range(count):
+            clock.now += 0.01
+            await state.set("triplet", "passed", ttl=3600)
+
+    run(writes(1))
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        run(writes(20000))
+        grown = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert grown < 100_000, grown  # one heap entry per write was about 2 MB
+    assert len(state) == 1
+
+
+def test_a_key_set_again_for_longer_expires_at_its_later_time_unread(state, clock):
+    run(state.set("k", "v", ttl=1))
+    run(state.set("k", "v", ttl=10))
+    clock.now += 2
+    run(state.set("trigger", "x", ttl=100))  # the first expiry is due: k lives on
+    assert len(state) == 2
+    clock.now += 9
+    run(state.set("trigger", "x", ttl=100))  # its later expiry: swept without a read
+    assert len(state) == 1
+    assert run(state.get("k")) is None
+
+
+def test_a_key_set_again_for_shorter_is_swept_at_its_earlier_time(state, clock):
+    run(state.set("k", "v", ttl=100))
+    run(state.set("k", "v", ttl=1))
+    clock.now += 2
+    run(state.set("trigger", "x", ttl=100))
+    assert len(state) == 1
+
+
 def test_close_and_interface(state):
     assert isinstance(state, SharedState)
     assert run(state.close()) is None
