@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import ast
 import hashlib
+import json
 import os
 import re
 import shlex
@@ -47,6 +48,9 @@ from cosmic_ray.work_item import TestOutcome, WorkerOutcome, WorkResult
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG = ROOT / "tests/mutation/modules.toml"
 EQUIVALENTS = ROOT / "tests/mutation/equivalent.toml"
+# What each module's runs found, mutant by mutant, kept with the code: a run on a new
+# machine goes on where one elsewhere stopped (--resume, --survivors-only).
+RECORDS = ROOT / "tests/mutation/results"
 OUTPUT = ROOT / "var/mutation"
 SCRATCH = OUTPUT / "tree"
 # Not copied into the scratch tree: history, the environment, caches and earlier runs.
@@ -173,25 +177,34 @@ def run_module(target: Target, settings: dict, timeout: float, deadline: float,
         timeout = unmutated * BASELINE_FACTOR
         print(f"   the unmutated tests took {unmutated:.0f} s: per-mutant timeout {timeout:.0f} s", flush=True)
 
-    database = OUTPUT / (target.path.replace("/", ".") + ".sqlite")
+    name = target.path.replace("/", ".")
+    database = OUTPUT / (name + ".sqlite")
     fingerprint = database.with_suffix(".source-sha256")
     source_hash = hashlib.sha256(Path(target.path).read_bytes()).hexdigest()
-    if mode != "full":
-        if not database.exists():
-            print(f"   no earlier run of {target.path} in {database}; run it in full first", flush=True)
+    record = Record(RECORDS / (name + ".json"), source_hash)
+    here = database.exists() and fingerprint.exists() and fingerprint.read_text() == source_hash
+    if mode == "full" or not here:
+        if mode != "full" and not record.results:
+            print(f"   no run of {target.path} as it is now, here or in {record.path.relative_to(ROOT)}; "
+                  "run it in full first", flush=True)
             return outcome
-        if not fingerprint.exists() or fingerprint.read_text() != source_hash:
-            sys.exit(f"{target.path} changed since its last run: run it in full")
-    else:
         database.unlink(missing_ok=True)
         fingerprint.write_text(source_hash)
+        if mode == "full":
+            record.results.clear()
+            record.save()
     with use_db(str(database), mode=WorkDB.Mode.create) as db:
+        if not here or mode == "full":
+            populate(db, target, settings)
+            restored = record.restore(db)
+            if restored:
+                print(f"   {restored} results taken from {record.path.relative_to(ROOT)}", flush=True)
+        else:
+            record.absorb(db)
         if mode == "survivors":
             pending = reopen_survivors(db, outcome, equivalents)
-        elif mode == "resume":
-            pending = reopen_unrun(db, outcome, equivalents)
         else:
-            pending = plan(db, target, settings, outcome)
+            pending = reopen_unrun(db, outcome, equivalents)
         print(f"   {len(pending)} mutants to run ({outcome.counts['skipped']} filtered out)", flush=True)
         for done, (item, earlier_diff) in enumerate(pending, 1):
             if time.monotonic() + timeout > deadline:
@@ -201,14 +214,15 @@ def run_module(target: Target, settings: dict, timeout: float, deadline: float,
             if earlier_diff is not None and result.diff != earlier_diff:
                 sys.exit(f"{target.path} changed since its last run: run it in full")
             db.set_result(item.job_id, result)
-            record(outcome, item.mutations[0], result, equivalents)
+            record.add(item.mutations[0], result)
+            count(outcome, item.mutations[0], result, equivalents)
             if done % 25 == 0 or done == len(pending):
                 print(f"   {done}/{len(pending)} {dict(outcome.counts)}", flush=True)
     return outcome
 
 
-def plan(db: WorkDB, target: Target, settings: dict, outcome: Outcome) -> list:
-    """Every mutant of the module, less those filtered out: (work item, None) to run."""
+def populate(db: WorkDB, target: Target, settings: dict) -> None:
+    """Every mutant of the module as a work item; those filtered out marked so."""
     skip_operators = [re.compile(p) for p in settings.get("skip-operators", [])]
     spans = annotation_spans(Path(target.path).read_text())
     make_work_items([Path(target.path)], db, {})
@@ -216,8 +230,67 @@ def plan(db: WorkDB, target: Target, settings: dict, outcome: Outcome) -> list:
         reason = skip_reason(item.mutations[0], spans, skip_operators, target.functions)
         if reason:
             db.set_result(item.job_id, WorkResult(worker_outcome=WorkerOutcome.SKIPPED, output=reason))
-            outcome.counts["skipped"] += 1
-    return [(item, None) for item in db.pending_work_items]
+
+
+class Record:
+    """A module's results by mutant (operator and occurrence, the same on every machine
+    for the same source), in a JSON file beside the equivalents. Survivors keep their
+    diff for the report. A record of another version of the module is empty."""
+
+    def __init__(self, path: Path, source_hash: str) -> None:
+        self.path = path
+        self.source_hash = source_hash
+        self.results: dict[str, dict] = {}
+        if path.exists():
+            data = json.loads(path.read_text())
+            if data.get("source_sha256") == source_hash:
+                self.results = data["results"]
+
+    @staticmethod
+    def key(mutation) -> str:
+        return f"{mutation.operator_name}#{mutation.occurrence}"
+
+    def add(self, mutation, result: WorkResult) -> None:
+        self.results[self.key(mutation)] = self._entry(result)
+        self.save()
+
+    def absorb(self, db: WorkDB) -> None:
+        """Take in the results of this machine's runs (a run from before the record)."""
+        for item, result in db.completed_work_items:
+            if result.worker_outcome != WorkerOutcome.SKIPPED:
+                self.results[self.key(item.mutations[0])] = self._entry(result)
+        self.save()
+
+    @staticmethod
+    def _entry(result: WorkResult) -> dict:
+        entry = {"worker": result.worker_outcome.value,
+                 "test": result.test_outcome.value if result.test_outcome else None}
+        if result.output == TIMEOUT_OUTPUT:
+            entry["output"] = TIMEOUT_OUTPUT
+        if result.test_outcome == TestOutcome.SURVIVED:
+            entry["diff"] = result.diff
+        return entry
+
+    def save(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        data = {"source_sha256": self.source_hash, "results": dict(sorted(self.results.items()))}
+        scratch = self.path.with_suffix(".tmp")
+        scratch.write_text(json.dumps(data, indent=1) + "\n")
+        scratch.replace(self.path)
+
+    def restore(self, db: WorkDB) -> int:
+        """Mark the pending work items this record has a result for; how many."""
+        restored = 0
+        for item in list(db.pending_work_items):
+            entry = self.results.get(self.key(item.mutations[0]))
+            if entry is None:
+                continue
+            test = TestOutcome(entry["test"]) if entry["test"] else None
+            db.set_result(item.job_id, WorkResult(worker_outcome=WorkerOutcome(entry["worker"]),
+                                                  output=entry.get("output"), test_outcome=test,
+                                                  diff=entry.get("diff")))
+            restored += 1
+        return restored
 
 
 def reopen_survivors(db: WorkDB, outcome: Outcome, equivalents: dict) -> list:
@@ -230,7 +303,7 @@ def reopen_survivors(db: WorkDB, outcome: Outcome, equivalents: dict) -> list:
         elif result.worker_outcome == WorkerOutcome.SKIPPED:
             outcome.counts["skipped"] += 1
         else:
-            record(outcome, item.mutations[0], result, equivalents)
+            count(outcome, item.mutations[0], result, equivalents)
     outcome.counts["not run (budget)"] += len(db.pending_work_items)
     return pending
 
@@ -241,11 +314,11 @@ def reopen_unrun(db: WorkDB, outcome: Outcome, equivalents: dict) -> list:
         if result.worker_outcome == WorkerOutcome.SKIPPED:
             outcome.counts["skipped"] += 1
         else:
-            record(outcome, item.mutations[0], result, equivalents)
+            count(outcome, item.mutations[0], result, equivalents)
     return [(item, None) for item in db.pending_work_items]
 
 
-def record(outcome: Outcome, mutation, result: WorkResult, equivalents: dict) -> None:
+def count(outcome: Outcome, mutation, result: WorkResult, equivalents: dict) -> None:
     if result.test_outcome in (None, TestOutcome.INCOMPETENT):  # the mutant could not be made
         outcome.counts["incompetent"] += 1
     elif result.test_outcome == TestOutcome.KILLED:
