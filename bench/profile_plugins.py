@@ -27,7 +27,6 @@ import os
 import pstats
 import shutil
 import signal
-import socket
 import string
 import subprocess
 import sys
@@ -40,30 +39,12 @@ ROOT = BENCH_DIR.parent
 sys.path.insert(0, str(BENCH_DIR))
 
 from plugin_set import PLUGINS, PluginSet  # noqa: E402
+from smtp_throughput import free_port, wait_accepting  # noqa: E402
 
 SENDER, RECIPIENT = "sender@bench.example", "user@example.test"
 HELO_NAMES = ("probe.bench.example", "source.bench.example")
 MESSAGE = b"Subject: bench\r\n\r\n" + b"x" * 2000 + b"\r\n"
 RUN_TIMEOUT = 300.0
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_listening(port: int, process: subprocess.Popen, seconds: float = 20.0) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise SystemExit(f"the proxy exited ({process.returncode}) before it listened")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return
-        except OSError:
-            time.sleep(0.1)
-    raise SystemExit(f"nothing listened on port {port} within {seconds:.0f} s")
 
 
 def cpu_seconds(pid: int) -> float:
@@ -94,7 +75,7 @@ def measure(name: str, plugins: PluginSet | None, args, work: Path, enabled: lis
     proxy = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL,
                              stderr=open(work / f"{name}.log", "wb"))
     try:
-        wait_listening(port, proxy, 120.0 if args.instructions else 20.0)
+        wait_accepting(port, proxy, "mailproxy", work / f"{name}.log", 120.0 if args.instructions else 20.0)
         if plugins:
             plugins.prime(port, SENDER, RECIPIENT, HELO_NAMES, MESSAGE)
         if args.instructions:

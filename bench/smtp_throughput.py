@@ -108,9 +108,10 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def wait_accepting(port: int, proc: subprocess.Popen, what: str, log: Path | None) -> None:
+def wait_accepting(port: int, proc: subprocess.Popen, what: str, log: Path | None,
+                   seconds: float = START_TIMEOUT) -> None:
     """Block until something accepts on the port; fail early if the process died."""
-    deadline = time.monotonic() + START_TIMEOUT
+    deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise SetupError(f"{what} exited with {proc.returncode}{log_tail(log)}")
@@ -119,7 +120,7 @@ def wait_accepting(port: int, proc: subprocess.Popen, what: str, log: Path | Non
             return
         except OSError:
             time.sleep(0.05)
-    raise SetupError(f"{what} not accepting on port {port} after {START_TIMEOUT:.0f} s{log_tail(log)}")
+    raise SetupError(f"{what} not accepting on port {port} after {seconds:.0f} s{log_tail(log)}")
 
 
 def log_tail(log: Path | None, lines: int = 15) -> str:
