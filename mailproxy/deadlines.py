@@ -3,8 +3,8 @@
 `asyncio.timeout` arms a timer of the event loop at every use, and arming and cancelling
 one costs more than most hooks do (some 10 µs with uvloop, nine times per message with
 the shipped plugins). A hook's timeout is there to cut off a call that hangs, seconds
-after it should have ended; it need not be exact to the millisecond. So one `Watchdog`
-per event loop looks at the deadlines of every call in flight every `TICK` seconds: a
+after it should have ended; it need not be exact to the millisecond. So a `Watchdog`
+looks at the deadlines of every call in flight on an event loop every `TICK` seconds: a
 call costs a dict entry, and one that overstays is cancelled at most `TICK` after its
 deadline.
 
@@ -16,6 +16,7 @@ cancellation from one the task had asked for anyway (a shutdown), which must go 
 from __future__ import annotations
 
 import asyncio
+import weakref
 
 TICK = 0.05  # seconds: how late past its deadline a call is cancelled, at most
 
@@ -32,47 +33,65 @@ class Deadline:
         self.expired = False
 
     def expired_alone(self) -> bool:
-        """After the call ended (raising or not): whether the watchdog cancelled it and
-        nobody else asked the task to stop meanwhile. Takes the watchdog's own request
-        back, so the task goes on as if it had not been cancelled; call it once."""
+        """Once the call has ended, however it ended: whether the watchdog cancelled it
+        and nobody else asked the task to stop meanwhile. Takes the watchdog's own
+        request back, so the task goes on as if it had not been cancelled (whatever the
+        call raised instead of CancelledError); call it exactly once."""
         if not self.expired:
             return False
         return self.task.uncancel() <= self.cancelling
 
 
 class Watchdog:
-    """The deadlines of the calls in flight on one event loop."""
+    """The deadlines of the calls in flight, kept per event loop: an engine shared by
+    several loops (threads that each run one) holds each to its own clock."""
 
     def __init__(self, tick: float = TICK) -> None:
         self._tick = tick
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._armed: dict[Deadline, None] = {}  # insertion-ordered set
-        self._timer: asyncio.TimerHandle | None = None
+        self._loops: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopDeadlines] = (
+            weakref.WeakKeyDictionary()
+        )
 
     def arm(self, seconds: float) -> Deadline:
         """A deadline `seconds` from now for the running task's current call."""
         loop = asyncio.get_running_loop()
-        if loop is not self._loop:  # first use, or a new loop (a test's): start afresh
-            self._loop, self._armed, self._timer = loop, {}, None
-        deadline = Deadline(asyncio.current_task(), loop.time() + seconds)
-        self._armed[deadline] = None
-        if self._timer is None:
-            self._timer = loop.call_later(self._tick, self._check)
-        return deadline
+        deadlines = self._loops.get(loop)
+        if deadlines is None:
+            deadlines = self._loops[loop] = _LoopDeadlines(loop, self._tick)
+        return deadlines.arm(seconds)
 
     def disarm(self, deadline: Deadline) -> None:
         """The call ended: its deadline no longer matters."""
-        self._armed.pop(deadline, None)
+        deadlines = self._loops.get(deadline.task.get_loop())
+        if deadlines is not None:
+            deadlines.armed.pop(deadline, None)
+
+    def __len__(self) -> int:
+        return sum(len(deadlines.armed) for deadlines in self._loops.values())
+
+
+class _LoopDeadlines:
+    """One loop's armed deadlines, and its check every `tick` while there are any."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, tick: float) -> None:
+        self._loop = loop
+        self._tick = tick
+        self.armed: dict[Deadline, None] = {}  # insertion-ordered set
+        self._timer: asyncio.TimerHandle | None = None
+
+    def arm(self, seconds: float) -> Deadline:
+        deadline = Deadline(asyncio.current_task(), self._loop.time() + seconds)
+        self.armed[deadline] = None
+        if self._timer is None:
+            self._timer = self._loop.call_later(self._tick, self._check)
+        return deadline
 
     def _check(self) -> None:
         self._timer = None
         now = self._loop.time()
-        for deadline in [d for d in self._armed if d.when <= now]:
-            del self._armed[deadline]
+        for deadline in [d for d in self.armed if d.when <= now]:
+            del self.armed[deadline]
             deadline.expired = True
             deadline.task.cancel()
-        if self._armed:
+        if self.armed:
             self._timer = self._loop.call_later(self._tick, self._check)
-
-    def __len__(self) -> int:
-        return len(self._armed)

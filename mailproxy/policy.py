@@ -134,7 +134,7 @@ class PolicyEngine:
         """One implementation's answer and the seconds it took."""
         name = impl.plugin.name
         timeout = impl.plugin.settings.timeout
-        deadline = None
+        timed_out = False
         started = time.perf_counter()
         try:
             args = impl.arguments(kwargs)
@@ -164,18 +164,20 @@ class PolicyEngine:
                         result = await result  # a blocking hook that handed back a coroutine
                 finally:
                     self._watchdog.disarm(deadline)
-                # A hook that swallowed the watchdog's cancellation and answered anyway
-                # is taken at its word, as asyncio.timeout would: the request is withdrawn.
-                deadline.expired_alone()
+                    # However the call ended, the watchdog's request is withdrawn, as
+                    # asyncio.timeout's exit does; a hook that swallowed it and answered
+                    # anyway is taken at its word.
+                    timed_out = deadline.expired_alone()
         except BaseException as exc:
             elapsed = time.perf_counter() - started
             metrics.child(metrics.plugin_duration, name, hook).observe(elapsed)
-            cancelled = isinstance(exc, asyncio.CancelledError)
-            if cancelled and deadline is not None and deadline.expired_alone():
+            # What a cancelled call raises: CancelledError, or what a client library
+            # turns it into.
+            if timed_out and isinstance(exc, (asyncio.CancelledError, TimeoutError)):
                 metrics.child(metrics.plugin_errors, name, hook, "timeout").inc()
                 log.warning("plugin %s: %s timed out after %ss%s", name, hook, timeout, self._busy(impl))
                 raise _PluginFailed("timeout", elapsed) from None
-            if cancelled and _session_cancelled():
+            if isinstance(exc, asyncio.CancelledError) and _session_cancelled():
                 raise
             metrics.child(metrics.plugin_errors, name, hook, "exception").inc()
             if getattr(exc, "expected", False):  # a failure its raiser explains: one line
