@@ -54,7 +54,12 @@ class MemoryState(SharedState):
     def __init__(self, clock=time.monotonic) -> None:
         self._clock = clock
         self._values: dict[str, tuple[float, str | int]] = {}
-        self._expiries: list[tuple[float, str]] = []  # heap, may hold stale entries
+        # One heap entry per key, due no later than the key's expiry; `_due` holds its
+        # time, and an entry of another time is stale (skipped when it comes up). A key
+        # set again for longer (a greylist triplet at every message) keeps its entry,
+        # which the sweep moves on when it comes due: nothing grows per write.
+        self._expiries: list[tuple[float, str]] = []
+        self._due: dict[str, float] = {}
 
     def _live(self, key: str) -> str | int | None:
         entry = self._values.get(key)
@@ -67,12 +72,10 @@ class MemoryState(SharedState):
 
     def _store(self, key: str, value: str | int, ttl: float) -> None:
         expires = self._clock() + ttl
-        previous = self._values.get(key)
         self._values[key] = (expires, value)
-        # Every key has a heap entry no later than its expiry. A key set again for
-        # longer (a greylist triplet at each message) keeps the one it has, which the
-        # sweep moves on when it comes due: one entry per key, not one per write.
-        if previous is None or previous[0] > expires:
+        due = self._due.get(key)
+        if due is None or due > expires:
+            self._due[key] = expires
             heapq.heappush(self._expiries, (expires, key))
         self._sweep()
 
@@ -80,13 +83,16 @@ class MemoryState(SharedState):
         now = self._clock()
         while budget and self._expiries and self._expiries[0][0] <= now:
             due, key = heapq.heappop(self._expiries)
-            entry = self._values.get(key)
-            if entry is not None:
-                if entry[0] <= now:
-                    del self._values[key]
-                elif entry[0] > due:  # set again for longer since: look again then
-                    heapq.heappush(self._expiries, (entry[0], key))
             budget -= 1
+            if self._due.get(key) != due:
+                continue  # stale: the key's entry is another one
+            entry = self._values.get(key)
+            if entry is None or entry[0] <= now:
+                self._values.pop(key, None)
+                del self._due[key]
+            else:  # set again for longer since: look again then
+                self._due[key] = entry[0]
+                heapq.heappush(self._expiries, (entry[0], key))
 
     async def incr(self, key: str, ttl: float, amount: int = 1) -> int:
         current = self._live(key)
