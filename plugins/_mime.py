@@ -30,6 +30,7 @@ from email.parser import BytesParser
 from email.utils import collapse_rfc2231_value
 from functools import cached_property
 from itertools import islice
+from typing import Iterator
 from urllib.parse import unquote
 
 from ._archives import DAMAGED_ARCHIVE, Budget, archive_kind, base_name, tar_members, zip_members
@@ -60,6 +61,7 @@ _FIELD_OR_DELIMITER = re.compile(
 # bytes.find, which skips through a message many times faster than a regular
 # expression tries each line.
 _LINE_STARTS = (b"\ncontent-", b"\rcontent-", b"\n--", b"\r--")
+_WINDOW = 65536  # bytes of the message searched at a time
 _BLANK_LINE = re.compile(rb"(?:^|\n)\r?\n")
 
 
@@ -260,19 +262,25 @@ def survey(message: bytes, limits: Limits) -> tuple[int, str | None]:
     return len(message), None
 
 
-def _candidate_lines(message: bytes) -> list[int]:
+def _candidate_lines(message: bytes) -> Iterator[int]:
     """Where the lines that may be a Content-Type or Content-Disposition field or start
     with "--" begin, in order. The matches of the expression at them never overlap: a
-    field's folded lines start with a space or a tab."""
-    lowered = b"\n" + message.lower()  # a line break before the first line
-    starts = []
-    for needle in _LINE_STARTS:
-        found = lowered.find(needle)
-        while found != -1:
-            starts.append(found)  # the line's start in `message` (one byte less)
-            found = lowered.find(needle, found + 1)
-    starts.sort()
-    return starts
+    field's folded lines start with a space or a tab. Found window by window, so that
+    survey() can stop early and a message of nothing but such lines costs no list of
+    them all."""
+    lowered = message.lower()
+    if lowered.startswith((b"content-", b"--")):
+        yield 0
+    for low in range(0, len(lowered), _WINDOW):
+        starts = []
+        for needle in _LINE_STARTS:
+            end = low + _WINDOW + len(needle) - 1  # the needle starts inside the window
+            found = lowered.find(needle, low, end)
+            while found != -1:
+                starts.append(found + 1)  # the line after the break
+                found = lowered.find(needle, found + 1, end)
+        starts.sort()
+        yield from starts
 
 
 def _multipart_boundary(value: bytes) -> bytes | None | bool:
