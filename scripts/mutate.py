@@ -53,6 +53,7 @@ EQUIVALENTS = ROOT / "tests/mutation/equivalent.toml"
 RECORDS = ROOT / "tests/mutation/results"
 OUTPUT = ROOT / "var/mutation"
 SCRATCH = OUTPUT / "tree"
+PLUGIN_PATH = "_plugin_path"  # in the scratch tree: see make_scratch_tree
 # Not copied into the scratch tree: history, the environment, caches and earlier runs.
 NOT_COPIED = shutil.ignore_patterns(".git", ".venv", "var", "__pycache__", ".hypothesis",
                                     ".pytest_cache", "*.egg-info")
@@ -110,6 +111,14 @@ def make_scratch_tree() -> None:
     if SCRATCH.exists():
         shutil.rmtree(SCRATCH)
     shutil.copytree(ROOT, SCRATCH, ignore=NOT_COPIED, symlinks=True)
+    # The shipped plugins are the package `mailproxy_plugins`, which the editable
+    # install finds in the working tree's plugins/. A directory on PYTHONPATH that maps
+    # the name to the copy's plugins/ comes first, for the tests and for the proxies
+    # they start alike, so a mutated plugin is the one that runs.
+    (SCRATCH / PLUGIN_PATH).mkdir()
+    (SCRATCH / PLUGIN_PATH / "mailproxy_plugins").symlink_to("../plugins")
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(SCRATCH / PLUGIN_PATH),
+                                                             os.environ.get("PYTHONPATH")]))
 
 
 def annotation_spans(source: str) -> list[tuple[tuple[int, int], tuple[int, int]]]:

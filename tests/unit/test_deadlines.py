@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 
-from mailproxy.deadlines import Watchdog
+from mailproxy.deadlines import TICK as DEFAULT_TICK, Watchdog
 
 TICK = 0.01
 
@@ -120,3 +121,29 @@ def test_a_watchdog_used_on_a_new_event_loop_starts_afresh():
     watchdog = Watchdog(TICK)
     for _ in range(2):
         assert asyncio.run(_call(watchdog, 0.02, asyncio.sleep(10))) == ("cancelled", True)
+
+
+def test_the_default_watchdog_cuts_a_call_off_within_a_tick_of_its_deadline():
+    async def main():
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        outcome = await _call(Watchdog(), 0.05, asyncio.sleep(10))
+        return outcome, loop.time() - started
+
+    outcome, elapsed = asyncio.run(main())
+    assert outcome == ("cancelled", True)
+    assert DEFAULT_TICK <= 0.1  # "a hook's timeout, give or take a tenth of a second"
+    assert 0.05 <= elapsed < 0.05 + DEFAULT_TICK + 0.5  # the slack is for a busy machine
+
+
+def test_the_watchdog_sleeps_between_its_looks():
+    # While a call waits, the watchdog looks every tick; it must not spin the loop.
+    async def main():
+        watchdog = Watchdog()
+        cpu = time.process_time()
+        outcome = await _call(watchdog, 10.0, asyncio.sleep(0.5))
+        return outcome, time.process_time() - cpu
+
+    outcome, cpu = asyncio.run(main())
+    assert outcome == ("finished", False)
+    assert cpu < 0.2, cpu
