@@ -24,11 +24,12 @@ TICK = 0.05  # seconds: how late past its deadline a call is cancelled, at most
 class Deadline:
     """One call's deadline; `expired` once the watchdog cancelled its task for it."""
 
-    __slots__ = ("task", "when", "cancelling", "expired")
+    __slots__ = ("task", "when", "cancelling", "expired", "owner")
 
-    def __init__(self, task: asyncio.Task, when: float) -> None:
+    def __init__(self, task: asyncio.Task, when: float, owner: _LoopDeadlines) -> None:
         self.task = task
         self.when = when
+        self.owner = owner  # the deadlines of the loop it was armed on
         self.cancelling = task.cancelling()  # cancellations asked for before this call
         self.expired = False
 
@@ -51,20 +52,23 @@ class Watchdog:
         self._loops: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopDeadlines] = (
             weakref.WeakKeyDictionary()
         )
+        self._last: _LoopDeadlines | None = None  # saves the lookup with one loop per process
 
     def arm(self, seconds: float) -> Deadline:
         """A deadline `seconds` from now for the running task's current call."""
         loop = asyncio.get_running_loop()
-        deadlines = self._loops.get(loop)
-        if deadlines is None:
-            deadlines = self._loops[loop] = _LoopDeadlines(loop, self._tick)
+        deadlines = self._last
+        if deadlines is None or deadlines.loop is not loop:
+            deadlines = self._loops.get(loop)
+            if deadlines is None:
+                deadlines = self._loops[loop] = _LoopDeadlines(loop, self._tick)
+            self._last = deadlines
         return deadlines.arm(seconds)
 
-    def disarm(self, deadline: Deadline) -> None:
+    @staticmethod
+    def disarm(deadline: Deadline) -> None:
         """The call ended: its deadline no longer matters."""
-        deadlines = self._loops.get(deadline.task.get_loop())
-        if deadlines is not None:
-            deadlines.armed.pop(deadline, None)
+        deadline.owner.armed.pop(deadline, None)
 
     def __len__(self) -> int:
         return sum(len(deadlines.armed) for deadlines in self._loops.values())
@@ -74,24 +78,24 @@ class _LoopDeadlines:
     """One loop's armed deadlines, and its check every `tick` while there are any."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop, tick: float) -> None:
-        self._loop = loop
+        self.loop = loop
         self._tick = tick
         self.armed: dict[Deadline, None] = {}  # insertion-ordered set
         self._timer: asyncio.TimerHandle | None = None
 
     def arm(self, seconds: float) -> Deadline:
-        deadline = Deadline(asyncio.current_task(), self._loop.time() + seconds)
+        deadline = Deadline(asyncio.current_task(), self.loop.time() + seconds, self)
         self.armed[deadline] = None
         if self._timer is None:
-            self._timer = self._loop.call_later(self._tick, self._check)
+            self._timer = self.loop.call_later(self._tick, self._check)
         return deadline
 
     def _check(self) -> None:
         self._timer = None
-        now = self._loop.time()
+        now = self.loop.time()
         for deadline in [d for d in self.armed if d.when <= now]:
             del self.armed[deadline]
             deadline.expired = True
             deadline.task.cancel()
         if self.armed:
-            self._timer = self._loop.call_later(self._tick, self._check)
+            self._timer = self.loop.call_later(self._tick, self._check)
