@@ -23,11 +23,8 @@ root from the repository (smtp-sink drops to nobody).
 from __future__ import annotations
 
 import argparse
-import os
 import pstats
 import shutil
-import signal
-import string
 import subprocess
 import sys
 import tempfile
@@ -39,7 +36,7 @@ ROOT = BENCH_DIR.parent
 sys.path.insert(0, str(BENCH_DIR))
 
 from plugin_set import PLUGINS, PluginSet  # noqa: E402
-from smtp_throughput import free_port, wait_accepting  # noqa: E402
+from smtp_throughput import free_port, spawn, stop, substitute, tree_cpu_seconds, wait_accepting  # noqa: E402
 
 SENDER, RECIPIENT = "sender@bench.example", "user@example.test"
 HELO_NAMES = ("probe.bench.example", "source.bench.example")
@@ -47,17 +44,11 @@ MESSAGE = b"Subject: bench\r\n\r\n" + b"x" * 2000 + b"\r\n"
 RUN_TIMEOUT = 300.0
 
 
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def measure(name: str, plugins: PluginSet | None, args, work: Path, enabled: list[str] = PLUGINS) -> Path | None:
     sink_port, port, metrics_port = free_port(), free_port(), free_port()
-    template = string.Template((BENCH_DIR / "mailproxy-bench.toml.in").read_text())
-    config = template.substitute(workers=1, port=port, sink_port=sink_port, metrics_port=metrics_port,
-                                 enabled=repr(enabled if plugins else ["access"]).replace("'", '"'),
-                                 directories="[]")
+    config = substitute(BENCH_DIR / "mailproxy-bench.toml.in", workers=1, port=port, sink_port=sink_port,
+                        metrics_port=metrics_port, directories="[]",
+                        enabled=repr(enabled if plugins else ["access"]).replace("'", '"'))
     if plugins:
         config += without_sections(plugins.config(), set(PLUGINS) - set(enabled))
     config_path = work / f"{name}.toml"
@@ -70,22 +61,22 @@ def measure(name: str, plugins: PluginSet | None, args, work: Path, enabled: lis
         # Counting starts only when told (once the proxy is up and primed).
         command = ["valgrind", "--tool=callgrind", "--instr-atstart=no",
                    f"--callgrind-out-file={counts}", *command]
-    sink = subprocess.Popen(["smtp-sink", "-u", "nobody", f"inet:127.0.0.1:{sink_port}", "1024"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    proxy = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL,
-                             stderr=open(work / f"{name}.log", "wb"))
+    log = work / f"{name}.log"
+    sink = proxy = None
     try:
-        wait_accepting(port, proxy, "mailproxy", work / f"{name}.log", 120.0 if args.instructions else 20.0)
+        sink = spawn(["smtp-sink", "-u", "nobody", f"inet:127.0.0.1:{sink_port}", "1024"], work / "sink.log", ROOT)
+        proxy = spawn(command, log, ROOT)
+        wait_accepting(port, proxy, "mailproxy", log, 120.0 if args.instructions else 20.0)
         if plugins:
             plugins.prime(port, SENDER, RECIPIENT, HELO_NAMES, MESSAGE)
         if args.instructions:
             subprocess.run(["callgrind_control", "--instr=on", str(proxy.pid)], check=True,
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        before, started = cpu_seconds(proxy.pid), time.monotonic()
+        before, started = tree_cpu_seconds(proxy.pid), time.monotonic()
         subprocess.run(["smtp-source", "-s", str(args.sessions), "-m", str(args.messages), "-l", "2048",
                         "-M", HELO_NAMES[1], "-f", SENDER, "-t", RECIPIENT, f"inet:127.0.0.1:{port}"],
                        check=True, timeout=RUN_TIMEOUT)
-        elapsed, cpu = time.monotonic() - started, cpu_seconds(proxy.pid) - before
+        elapsed, cpu = time.monotonic() - started, tree_cpu_seconds(proxy.pid) - before
         if args.instructions:
             subprocess.run(["callgrind_control", "--dump", str(proxy.pid)], check=True,
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -94,10 +85,8 @@ def measure(name: str, plugins: PluginSet | None, args, work: Path, enabled: lis
             print(f"{name:9} {args.messages / elapsed:7.0f} msg/s   proxy CPU {cpu * 1e6 / args.messages:6.0f} µs/msg",
                   flush=True)
     finally:
-        proxy.send_signal(signal.SIGTERM)
-        proxy.wait(timeout=30)
-        sink.terminate()
-        sink.wait(timeout=10)
+        stop(proxy)  # SIGTERM: the proxy drains and cProfile writes its file
+        stop(sink)
     return profile
 
 
