@@ -192,7 +192,8 @@ def run_module(target: Target, settings: dict, timeout: float, deadline: float,
     source_hash = hashlib.sha256(Path(target.path).read_bytes()).hexdigest()
     record = Record(RECORDS / (name + ".json"), source_hash)
     here = database.exists() and fingerprint.exists() and fingerprint.read_text() == source_hash
-    if mode == "full" or not here:
+    fresh = mode == "full" or not here  # a new database, from the record (none for a full run)
+    if fresh:
         if mode != "full" and not record.results:
             print(f"   no run of {target.path} as it is now, here or in {record.path.relative_to(ROOT)}; "
                   "run it in full first", flush=True)
@@ -203,17 +204,14 @@ def run_module(target: Target, settings: dict, timeout: float, deadline: float,
             record.results.clear()
             record.save()
     with use_db(str(database), mode=WorkDB.Mode.create) as db:
-        if not here or mode == "full":
+        if fresh:
             populate(db, target, settings)
             restored = record.restore(db)
             if restored:
                 print(f"   {restored} results taken from {record.path.relative_to(ROOT)}", flush=True)
         else:
             record.absorb(db)
-        if mode == "survivors":
-            pending = reopen_survivors(db, outcome, equivalents)
-        else:
-            pending = reopen_unrun(db, outcome, equivalents)
+        pending = reopen(db, outcome, equivalents, survivors=mode == "survivors")
         print(f"   {len(pending)} mutants to run ({outcome.counts['skipped']} filtered out)", flush=True)
         for done, (item, earlier_diff) in enumerate(pending, 1):
             if time.monotonic() + timeout > deadline:
@@ -302,29 +300,22 @@ class Record:
         return restored
 
 
-def reopen_survivors(db: WorkDB, outcome: Outcome, equivalents: dict) -> list:
-    """The survivors of the last run, with the diff each had then, to run again; every
-    other result counts as it was."""
+def reopen(db: WorkDB, outcome: Outcome, equivalents: dict, survivors: bool) -> list:
+    """What to run now: the survivors of the last run, with the diff each had then
+    (`survivors`), or the mutants it left unrun; every other result counts as it was."""
     pending = []
     for item, result in db.completed_work_items:
-        if result.test_outcome == TestOutcome.SURVIVED:
+        if survivors and result.test_outcome == TestOutcome.SURVIVED:
             pending.append((item, result.diff))
         elif result.worker_outcome == WorkerOutcome.SKIPPED:
             outcome.counts["skipped"] += 1
         else:
             count(outcome, item.mutations[0], result, equivalents)
-    outcome.counts["not run (budget)"] += len(db.pending_work_items)
+    unrun = list(db.pending_work_items)
+    if not survivors:
+        return [(item, None) for item in unrun]
+    outcome.counts["not run (budget)"] += len(unrun)
     return pending
-
-
-def reopen_unrun(db: WorkDB, outcome: Outcome, equivalents: dict) -> list:
-    """The mutants the last run left unrun; every other result counts as it was."""
-    for item, result in db.completed_work_items:
-        if result.worker_outcome == WorkerOutcome.SKIPPED:
-            outcome.counts["skipped"] += 1
-        else:
-            count(outcome, item.mutations[0], result, equivalents)
-    return [(item, None) for item in db.pending_work_items]
 
 
 def count(outcome: Outcome, mutation, result: WorkResult, equivalents: dict) -> None:
