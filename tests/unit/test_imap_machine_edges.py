@@ -217,3 +217,90 @@ def test_the_bounds_and_events_cannot_be_changed_and_can_be_hashed(value, name):
     if not isinstance(value, (Command, LiteralAhead)):  # these hold lists
         hash(value)
 
+
+
+# --- the default inline bound after login -------------------------------------------------
+
+
+def test_a_literal_of_exactly_64_kib_is_read_whole_by_default_and_one_byte_more_is_not():
+    # The default that a machine built without keywords reads before the session's hook
+    # (credentials, mailbox names): only the pre-login 8 KiB was pinned, not this one.
+    for size, fits in ((64 * KiB, True), (64 * KiB + 1, False)):
+        machine = ImapServerMachine()
+        machine.receive_data(b"a LOGIN {%d}\r\n" % size)
+        assert machine.next_event().fits_inline is fits
+
+
+def test_a_non_sync_literal_of_exactly_64_kib_is_read_without_a_pause_by_default_and_one_byte_more_pauses():
+    # A non-sync literal up to the bound comes inside the Command; one byte more makes the
+    # session decide (stream or refuse) before its bytes are read.
+    machine = ImapServerMachine()
+    machine.receive_data(b"a X {%d+}\r\n" % (64 * KiB) + b"v" * (64 * KiB) + b"\r\n")
+    command = machine.next_event()
+    assert isinstance(command, Command) and command.args[0].value == b"v" * (64 * KiB)
+
+    machine = ImapServerMachine()
+    machine.receive_data(b"a X {%d+}\r\n" % (64 * KiB + 1))
+    ahead = machine.next_event()
+    assert isinstance(ahead, LiteralAhead) and not ahead.fits_inline
+
+
+# --- which error answers a command --------------------------------------------------------
+
+
+def refusing(chunks, **limits) -> list:
+    """Every event up to CLOSED, every LiteralAhead refused."""
+    machine = ImapServerMachine(**limits)
+
+    def decide(event) -> None:
+        if isinstance(event, LiteralAhead):
+            machine.refuse_literal()
+
+    return drive(machine, chunks, decide)
+
+
+NEXT = Command("n1", "NOOP", (), [b"n1 NOOP\r\n"])
+
+
+def test_a_command_owed_a_bad_for_a_nul_is_answered_with_that_first_error_not_a_later_one():
+    # The NUL is what the client did wrong first; a syntax error later in the same command
+    # must not replace that answer, and the next command is read as usual.
+    assert events([b"a X {3+}\r\na\0b )\r\nn1 NOOP\r\n"]) == [
+        BadCommand("a", "NUL outside a literal8"), NEXT, CLOSED,
+    ]
+
+
+def test_a_fatal_error_after_an_owed_bad_is_fatal_not_the_owed_bad():
+    # A non-sync literal over the cap is on its way and cannot be placed: whatever BAD the
+    # command owed, the answer must be the fatal one (BYE), or the session would answer
+    # BAD and go on reading the literal's bytes as commands.
+    assert events([b"a X {3+}\r\na\0b {200+}\r\nn1 NOOP\r\n"], max_literal_size=100) == [
+        BadCommand("a", "[TOOBIG] Literal too big", True), CLOSED,
+    ]
+
+
+def test_a_fatal_error_after_a_refused_literal_is_a_fatal_bad_not_silence():
+    # A refused command was answered with NO already, and its later non-fatal errors are
+    # dropped; but a bad line ending in a non-sync marker still needs the fatal BAD (BYE).
+    wire = b"a X {20+}\r\n" + b"y" * 20 + b" ) {5+}\r\nhello\r\nn1 NOOP\r\n"
+    [ahead, bad, end] = refusing([wire], max_inline_literal=8)
+    assert isinstance(ahead, LiteralAhead)
+    assert (bad, end) == (BadCommand("a", "Unexpected )", True), CLOSED)
+    # Not fatal: the refused command ends in silence, the next is read.
+    [_, command, end] = refusing([b"a X {20+}\r\n" + b"y" * 20 + b" )\r\nn1 NOOP\r\n"], max_inline_literal=8)
+    assert (command, end) == (NEXT, CLOSED)
+
+
+# --- IdleDone as a value ------------------------------------------------------------------
+
+
+def test_the_idle_done_event_can_be_hashed_like_the_other_events():
+    # IdleDone has no field for the parametrized test above to set, so only its hash shows
+    # that it is frozen: a dataclass with eq and not frozen gets __hash__ = None.
+    machine = ImapServerMachine()
+    machine.receive_data(b"a IDLE\r\nDONE\r\n")
+    assert machine.next_event().verb == "IDLE"
+    machine.start_idle()
+    done = machine.next_event()
+    assert done == type(done)() and hash(done) == hash(type(done)())
+    assert {done, type(done)()} == {done}
