@@ -126,7 +126,10 @@ class Plugin:
             await state.set(key, PASSED, settings.expiry)
             return "known", 0.0
         first = _time(seen)
-        if first is None or now - first >= settings.retry_window:  # too late: start over
+        if first is None or first > now or now - first >= settings.retry_window:
+            # Too late: start over. Also a first attempt in this clock's future: written
+            # by an instance whose clock runs ahead, it would defer the triplet for the
+            # delay plus that instance's lead (and 1e300 until the record expired).
             await state.set(key, repr(now), settings.retry_window)
             return "new", settings.delay
         if now - first < settings.delay:

@@ -209,6 +209,22 @@ def test_a_record_that_is_not_a_time_counts_as_a_new_triplet(stored):
     on_shared_state(steps)
 
 
+@pytest.mark.parametrize("lead", [1.0, DELAY * 10, 1e300])
+def test_a_first_attempt_in_the_future_defers_for_no_more_than_the_delay(lead):
+    # Instances sharing one Redis compare wall clocks. A first attempt written by one whose
+    # clock runs ahead (or a damaged record far in the future) must not defer the sender
+    # for the delay plus that lead: the triplet is seen anew, by this instance's clock.
+    async def steps(state, clock, rcpt):
+        assert await rcpt() == FIRST_SIGHT
+        [key] = set(state.keys)
+        await state.set(key, repr(clock() + lead), WINDOW)
+        assert await rcpt() == FIRST_SIGHT
+        clock.later(DELAY)
+        assert await rcpt() is None
+
+    on_shared_state(steps)
+
+
 def test_the_state_holds_each_triplet_under_a_digest_of_32_hex_digits():
     async def steps(state, clock, rcpt):
         await rcpt()
