@@ -1,38 +1,27 @@
-"""Run one phase's hooks: in configured order, each call timed, isolated and counted.
+"""Run one phase's hooks in configured order, and turn the answers into one `Verdict`.
 
-The engine knows nothing of SMTP: it turns plugin answers into one `Verdict` for the
-phase, and the protocol session decides what that means on the wire.
+The engine knows nothing of SMTP: the protocol session decides what the verdict means
+on the wire. Each call is made by hook_calls.py (timed, isolated, counted); a call that
+failed gets its plugin's `fail_mode`.
 
 Each verdict other than `continue` is recorded in the why-trace (trace.py) of the
 scope its scores go to; the score thresholds and the action stage are in actions.py.
 `transaction_ended` writes a transaction's trace line.
-
-Isolation: whatever a plugin raises, `SystemExit`, `KeyboardInterrupt` and its own
-`CancelledError` included, is that plugin's failure and gets its `fail_mode`; only a
-cancellation of the session's task itself passes through. A plain hook runs inline,
-unless its plugin says `blocking = true`: then it runs in a thread of its own, so the
-timeout holds for it too (see `threads.ThreadLane`).
 """
 
 from __future__ import annotations
 
-import asyncio
-import inspect
 import logging
-import operator
-import time
-from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import pluggy
 
 from . import actions, metrics, trace
 from .actions import SCORE_REJECT, SCORE_TEMPFAIL, Thresholds
 from .config import PolicySettings
-from .deadlines import Watchdog
+from .hook_calls import HookFailed, Implementation, PluginHooks
 from .plugins import LoadedPlugin
 from .session import POLICY, TraceEntry
-from .threads import DEFAULT_THREADS, ThreadLane
 from .verdict import Action, Verdict
 
 # SCORE_REJECT and SCORE_TEMPFAIL live in actions.py, and are imported from here too.
@@ -52,45 +41,6 @@ TRANSACTION_HOOKS = frozenset({"smtp_mail", "smtp_rcpt", "smtp_data"})
 # replace those of the previous one instead of adding to them.
 RESCORED_HOOKS = frozenset({"smtp_helo", "smtp_mail"})
 
-# Threads one `blocking` plugin may hold at once. A call that times out keeps its
-# thread until the plugin returns, so a plugin that hangs holds at most this many,
-# and only its own callers wait for them.
-BLOCKING_THREADS = DEFAULT_THREADS
-
-
-class _PluginFailed(Exception):
-    """A hook call that raised or timed out; `kind` is the metric label, `elapsed` the
-    seconds it took."""
-
-    def __init__(self, kind: str, elapsed: float) -> None:
-        self.kind = kind
-        self.elapsed = elapsed
-
-
-@dataclass(frozen=True, slots=True)
-class _Impl:
-    plugin: LoadedPlugin
-    function: Callable[..., Any]
-    arguments: Callable[[dict[str, Any]], tuple[Any, ...]]  # the call's arguments, by name
-    is_async: bool
-    lane: ThreadLane | None  # where a plain hook of a `blocking` plugin runs
-
-
-def _picker(names: tuple[str, ...]) -> Callable[[dict[str, Any]], tuple[Any, ...]]:
-    """The values of `names` in a hook's keyword arguments, as a tuple: one C call per
-    hook call instead of a comprehension."""
-    if len(names) == 1:
-        name = names[0]
-        return lambda kwargs: (kwargs[name],)
-    return operator.itemgetter(*names) if names else lambda kwargs: ()
-
-
-def _session_cancelled() -> bool:
-    """Whether the running task has been asked to stop, as opposed to a plugin raising
-    CancelledError of its own accord."""
-    task = asyncio.current_task()
-    return task is not None and task.cancelling() > 0
-
 
 class PolicyEngine:
     def __init__(
@@ -100,7 +50,6 @@ class PolicyEngine:
         settings: PolicySettings | None = None,
     ) -> None:
         self._settings = settings = settings or PolicySettings()
-        self._watchdog = Watchdog()
         self._thresholds = Thresholds.of(settings)
         self._thresholds_authenticated = (
             self._thresholds if settings.authenticated is None else Thresholds.of(settings.authenticated)
@@ -109,102 +58,12 @@ class PolicyEngine:
         self._judges = self._thresholds.can_refuse or self._thresholds_authenticated.can_refuse
         # Whether the action stage (`act`) has anything to do for a message.
         self.acts = self._thresholds.acts or self._thresholds_authenticated.acts or settings.trace_header
-        order = {p.name: i for i, p in enumerate(plugins)}
-        by_name = {p.name: p for p in plugins}
-        lanes = {p.name: ThreadLane(p.name, BLOCKING_THREADS) for p in plugins if p.settings.blocking}
-        self._impls: dict[str, tuple[_Impl, ...]] = {}
-        for name, caller in vars(manager.hook).items():
-            if not isinstance(caller, pluggy.HookCaller):
-                continue
-            impls = []
-            for impl in caller.get_hookimpls():
-                plugin = by_name.get(impl.plugin_name)
-                if plugin is None:
-                    continue
-                is_async = inspect.iscoroutinefunction(impl.function)
-                lane = None if is_async else lanes.get(plugin.name)
-                impls.append(_Impl(plugin, impl.function, _picker(tuple(impl.argnames)), is_async, lane))
-            impls.sort(key=lambda i: order[i.plugin.name])
-            self._impls[name] = tuple(impls)
+        self._hooks = PluginHooks(manager, plugins)
 
     def has(self, hook: str) -> bool:
-        return bool(self._impls.get(hook))
+        return bool(self._hooks.of(hook))
 
-    async def _call(self, impl: _Impl, hook: str, kwargs: dict[str, Any]) -> tuple[Any, float]:
-        """One implementation's answer and the seconds it took."""
-        name = impl.plugin.name
-        timeout = impl.plugin.settings.timeout
-        timed_out = False
-        started = time.perf_counter()
-        try:
-            args = impl.arguments(kwargs)
-            if impl.is_async:
-                pending = impl.function(*args)
-            elif impl.lane is not None:
-                pending = impl.lane.call(impl.function, args)
-            else:
-                # A plain function runs to its end whatever the clock says: no timeout
-                # to arm for it, only a warning when it overstays.
-                result = impl.function(*args)
-                elapsed = time.perf_counter() - started
-                if elapsed > timeout:
-                    self._warn_if_stalled(name, hook, elapsed, timeout)
-                # It may still hand back an awaitable; None and a Verdict, the usual
-                # answers, need no closer look.
-                usual = result is None or type(result) is Verdict
-                pending = None if usual or not inspect.isawaitable(result) else result
-            if pending is not None:
-                # Awaited in this task, not wait_for's: whatever the hook raises comes
-                # here (a SystemExit out of a task of its own would stop the event loop).
-                # The watchdog's deadline, not asyncio.timeout's timer: see deadlines.py.
-                deadline = self._watchdog.arm(timeout)
-                try:
-                    result = await pending
-                    if impl.lane is not None and inspect.isawaitable(result):
-                        result = await result  # a blocking hook that handed back a coroutine
-                finally:
-                    self._watchdog.disarm(deadline)
-                    # However the call ended, the watchdog's request is withdrawn, as
-                    # asyncio.timeout's exit does; a hook that swallowed it and answered
-                    # anyway is taken at its word.
-                    timed_out = deadline.expired_alone()
-        except BaseException as exc:
-            elapsed = time.perf_counter() - started
-            metrics.child(metrics.plugin_duration, name, hook).observe(elapsed)
-            # What a cancelled call raises: CancelledError, or what a client library
-            # turns it into.
-            if timed_out and isinstance(exc, (asyncio.CancelledError, TimeoutError)):
-                metrics.child(metrics.plugin_errors, name, hook, "timeout").inc()
-                log.warning("plugin %s: %s timed out after %ss%s", name, hook, timeout, self._busy(impl))
-                raise _PluginFailed("timeout", elapsed) from None
-            if isinstance(exc, asyncio.CancelledError) and _session_cancelled():
-                raise
-            metrics.child(metrics.plugin_errors, name, hook, "exception").inc()
-            if getattr(exc, "expected", False):  # a failure its raiser explains: one line
-                log.warning("plugin %s: %s failed: %s", name, hook, exc)
-            else:
-                log.exception("plugin %s: %s raised", name, hook)
-            raise _PluginFailed("exception", elapsed) from None
-        elapsed = time.perf_counter() - started
-        metrics.child(metrics.plugin_duration, name, hook).observe(elapsed)
-        return result, elapsed
-
-    @staticmethod
-    def _busy(impl: _Impl) -> str:
-        if impl.lane is None:
-            return ""
-        # A thread cannot be stopped: a timed-out call holds its thread until it returns.
-        return f" ({impl.lane.busy} of its {BLOCKING_THREADS} threads still busy)"
-
-    @staticmethod
-    def _warn_if_stalled(name: str, hook: str, elapsed: float, timeout: float) -> None:
-        log.warning(
-            "plugin %s: %s ran %.1fs inside the event loop, past its %ss timeout, and "
-            "held up every session meanwhile; set blocking = true for it",
-            name, hook, elapsed, timeout,
-        )
-
-    def _on_failure(self, impl: _Impl) -> Verdict:
+    def _on_failure(self, impl: Implementation) -> Verdict:
         mode = impl.plugin.settings.fail_mode
         if mode == "continue":
             return Verdict.cont()
@@ -220,7 +79,7 @@ class PolicyEngine:
         transaction phase: a threshold refuses the message, never a command such as
         RSET or QUIT for an old score.
         """
-        impls = self._impls.get(hook)
+        impls = self._hooks.of(hook)
         if not impls:
             return Verdict.cont()
         kwargs["session"] = session
@@ -232,8 +91,8 @@ class PolicyEngine:
         for impl in impls:
             failed = ""
             try:
-                answer, elapsed = await self._call(impl, hook, kwargs)
-            except _PluginFailed as failure:
+                answer, elapsed = await self._hooks.call(impl, hook, kwargs)
+            except HookFailed as failure:
                 answer, elapsed, failed = self._on_failure(impl), failure.elapsed, failure.kind
             if answer is None:
                 continue
@@ -384,10 +243,10 @@ class PolicyEngine:
         the caller can tell "nobody knew" from "somebody could not tell".
         """
         failures = 0
-        for impl in self._impls.get(hook, ()):
+        for impl in self._hooks.of(hook):
             try:
-                result, _ = await self._call(impl, hook, kwargs)
-            except _PluginFailed:
+                result, _ = await self._hooks.call(impl, hook, kwargs)
+            except HookFailed:
                 failures += 1
                 continue
             if result is not None:
@@ -396,8 +255,8 @@ class PolicyEngine:
 
     async def notify(self, hook: str, **kwargs: Any) -> None:
         """Tell every implementation; results are ignored and failures only counted."""
-        for impl in self._impls.get(hook, ()):
+        for impl in self._hooks.of(hook):
             try:
-                await self._call(impl, hook, kwargs)
-            except _PluginFailed:
+                await self._hooks.call(impl, hook, kwargs)
+            except HookFailed:
                 pass

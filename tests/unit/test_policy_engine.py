@@ -20,13 +20,8 @@ from prometheus_client import REGISTRY
 from mailproxy import hookimpl
 from mailproxy.config import PolicySettings
 from mailproxy.plugins import LoadedPlugin, PluginSettings, new_plugin_manager
-from mailproxy.policy import (
-    BLOCKING_THREADS,
-    FAILED_REJECT,
-    FAILED_TEMPFAIL,
-    SCORE_TEMPFAIL,
-    PolicyEngine,
-)
+from mailproxy.hook_calls import BLOCKING_THREADS
+from mailproxy.policy import FAILED_REJECT, FAILED_TEMPFAIL, SCORE_TEMPFAIL, PolicyEngine
 from mailproxy.session import Envelope, Session
 from mailproxy.verdict import Action, Reply, Verdict
 

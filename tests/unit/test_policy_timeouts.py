@@ -1,6 +1,6 @@
 """A hook cut off at its timeout leaves the session as it found it, however the hook
 takes its cancellation; and one engine holds hooks on several event loops to their own
-timeouts (mailproxy/deadlines.py, PolicyEngine._call)."""
+timeouts (mailproxy/deadlines.py, hook_calls.PluginHooks.call)."""
 
 from __future__ import annotations
 
