@@ -216,11 +216,15 @@ class UpstreamConnection:
             raise UpstreamError("lost", "connection already closed")
         started = time.perf_counter()
         timeout = timeout or self.settings.reply_timeout
+        # One deadline for taking the bytes and answering them, not `timeout` for each:
+        # a shutdown waits data_timeout (and reply_timeout) for a message the upstream
+        # is taking, and must find its answer, or its timeout, by then.
+        deadline = self._loop.time() + timeout
         link.writelines(parts)
         if link.write_blocked:
             await self.drain(verb, timeout)
         try:
-            reply = await self._read_reply(verb, timeout)
+            reply = await self._read_reply(verb, timeout, deadline)
         except UpstreamError as exc:
             exc.unanswered = True
             raise
@@ -245,9 +249,12 @@ class UpstreamConnection:
         except ConnectionError as exc:
             raise self.fail("lost", f"write failed: {exc}") from None
 
-    async def _read_reply(self, stage: str, timeout: float) -> ServerReply:
+    async def _read_reply(self, stage: str, timeout: float, deadline: float | None = None) -> ServerReply:
+        """The next reply, within `timeout` seconds from now, or by `deadline` (loop
+        time) when given."""
         loop = self._loop
-        deadline = loop.time() + timeout
+        if deadline is None:
+            deadline = loop.time() + timeout
         while True:
             try:
                 reply = self._parser.next_reply()

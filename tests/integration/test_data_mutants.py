@@ -3,12 +3,17 @@ would not notice: the proxy's own refusals of DATA, the upstream's answers at th
 of each reply class, the outcome each is counted as, the header lines plugins add, and
 which upstream session a message goes out on."""
 
+import signal
+import smtplib
+import socket
+import threading
 import time
 
 import pytest
 
 from tests.support.clients import connect, start_transaction
 from tests.support.recorder import RecordingUpstream
+from tests.support.scripted import ThreadedServer
 
 pytestmark = pytest.mark.integration
 
@@ -248,3 +253,94 @@ def test_a_client_leaving_while_a_keepalive_noop_is_unanswered_drops_the_upstrea
         [session] = upstream.wait_ended(1)
     assert session.commands[-1] == b"NOOP"
     assert upstream.messages == []
+
+
+def test_a_client_silent_after_the_go_ahead_has_the_command_timeout_and_not_a_second_more(make_proxy):
+    # The deadline for a message is command_timeout plus a second per min_data_rate
+    # bytes received: before the first byte, command_timeout exactly. At one byte a
+    # second, a count one byte off moves it a whole second: every client would be cut
+    # off as soon as it is told to go ahead, or a stalled one would hold its slot longer.
+    with RecordingUpstream() as upstream:
+        proxy = make_proxy(upstream.address, listener={"command_timeout": 1.0, "min_data_rate": 1})
+        with connect(proxy) as client:
+            start_transaction(client)
+            assert client.docmd("DATA")[0] == 354
+            told = time.monotonic()
+            assert client.getreply() == (421, b"4.4.2 proxy.test Timeout exceeded, closing connection")
+            waited = time.monotonic() - told
+        upstream.wait_ended(1)
+    assert 0.5 < waited < 1.5, waited
+    assert upstream.messages == []
+
+
+class HeldMessage(ThreadedServer):
+    """An upstream that answers everything up to DATA, then stops reading as soon as the
+    message starts to arrive (`holding`), so that the proxy's writes back up, until
+    `release` is set; then it takes the rest and never answers the end of it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.holding, self.release = threading.Event(), threading.Event()
+
+    def serve(self, connection: socket.socket) -> None:
+        with connection, connection.makefile("rb") as lines:
+            try:
+                connection.sendall(b"220 held ESMTP\r\n")
+                for line in lines:
+                    if line.upper().startswith(b"DATA"):
+                        connection.sendall(b"354 go ahead\r\n")
+                        connection.recv(1, socket.MSG_PEEK)  # the message is on its way
+                        self.holding.set()
+                        self.release.wait(60)
+                        while connection.recv(65536):  # the message, then QUIT: no answer
+                            pass
+                        return
+                    connection.sendall(b"250 ok\r\n")
+            except OSError:
+                pass  # the proxy dropped the connection
+
+
+def wait_for_log(proxy, text: str, timeout: float = 30.0) -> None:
+    """Until the proxy has logged `text`; fails once it has exited or `timeout` passed
+    without it."""
+    deadline = time.monotonic() + timeout
+    while text not in proxy.log():
+        if proxy.process.poll() is not None or time.monotonic() > deadline:
+            assert text in proxy.log(), f"never logged: {text}\n{proxy.log()[-4000:]}"
+        time.sleep(0.02)
+
+
+def test_a_shutdown_outlasts_an_upstream_slow_to_take_a_message_and_the_client_hears_its_fate(make_proxy):
+    # A shutdown waits data_timeout + reply_timeout for a message the upstream is taking,
+    # so that the client hears what became of it instead of being cut off and sending it
+    # again. That holds only if taking the message and answering it share one
+    # data_timeout: an upstream that is slow to read it (more than the sockets hold) and
+    # then never answers must have run out of time, the session telling its client
+    # 451, before the shutdown stops waiting.
+    message = b"Subject: held\r\n\r\n" + (b"x" * 998 + b"\r\n") * 8000
+    with HeldMessage() as upstream:
+        proxy = make_proxy(upstream.address, listener={"data_mode": "whole"}, proxy={"shutdown_grace": 0.5},
+                           upstreams={"sink": {"address": upstream.address, "connect_timeout": 3.0,
+                                               "reply_timeout": 1.0, "data_timeout": 3.0}})
+        try:
+            client = connect(proxy)
+            start_transaction(client)
+            assert client.docmd("DATA")[0] == 354
+            client.sock.sendall(message + b".\r\n")
+            assert upstream.holding.wait(30)
+            proxy.process.send_signal(signal.SIGTERM)
+            wait_for_log(proxy, "waiting for 1 message(s) the upstream is taking")
+            # The upstream takes the rest 1.5 s later and never answers. Its data_timeout
+            # runs out 3 s after the message began, the shutdown's wait 0.5 + 3 + 1 s
+            # after the signal; with 3 s to take it and 3 s more to answer, the session
+            # would still be waiting when the shutdown cut it off.
+            time.sleep(1.5)
+            upstream.release.set()
+            client.sock.settimeout(30)
+            assert client.getreply()[0] == 451
+            assert proxy.process.wait(30) == 0
+        finally:
+            upstream.release.set()
+    # The session's own verdict on it (the proxy has exited: its log, not its metrics).
+    assert "outcome unknown: the upstream did not answer the end of the message" in proxy.log()
+    assert "stopped while the upstream had the message" not in proxy.log()
