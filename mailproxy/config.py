@@ -203,9 +203,10 @@ class UpstreamSettings(_Section):
     ca_file: FilePath | None = None
     connect_timeout: FiniteFloat = Field(10.0, gt=0)
     reply_timeout: FiniteFloat = Field(120.0, gt=0)
-    # The reply to the end of a message has its own, longer limit (RFC 5321 4.5.3.2.6
-    # allows 10 minutes): giving up early on an upstream that has taken the message
-    # makes the client send it again, and it is delivered twice.
+    # Handing over the rest of a message and the reply to its end share their own,
+    # longer limit (RFC 5321 4.5.3.2.6 allows 10 minutes for the reply): giving up early
+    # on an upstream that has taken the message makes the client send it again, and it
+    # is delivered twice.
     data_timeout: FiniteFloat = Field(600.0, gt=0)
     # While a client uploads a message, a NOOP this often keeps the upstream session
     # from timing out (Postfix allows 300 s, and only 10 s under stress).
@@ -443,8 +444,9 @@ class Config(_Section):
 
     @property
     def longest_delivery(self) -> float:
-        """The longest an upstream may take to answer a message: how long a shutdown
-        waits, past `shutdown_grace`, for messages already handed over."""
+        """The longest an upstream may take to take and answer a message (one
+        data_timeout for both, see UpstreamConnection.send), with a margin: how long a
+        shutdown waits, past `shutdown_grace`, for messages being handed over."""
         return max((u.data_timeout + u.reply_timeout for u in self.upstreams.values()), default=0.0)
 
 
