@@ -18,7 +18,9 @@ from mailproxy.state import MemoryState
 from mailproxy_plugins.greylist import Plugin
 from tests.support.plugins import client_session, load_plugin, sender_envelope
 from tests.support.redis import Clock
-from tests.unit.test_plugin_greylist import CLIENT, DELAY, GREYLISTED, RECIPIENT, SENDER, WINDOW, Greylist, scenario
+from tests.unit.test_plugin_greylist import (
+    CLIENT, DELAY, GREYLISTED, RECIPIENT, SENDER, WINDOW, Greylist, checks, scenario,
+)
 
 DAY = 86400
 DNS = "127.0.0.1:53"  # never asked: the greylist plugin makes no DNS queries
@@ -221,6 +223,19 @@ def test_a_first_attempt_in_the_future_defers_for_no_more_than_the_delay(lead):
         assert await rcpt() == FIRST_SIGHT
         clock.later(DELAY)
         assert await rcpt() is None
+
+    on_shared_state(steps)
+
+
+def test_a_retry_at_the_very_time_of_the_first_attempt_is_early_not_new():
+    # Only a first attempt in this clock's future starts over; one at this very moment
+    # (two recipients' RCPTs within the clock's resolution) is a retry come too early,
+    # and the metric an administrator watches says so.
+    async def steps(state, clock, rcpt):
+        assert await rcpt() == FIRST_SIGHT
+        before = checks("early"), checks("new")
+        assert await rcpt() == FIRST_SIGHT
+        assert (checks("early"), checks("new")) == (before[0] + 1, before[1])
 
     on_shared_state(steps)
 
