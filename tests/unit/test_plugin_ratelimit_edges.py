@@ -1,7 +1,7 @@
-"""The ratelimit plugin at its edges: the widest settings it takes and the first it
-refuses, what the widest and narrowest client networks count together, an
-authenticated session's connections (there is no per-user connection limit), and each
-limit as the proxy reaches it, through the policy engine. The counting is the plugin's
+"""The ratelimit plugin at its edges: what the widest and narrowest client networks
+count together, an authenticated session's connections (there is no per-user
+connection limit), and each limit as the proxy reaches it, through the policy engine
+(its settings' bounds are in test_plugin_settings.py). The counting is the plugin's
 own, so these run on the memory backend with the test's clock
 (tests/unit/test_plugin_ratelimit.py runs the flows on Redis too)."""
 
@@ -9,57 +9,14 @@ from __future__ import annotations
 
 import asyncio
 
-import pytest
-
-from mailproxy.config import ConfigError
 from mailproxy.testing import policy_session
-from tests.support.plugins import load_plugin
 from tests.support.redis import Clock
 from tests.unit.test_plugin_ratelimit import CLIENT, NO_LIMITS, OVER, SENDER, Ratelimit, outcome, scenario
-
-DAY = 86400
-DNS = "127.0.0.1:53"  # never asked: the ratelimit plugin makes no DNS queries
-LIMITS = ("client_connections", "client_messages", "client_recipients", "user_messages", "user_recipients",
-          "sender_domain_messages", "sender_domain_recipients")
 
 
 def on_memory(steps, **options) -> None:
     scenario("memory", None, steps, **options)  # the memory backend needs no Redis server
 
-
-# -- settings: the last value accepted, and the first refused, with the key named ----------
-
-@pytest.mark.parametrize("key, value", [
-    ("window", DAY),
-    *[(limit, 0) for limit in LIMITS],  # 0 turns a limit off: written out, not only by default
-    ("ipv4_prefix", 8),
-    ("ipv4_prefix", 32),
-    ("ipv6_prefix", 16),
-    ("ipv6_prefix", 128),
-])
-def test_the_widest_settings_are_accepted(key, value):
-    # A configuration that writes out a documented extreme (a day-long window, a limit
-    # switched off with 0, a single-host or a /8 network) must load, not stop the proxy.
-    load_plugin("ratelimit", DNS, **{key: value})  # raises ConfigError if refused
-
-
-@pytest.mark.parametrize("key, value, message", [
-    ("window", DAY + 1, "Input should be less than or equal to 86400"),
-    *[(limit, -1, "Input should be greater than or equal to 0") for limit in LIMITS],
-    ("ipv4_prefix", 7, "Input should be greater than or equal to 8"),
-    ("ipv4_prefix", 33, "Input should be less than or equal to 32"),
-    ("ipv6_prefix", 15, "Input should be greater than or equal to 16"),
-    ("ipv6_prefix", 129, "Input should be less than or equal to 128"),
-])
-def test_settings_just_beyond_them_are_refused(key, value, message):
-    # A negative limit or an impossible prefix is a typo: `mailproxy check` must say
-    # which key is wrong rather than load a limit that refuses everyone or no one.
-    with pytest.raises(ConfigError) as error:
-        load_plugin("ratelimit", DNS, **{key: value})
-    assert str(error.value) == f"config: plugin.ratelimit.{key}: {message}"
-
-
-# -- the networks a client limit counts for ----------------------------------------------------
 
 def test_the_widest_prefixes_count_the_widest_networks_together():
     # ipv4_prefix = 8 and ipv6_prefix = 16: one limit for a whole /8 or /16.

@@ -1,0 +1,148 @@
+"""The shipped plugins' settings as their documentation states them: every documented
+default is what a section that leaves the key out gets, and every bound takes its
+widest value and refuses the next one with a message that names the key.
+
+The defaults come from the tables in docs/plugins.md, and for `headers` and `pregreet`
+from the example section in the module's docstring (the one place their options are
+documented); the bounds are written out here, because the code's own are what is
+under test."""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from mailproxy.config import ConfigError
+from mailproxy.plugins import discover
+from tests.support.plugins import load_plugin
+
+ROOT = Path(__file__).resolve().parents[2]
+DNS = "127.0.0.1:53"  # never asked: building a plugin makes no DNS queries
+DAY = 86400
+
+# Sections of docs/plugins.md whose tables hold a plugin's options, and the plugins
+# each applies to.
+DOCUMENTED_SECTIONS = {
+    "What the DNS checks share": ("spf", "dnsbl", "helo"),
+    "spf": ("spf",),
+    "dnsbl": ("dnsbl",),
+    "helo": ("helo",),
+    "greylist": ("greylist",),
+    "ratelimit": ("ratelimit",),
+}
+DOCSTRING_SECTIONS = ("headers", "pregreet")
+_ROW = re.compile(r"^\| ([^|]+) \| ([^|]+) \|", re.MULTILINE)
+_CODE = re.compile(r"`([^`]+)`")
+
+
+def plugin_class(name: str) -> type:
+    target = discover([])[name].load()
+    return target if isinstance(target, type) else target.Plugin
+
+
+def literal(text: str):
+    """A TOML value, or None for prose ("unset", "[proxy] hostname")."""
+    try:
+        return tomllib.loads(f"value = {text}")["value"]
+    except tomllib.TOMLDecodeError:
+        return None
+
+
+def from_docs() -> list[tuple[str, str, object]]:
+    """(plugin, key, default) for each default the tables of docs/plugins.md state."""
+    text = (ROOT / "docs" / "plugins.md").read_text()
+    found = []
+    for heading, plugins in DOCUMENTED_SECTIONS.items():
+        section = text.split(f"\n## {heading}\n", 1)[1].split("\n## ", 1)[0]
+        for key_cell, default_cell in _ROW.findall(section):
+            keys, values = _CODE.findall(key_cell), [literal(v) for v in _CODE.findall(default_cell)]
+            if not keys or not values or None in values:
+                continue  # the header row, or a default given in words
+            if len(values) == 1:
+                values *= len(keys)  # `on_neutral`, `on_none` | `"off"`
+            assert len(values) == len(keys), f"{heading}: {key_cell} | {default_cell}"
+            found += [(plugin, key, value) for plugin in plugins for key, value in zip(keys, values)]
+    return found
+
+
+def from_docstrings() -> list[tuple[str, str, object]]:
+    """(plugin, key, default) for each key of the `[plugin.NAME]` example in the
+    module's docstring, up to its first array of tables (the rules, which are examples)."""
+    found = []
+    for name in DOCSTRING_SECTIONS:
+        doc = discover([])[name].load().__doc__
+        block = doc.split(f"    [plugin.{name}]\n", 1)[1].split("\n\n", 1)[0]
+        found += [(name, key, value) for key, value in tomllib.loads(block).items()]
+    return found
+
+
+DEFAULTS = from_docs() + from_docstrings()
+
+
+def test_the_documentation_states_defaults_for_every_shipped_check():
+    # A table reshaped so that the parser above finds nothing would turn the test below
+    # into no test at all.
+    assert {plugin for plugin, _key, _value in DEFAULTS} == {
+        "spf", "dnsbl", "helo", "greylist", "ratelimit", "headers", "pregreet"}
+    assert len(DEFAULTS) >= 60
+
+
+@pytest.mark.parametrize("plugin, key, documented", DEFAULTS, ids=[f"{p}.{k}" for p, k, _v in DEFAULTS])
+def test_a_key_left_out_takes_its_documented_default(plugin, key, documented):
+    # An administrator reads the documentation to know what a section that leaves a key
+    # out does; a default that drifted from it (a softer SPF fail, a shorter greylisting
+    # delay) changes what the proxy lets through without anyone having asked for it.
+    value = getattr(plugin_class(plugin).Config(), key)
+    if isinstance(value, (tuple, frozenset, set)):
+        value = sorted(value)
+    assert value == documented
+
+
+# (plugin, key, the widest value taken, the first refused, the refusal)
+BOUNDS = [
+    ("greylist", "retry_window", 30 * DAY, 30 * DAY + 1, "Input should be less than or equal to 2592000"),
+    ("greylist", "expiry", 366 * DAY, 366 * DAY + 1, "Input should be less than or equal to 31622400"),
+    ("greylist", "ipv4_prefix", 8, 7, "Input should be greater than or equal to 8"),
+    ("greylist", "ipv6_prefix", 16, 15, "Input should be greater than or equal to 16"),
+    ("greylist", "ipv6_prefix", 128, 129, "Input should be less than or equal to 128"),
+    ("ratelimit", "window", DAY, DAY + 1, "Input should be less than or equal to 86400"),
+    # 0 turns a limit off: written out, not only left to the default.
+    *[("ratelimit", limit, 0, -1, "Input should be greater than or equal to 0") for limit in (
+        "client_connections", "client_messages", "client_recipients", "user_messages", "user_recipients",
+        "sender_domain_messages", "sender_domain_recipients")],
+    ("ratelimit", "ipv4_prefix", 8, 7, "Input should be greater than or equal to 8"),
+    ("ratelimit", "ipv4_prefix", 32, 33, "Input should be less than or equal to 32"),
+    ("ratelimit", "ipv6_prefix", 16, 15, "Input should be greater than or equal to 16"),
+    ("ratelimit", "ipv6_prefix", 128, 129, "Input should be less than or equal to 128"),
+    ("headers", "max_parts", 1, 0, "Input should be greater than or equal to 1"),
+    ("headers", "max_parts", 1000, 1001, "Input should be less than or equal to 1000"),
+    ("headers", "max_depth", 1, 0, "Input should be greater than or equal to 1"),
+    ("headers", "max_depth", 100, 101, "Input should be less than or equal to 100"),
+    ("headers", "max_text_bytes", 1, 0, "Input should be greater than or equal to 1"),
+    ("headers", "max_archive_bytes", 0, -1, "Input should be greater than or equal to 0"),
+    ("headers", "max_archive_members", 1, 0, "Input should be greater than or equal to 1"),
+    ("headers", "thread_bytes", 0, -1, "Input should be greater than or equal to 0"),
+    ("headers", "threads", 1, 0, "Input should be greater than or equal to 1"),
+    ("headers", "threads", 64, 65, "Input should be less than or equal to 64"),
+    ("headers", "timeout", 0.001, 0, "Input should be greater than 0"),
+    ("headers", "timeout", 300, 300.5, "Input should be less than or equal to 300"),
+    ("pregreet", "greet_wait", 0.001, 0, "Input should be greater than 0"),
+    ("pregreet", "greet_wait", 60, 60.5, "Input should be less than or equal to 60"),
+]
+# What a key's widest value needs beside it: pregreet waits within its hook's timeout.
+ALONGSIDE = {("pregreet", "greet_wait"): {"timeout": 61.0}}
+
+
+@pytest.mark.parametrize("plugin, key, widest, refused, refusal", BOUNDS,
+                         ids=[f"{p}.{k}={w}" for p, k, w, _r, _m in BOUNDS])
+def test_a_bound_takes_its_widest_value_and_refuses_the_next_naming_the_key(plugin, key, widest, refused, refusal):
+    # A documented extreme must load, and a value past it must stop `mailproxy check`
+    # with the key named, not load a limit that parses nothing or everything.
+    alongside = ALONGSIDE.get((plugin, key), {})
+    load_plugin(plugin, DNS, **alongside, **{key: widest})
+    with pytest.raises(ConfigError) as error:
+        load_plugin(plugin, DNS, **alongside, **{key: refused})
+    assert str(error.value) == f"config: plugin.{plugin}.{key}: {refusal}"
