@@ -73,7 +73,9 @@ class ClientCheckSettings(PluginSettings):
 class DnsCheckSettings(ClientCheckSettings):
     """Options of a check that asks the DNS (the servers of `[dns]`)."""
 
-    lookup_timeout: float = Field(2.0, gt=0, le=30)  # seconds for one name's lookups
+    # Seconds for one name's lookups; checked against `timeout` when left out too
+    # (`timeout = 1` alone must not leave the default 2 s wait inside a 1 s hook).
+    lookup_timeout: float = Field(2.0, gt=0, le=30, validate_default=True)
     cache_entries: int = Field(10000, ge=0)  # answers kept, the least recently used go
     # Answers are kept for their TTL, at most max_ttl; "no such name" for the negative
     # TTL of its zone's SOA, at most max_negative_ttl.

@@ -61,7 +61,8 @@ log = logging.getLogger("mailproxy.plugin.pregreet")
 
 class Plugin:
     class Config(ClientCheckSettings):
-        greet_wait: float = Field(3.0, gt=0, le=60)
+        # Checked against `timeout` when left out too: `timeout = 2` alone is refused.
+        greet_wait: float = Field(3.0, gt=0, le=60, validate_default=True)
         early_talker: Action = "reject"
 
         @field_validator("greet_wait")

@@ -111,7 +111,8 @@ class Plugin:
     class Config(ClientCheckSettings):
         # The whole hook: one SPF evaluation and a little more.
         timeout: float = Field(15.0, gt=0, le=300)
-        check_timeout: float = Field(10.0, gt=0, le=120)
+        # Checked against `timeout` when left out too: `timeout = 10` alone is refused.
+        check_timeout: float = Field(10.0, gt=0, le=120, validate_default=True)
         threads: int = Field(8, ge=1, le=64)  # evaluations at once; more wait their turn
         result_cache_ttl: float = Field(60.0, ge=0, le=3600)  # 0: every check is evaluated
         result_cache_entries: int = Field(10000, ge=1)

@@ -146,3 +146,23 @@ def test_a_bound_takes_its_widest_value_and_refuses_the_next_naming_the_key(plug
     with pytest.raises(ConfigError) as error:
         load_plugin(plugin, DNS, **alongside, **{key: refused})
     assert str(error.value) == f"config: plugin.{plugin}.{key}: {refusal}"
+
+
+# (plugin, the hook's timeout alone, the wait inside the hook left at its default, the refusal)
+INNER_WAITS = [
+    ("spf", 10.0, "check_timeout", "must end at least 1s before timeout (10)"),
+    ("dnsbl", 2.0, "lookup_timeout", "must be less than timeout (2), the limit of the whole hook"),
+    ("helo", 1.5, "lookup_timeout", "must be less than timeout (1.5), the limit of the whole hook"),
+    ("pregreet", 3.0, "greet_wait", "must be less than timeout (3), the limit of the whole hook"),
+]
+
+
+@pytest.mark.parametrize("plugin, timeout, inner, refusal", INNER_WAITS, ids=[p for p, *_rest in INNER_WAITS])
+def test_a_hook_timeout_below_a_default_wait_inside_it_is_refused(plugin, timeout, inner, refusal):
+    # `timeout = 10` alone, with SPF's check_timeout left at its default 10 s, would cut
+    # every check off at the hook's limit: a sender whose DNS is down would get the
+    # plugin-failure 451 instead of its configured temperror action, for every message.
+    # The default wait is held to the timeout as a written-out one is.
+    with pytest.raises(ConfigError) as error:
+        load_plugin(plugin, DNS, timeout=timeout)
+    assert str(error.value) == f"config: plugin.{plugin}.{inner}: {refusal}"
