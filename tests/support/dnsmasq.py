@@ -55,8 +55,11 @@ class Dnsmasq:
             f"--pid-file={self._directory / 'pid'}", f"--log-facility={self._directory / 'log'}",
             *(f"--local=/{zone}/" for zone in self.zones), *self.options,
         ]
-        self.process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                        stderr=subprocess.PIPE)
+        # Its stderr to a file, not a pipe: with --no-daemon it echoes what it logs, and a
+        # pipe nobody reads stops it after some hundreds of logged queries.
+        with open(self._directory / "stderr", "wb") as stderr:
+            self.process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                            stderr=stderr)
         try:
             wait_for_listen(self.port, timeout=10, process=self.process)  # its TCP side
         except BaseException:
