@@ -101,51 +101,57 @@ def test_a_key_left_out_takes_its_documented_default(plugin, key, documented):
     assert value == documented
 
 
-# (plugin, key, the widest value taken, the first refused, the refusal)
+# (plugin, key, the bound, its limit): the limit itself is taken (for `gt`, a little
+# more), one past it refused.
 BOUNDS = [
-    ("greylist", "retry_window", 30 * DAY, 30 * DAY + 1, "Input should be less than or equal to 2592000"),
-    ("greylist", "expiry", 366 * DAY, 366 * DAY + 1, "Input should be less than or equal to 31622400"),
-    ("greylist", "ipv4_prefix", 8, 7, "Input should be greater than or equal to 8"),
-    ("greylist", "ipv6_prefix", 16, 15, "Input should be greater than or equal to 16"),
-    ("greylist", "ipv6_prefix", 128, 129, "Input should be less than or equal to 128"),
-    ("ratelimit", "window", DAY, DAY + 1, "Input should be less than or equal to 86400"),
+    ("greylist", "retry_window", "le", 30 * DAY),
+    ("greylist", "expiry", "le", 366 * DAY),
+    ("greylist", "ipv4_prefix", "ge", 8),
+    ("greylist", "ipv6_prefix", "ge", 16),
+    ("greylist", "ipv6_prefix", "le", 128),
+    ("ratelimit", "window", "le", DAY),
     # 0 turns a limit off: written out, not only left to the default.
-    *[("ratelimit", limit, 0, -1, "Input should be greater than or equal to 0") for limit in (
+    *[("ratelimit", limit, "ge", 0) for limit in (
         "client_connections", "client_messages", "client_recipients", "user_messages", "user_recipients",
         "sender_domain_messages", "sender_domain_recipients")],
-    ("ratelimit", "ipv4_prefix", 8, 7, "Input should be greater than or equal to 8"),
-    ("ratelimit", "ipv4_prefix", 32, 33, "Input should be less than or equal to 32"),
-    ("ratelimit", "ipv6_prefix", 16, 15, "Input should be greater than or equal to 16"),
-    ("ratelimit", "ipv6_prefix", 128, 129, "Input should be less than or equal to 128"),
-    ("headers", "max_parts", 1, 0, "Input should be greater than or equal to 1"),
-    ("headers", "max_parts", 1000, 1001, "Input should be less than or equal to 1000"),
-    ("headers", "max_depth", 1, 0, "Input should be greater than or equal to 1"),
-    ("headers", "max_depth", 100, 101, "Input should be less than or equal to 100"),
-    ("headers", "max_text_bytes", 1, 0, "Input should be greater than or equal to 1"),
-    ("headers", "max_archive_bytes", 0, -1, "Input should be greater than or equal to 0"),
-    ("headers", "max_archive_members", 1, 0, "Input should be greater than or equal to 1"),
-    ("headers", "thread_bytes", 0, -1, "Input should be greater than or equal to 0"),
-    ("headers", "threads", 1, 0, "Input should be greater than or equal to 1"),
-    ("headers", "threads", 64, 65, "Input should be less than or equal to 64"),
-    ("headers", "timeout", 0.001, 0, "Input should be greater than 0"),
-    ("headers", "timeout", 300, 300.5, "Input should be less than or equal to 300"),
-    ("pregreet", "greet_wait", 0.001, 0, "Input should be greater than 0"),
-    ("pregreet", "greet_wait", 60, 60.5, "Input should be less than or equal to 60"),
+    ("ratelimit", "ipv4_prefix", "ge", 8),
+    ("ratelimit", "ipv4_prefix", "le", 32),
+    ("ratelimit", "ipv6_prefix", "ge", 16),
+    ("ratelimit", "ipv6_prefix", "le", 128),
+    ("headers", "max_parts", "ge", 1),
+    ("headers", "max_parts", "le", 1000),
+    ("headers", "max_depth", "ge", 1),
+    ("headers", "max_depth", "le", 100),
+    ("headers", "max_text_bytes", "ge", 1),
+    ("headers", "max_archive_bytes", "ge", 0),
+    ("headers", "max_archive_members", "ge", 1),
+    ("headers", "thread_bytes", "ge", 0),
+    ("headers", "threads", "ge", 1),
+    ("headers", "threads", "le", 64),
+    ("headers", "timeout", "gt", 0),
+    ("headers", "timeout", "le", 300),
+    ("pregreet", "greet_wait", "gt", 0),
+    ("pregreet", "greet_wait", "le", 60),
 ]
 # What a key's widest value needs beside it: pregreet waits within its hook's timeout.
 ALONGSIDE = {("pregreet", "greet_wait"): {"timeout": 61.0}}
+_EDGE = {  # bound -> (widest taken, first refused, pydantic's refusal)
+    "ge": (lambda n: n, lambda n: n - 1, "Input should be greater than or equal to {}"),
+    "gt": (lambda n: n + 0.001, lambda n: n, "Input should be greater than {}"),
+    "le": (lambda n: n, lambda n: n + 1, "Input should be less than or equal to {}"),
+}
 
 
-@pytest.mark.parametrize("plugin, key, widest, refused, refusal", BOUNDS,
-                         ids=[f"{p}.{k}={w}" for p, k, w, _r, _m in BOUNDS])
-def test_a_bound_takes_its_widest_value_and_refuses_the_next_naming_the_key(plugin, key, widest, refused, refusal):
+@pytest.mark.parametrize("plugin, key, bound, limit", BOUNDS, ids=[f"{p}.{k}-{b}-{n}" for p, k, b, n in BOUNDS])
+def test_a_bound_takes_its_widest_value_and_refuses_the_next_naming_the_key(plugin, key, bound, limit):
     # A documented extreme must load, and a value past it must stop `mailproxy check`
     # with the key named, not load a limit that parses nothing or everything.
+    widest, refused, refusal = _EDGE[bound]
     alongside = ALONGSIDE.get((plugin, key), {})
-    load_plugin(plugin, DNS, **alongside, **{key: widest})
+    load_plugin(plugin, DNS, **alongside, **{key: widest(limit)})
     with pytest.raises(ConfigError) as error:
-        load_plugin(plugin, DNS, **alongside, **{key: refused})
-    assert str(error.value) == f"config: plugin.{plugin}.{key}: {refusal}"
+        load_plugin(plugin, DNS, **alongside, **{key: refused(limit)})
+    assert str(error.value) == f"config: plugin.{plugin}.{key}: {refusal.format(limit)}"
 
 
 # (plugin, the hook's timeout alone, the wait inside the hook left at its default, the refusal)
