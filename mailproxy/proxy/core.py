@@ -301,7 +301,10 @@ class ProxySession:
                 self.loop.call_later(ABORT_AFTER_CLOSE, client.abort)
 
     def close(self) -> None:
-        """Close the client connection (a shutdown); the session's task then ends."""
+        """Close the client connection (a shutdown); the session's task then ends. The
+        replies owed go out first: a pipelining client's batch may hold the upstream's
+        250 to a message, and a client that never hears it sends the message again."""
+        self.flush()
         self.client.close()
 
     async def pipe(self, upstream) -> None:

@@ -344,3 +344,56 @@ def test_a_shutdown_outlasts_an_upstream_slow_to_take_a_message_and_the_client_h
     # The session's own verdict on it (the proxy has exited: its log, not its metrics).
     assert "outcome unknown: the upstream did not answer the end of the message" in proxy.log()
     assert "stopped while the upstream had the message" not in proxy.log()
+
+
+class AnswersSlowlyAfterAMessage(ThreadedServer):
+    """An upstream that takes the first message (`taken` set as it answers it) and then
+    answers each command a little under reply_timeout: a session busy with a pipelined
+    batch when a shutdown's wait runs out."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.taken = threading.Event()
+
+    def serve(self, connection: socket.socket) -> None:
+        with connection, connection.makefile("rb") as lines:
+            try:
+                connection.sendall(b"220 slow ESMTP\r\n")
+                in_data = False
+                for line in lines:
+                    if in_data:
+                        if line == b".\r\n":
+                            in_data = False
+                            connection.sendall(b"250 2.0.0 queued as ONE\r\n")
+                            self.taken.set()
+                        continue
+                    if self.taken.is_set():
+                        time.sleep(0.9)
+                    in_data = line.upper().startswith(b"DATA")
+                    connection.sendall(b"354 go ahead\r\n" if in_data else b"250 ok\r\n")
+            except OSError:
+                pass  # the proxy dropped the connection
+
+
+def test_a_shutdown_still_tells_a_pipelining_client_its_message_was_taken(make_proxy):
+    # RFC 2920 lets a client send the end of a message and its next transaction in one
+    # go, and the proxy holds the replies to such a batch until it has them all. A
+    # shutdown that closes the session meanwhile must send what it holds: without the
+    # upstream's 250 the client sends the message again, and it is delivered twice.
+    with AnswersSlowlyAfterAMessage() as upstream:
+        proxy = make_proxy(upstream.address, listener={"data_mode": "whole"}, proxy={"shutdown_grace": 0.5},
+                           upstreams={"sink": {"address": upstream.address, "connect_timeout": 3.0,
+                                               "reply_timeout": 1.0, "data_timeout": 3.0, "keepalive": 30.0}})
+        client = connect(proxy)
+        start_transaction(client)
+        assert client.docmd("DATA")[0] == 354
+        client.sock.sendall(b"Subject: one\r\n\r\none\r\n.\r\nMAIL FROM:<a@sender.example>\r\n"
+                            + b"RCPT TO:<user@example.test>\r\n" * 5 + b"DATA\r\n")
+        assert upstream.taken.wait(30)
+        proxy.process.send_signal(signal.SIGTERM)
+        assert proxy.process.wait(30) == 0
+        client.sock.settimeout(10)
+        heard = b""
+        while chunk := client.sock.recv(4096):
+            heard += chunk
+    assert heard.startswith(b"250 2.0.0 queued as ONE\r\n"), heard
