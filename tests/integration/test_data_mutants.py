@@ -255,6 +255,25 @@ def test_a_client_leaving_while_a_keepalive_noop_is_unanswered_drops_the_upstrea
     assert upstream.messages == []
 
 
+def test_a_keepalive_noop_answered_after_the_message_ends_is_the_last_one(make_proxy):
+    # The client finishes while a NOOP is unanswered: the proxy waits for that answer,
+    # sends the message, and keeps no timer. A NOOP after it would go to an upstream
+    # session that may already carry the next transaction's commands.
+    with RecordingUpstream(replies=SlowNoop({b"NOOP": b"250 ok"})) as upstream:
+        proxy = make_proxy(upstream.address, listener={"data_mode": "whole"},
+                           upstreams={"sink": {"address": upstream.address, "keepalive": 0.2}})
+        with connect(proxy) as client:
+            start_transaction(client)
+            assert client.docmd("DATA")[0] == 354
+            client.send(b"Subject: paused\r\n\r\n")
+            wait_for_noops(upstream, 1)
+            client.send(b"after the pause\r\n.\r\n")
+            assert client.getreply() == (250, b"queued")
+            time.sleep(1.0)  # five keepalive intervals of an idle session
+            assert bytes(upstream.received).count(b"NOOP\r\n") == 1
+    assert len(upstream.messages) == 1
+
+
 def test_a_client_silent_after_the_go_ahead_has_the_command_timeout_and_not_a_second_more(make_proxy):
     # The deadline for a message is command_timeout plus a second per min_data_rate
     # bytes received: before the first byte, command_timeout exactly. At one byte a
