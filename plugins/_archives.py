@@ -106,7 +106,7 @@ class _LimitReached(Exception):
 
 class _Capped(io.RawIOBase):
     """A stream that takes what it reads from `budget`, and raises _LimitReached when
-    asked for more than is left."""
+    there is more to read than is left."""
 
     def __init__(self, stream: IO[bytes], budget: Budget) -> None:
         self._stream, self._budget = stream, budget
@@ -116,7 +116,10 @@ class _Capped(io.RawIOBase):
 
     def readinto(self, buffer) -> int:
         if self._budget.left <= 0:
-            raise _LimitReached()
+            # Spent: only data beyond it is a limit reached, not the stream's end.
+            if self._stream.read(1):
+                raise _LimitReached()
+            return 0
         count = self._stream.readinto(memoryview(buffer)[: self._budget.left])
         self._budget.left -= count
         return count

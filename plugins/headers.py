@@ -13,6 +13,7 @@ files inside zip and tar archives included), and the GTUBE test string.
     max_archive_bytes = 10485760
     max_archive_members = 1000
     thread_bytes = 65536        # messages this big or bigger are parsed in a thread
+    threads = 4                 # messages parsed in threads at once
 
     [[plugin.headers.rules]]
     symbol = "SUBJECT_PILLS"
