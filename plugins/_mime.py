@@ -50,6 +50,7 @@ HIDING_LIMITS = frozenset({"max_parts", "max_depth", "abusive_field", "max_archi
 TEXT_TYPES = frozenset({"text/plain", "text/html"})
 _ENCODED_WORD = re.compile(r"=\?([^?\s]+)\?([bBqQ])\?([^?\s]*)\?=")
 _FOLD = re.compile(r"\r?\n(?=[ \t])")
+_NOT_BASE64 = re.compile(rb"[^A-Za-z0-9+/]")
 _NAME_PARAMETER = re.compile(r"""(?i)(?:file)?name(?:\*\d*)*\s*=\s*("[^"]*"|[^;\s]*)""")
 _NAME_KEYS = frozenset({"filename", "name"})
 # A line that is a Content-Type or Content-Disposition field with its folded lines, or
@@ -323,7 +324,9 @@ def _names_in(value: str) -> list[str]:
     field = Message()
     field["Content-Disposition"] = value
     try:
-        parameters = field.get_params(header="content-disposition")[1:]
+        parameters = field.get_params(header="content-disposition")
+        if "=" not in value.partition(";")[0]:
+            parameters = parameters[1:]  # the disposition or type, not a parameter
         return [header_text(collapse_rfc2231_value(text).strip())
                 for key, text in parameters if key in _NAME_KEYS]
     except Exception:
@@ -368,6 +371,9 @@ def _encoded_word(charset: str, encoding: str, text: str) -> str | None:
     data = text.encode("ascii", "replace")
     try:
         if encoding in "bB":
+            # Padded anew from the base64 characters alone: the sender's may be missing,
+            # and characters outside the alphabet (which decoding skips) do not count.
+            data = _NOT_BASE64.sub(b"", data)
             raw = binascii.a2b_base64(data + b"=" * (-len(data) % 4))
         else:
             raw = binascii.a2b_qp(data, header=True)

@@ -202,6 +202,9 @@ def test_a_body_rule_does_not_look_into_other_parts_or_the_headers(plugin):
     attachment(None, disposition="attachment; filename*=utf-8''r%C3%A9sum%C3%A9.exe"),  # RFC 2231
     attachment(None, disposition='attachment; filename="=?utf-8?b?cmVzdW1lLmV4ZQ==?="'),  # RFC 2047
     attachment(None, content_type='application/octet-stream; name="invoice.exe"', disposition="inline"),
+    # A field that leaves out the disposition or the type: mail programs still show the name.
+    attachment(None, disposition='filename="invoice.exe"'),
+    attachment(None, content_type='name="invoice.exe"', disposition="inline"),
 ])
 def test_an_attachment_is_refused_by_its_file_name(plugin, part):
     assert refusal(plugin, mime(text(), part)) == REJECTED
