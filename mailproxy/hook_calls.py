@@ -111,11 +111,13 @@ class PluginHooks:
                 pending = impl.lane.call(impl.function, args)
             else:
                 # A plain function runs to its end whatever the clock says: no timeout
-                # to arm for it, only a warning when it overstays.
-                result = impl.function(*args)
-                elapsed = time.perf_counter() - started
-                if elapsed > timeout:
-                    self._warn_if_stalled(name, hook, elapsed, timeout)
+                # to arm for it, only a warning when it overstays, raising or not.
+                try:
+                    result = impl.function(*args)
+                finally:
+                    elapsed = time.perf_counter() - started
+                    if elapsed > timeout:
+                        self._warn_if_stalled(name, hook, elapsed, timeout)
                 # It may still hand back an awaitable; None and a Verdict, the usual
                 # answers, need no closer look.
                 usual = result is None or type(result) is Verdict

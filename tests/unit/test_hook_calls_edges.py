@@ -1,0 +1,137 @@
+"""One hook call at its edges (mailproxy/hook_calls.py): the stall warning for a plain
+hook at and past its timeout, the time a failing hook is reported to have taken, and a
+`blocking` hook that hands back a coroutine from its thread.
+
+Where a duration matters, the hook moves a stand-in for time.perf_counter instead of
+sleeping, so the numbers are exact however busy the machine is."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+import pytest
+
+from mailproxy import hookimpl
+from mailproxy.plugins import PluginSettings
+from mailproxy.policy import FAILED_TEMPFAIL
+from mailproxy.session import Envelope
+from mailproxy.verdict import Verdict
+from tests.unit.test_policy_engine import build, errors, mail, sample, unique
+
+
+class Clock:
+    """time.perf_counter as the hooks below move it."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock(monkeypatch) -> Clock:
+    clock = Clock()
+    monkeypatch.setattr(time, "perf_counter", clock)
+    return clock
+
+
+class Takes:
+    """A plain smtp_mail that takes `seconds` on the clock, then answers or raises."""
+
+    def __init__(self, clock: Clock, seconds: float, error: Exception | None = None) -> None:
+        self.clock, self.seconds, self.error = clock, seconds, error
+
+    @hookimpl
+    def smtp_mail(self):
+        self.clock.now += self.seconds
+        if self.error:
+            raise self.error
+
+
+class TakesAsync(Takes):
+    @hookimpl
+    async def smtp_mail(self):
+        self.clock.now += self.seconds
+        if self.error:
+            raise self.error
+
+
+STALLED = "plugin {name}: smtp_mail ran {took:.1f}s inside the event loop, past its {timeout}s timeout"
+
+
+@pytest.mark.parametrize(
+    ("took", "timeout", "warned"),
+    [
+        (2.5, 2.0, True),
+        (2.0, 2.0, False),  # exactly its timeout is not past it
+        (0.5, 2.0, False),
+    ],
+)
+@pytest.mark.parametrize("error", [None, RuntimeError("lookup failed")], ids=["answers", "raises"])
+def test_a_plain_hook_is_warned_about_only_when_it_ran_past_its_timeout(clock, caplog, took, timeout, warned, error):
+    # Answering or raising, it held up every session meanwhile: the warning says so.
+    name = unique("stalls")
+    engine = build((name, Takes(clock, took, error), PluginSettings(timeout=timeout)))
+    # A stall delays the answer, it does not fail it; a raise fails it all the same.
+    assert mail(engine) is (Verdict.cont() if error is None else FAILED_TEMPFAIL)
+    stalls = [r.getMessage() for r in caplog.records if "inside the event loop" in r.getMessage()]
+    expected = STALLED.format(name=name, took=took, timeout=timeout)
+    assert [line.startswith(expected) for line in stalls] == ([True] if warned else [])
+
+
+@pytest.mark.parametrize("plugin_class", [Takes, TakesAsync])
+def test_a_failing_hook_is_reported_with_the_time_it_took(clock, plugin_class):
+    # The duration histogram and the why-trace are where an administrator looks for
+    # the plugin that slows mail down; a failure must show its own time there too.
+    name = unique("fails-slowly")
+    engine = build((name, plugin_class(clock, 0.75, RuntimeError("lookup failed")), None))
+    before = sample("mailproxy_plugin_duration_seconds_sum", plugin=name, hook="smtp_mail")
+    envelope = Envelope()
+    assert mail(engine, envelope) is FAILED_TEMPFAIL
+    assert sample("mailproxy_plugin_duration_seconds_sum", plugin=name, hook="smtp_mail") == before + 0.75
+    assert [(e.plugin, e.reason, e.ms) for e in envelope.trace] == [(name, "plugin failed (exception)", 750.0)]
+
+
+class HandsBackCoroutine:
+    """A plain smtp_mail that does its blocking part in its thread and leaves the rest
+    to a coroutine it returns."""
+
+    def __init__(self, rest) -> None:
+        self.rest = rest
+        self.threads: list[threading.Thread] = []
+
+    @hookimpl
+    def smtp_mail(self):
+        self.threads.append(threading.current_thread())
+        return self.rest()
+
+
+async def rejects() -> Verdict:
+    await asyncio.sleep(0)
+    return Verdict.reject(550, "5.7.1", "Listed")
+
+
+async def hangs() -> None:
+    await asyncio.sleep(30)
+
+
+@pytest.mark.parametrize(
+    ("rest", "verdict", "timeouts"),
+    [
+        (rejects, Verdict.reject(550, "5.7.1", "Listed"), 0),  # the coroutine's answer counts
+        (hangs, FAILED_TEMPFAIL, 1),  # and the plugin's timeout holds for it
+    ],
+    ids=["answers", "hangs"],
+)
+def test_a_blocking_hook_that_hands_back_a_coroutine_is_judged_by_it(rest, verdict, timeouts):
+    name = unique("hands-back")
+    plugin = HandsBackCoroutine(rest)
+    engine = build((name, plugin, PluginSettings(blocking=True, timeout=0.2)))
+    before = errors(name, "smtp_mail", "timeout")
+    assert mail(engine) == verdict
+    assert errors(name, "smtp_mail", "timeout") == before + timeouts
+    assert errors(name, "smtp_mail", "bad_result") == 0
+    assert plugin.threads and plugin.threads[0] is not threading.main_thread()
