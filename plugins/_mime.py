@@ -50,7 +50,6 @@ HIDING_LIMITS = frozenset({"max_parts", "max_depth", "abusive_field", "max_archi
 TEXT_TYPES = frozenset({"text/plain", "text/html"})
 _ENCODED_WORD = re.compile(r"=\?([^?\s]+)\?([bBqQ])\?([^?\s]*)\?=")
 _FOLD = re.compile(r"\r?\n(?=[ \t])")
-_NOT_BASE64 = re.compile(rb"[^A-Za-z0-9+/]")
 _NAME_PARAMETER = re.compile(r"""(?i)(?:file)?name(?:\*\d*)*\s*=\s*("[^"]*"|[^;\s]*)""")
 _NAME_KEYS = frozenset({"filename", "name"})
 # A line that is a Content-Type or Content-Disposition field with its folded lines, or
@@ -322,11 +321,13 @@ def _names_in(value: str) -> list[str]:
     raises on some malformed parameters (ValueError, TypeError): then each counts as
     written."""
     field = Message()
+    if "=" in value.partition(";")[0]:
+        # The disposition or type word left out: the parser takes the first item for it
+        # (and does not decode it as RFC 2231), so one goes in front.
+        value = "attachment; " + value
     field["Content-Disposition"] = value
     try:
-        parameters = field.get_params(header="content-disposition")
-        if "=" not in value.partition(";")[0]:
-            parameters = parameters[1:]  # the disposition or type, not a parameter
+        parameters = field.get_params(header="content-disposition")[1:]
         return [header_text(collapse_rfc2231_value(text).strip())
                 for key, text in parameters if key in _NAME_KEYS]
     except Exception:
@@ -370,13 +371,19 @@ def _encoded_word(charset: str, encoding: str, text: str) -> str | None:
     charset = charset.partition("*")[0]  # RFC 2231 adds a language: utf-8*en
     data = text.encode("ascii", "replace")
     try:
-        if encoding in "bB":
-            # Padded anew from the base64 characters alone: the sender's may be missing,
-            # and characters outside the alphabet (which decoding skips) do not count.
-            data = _NOT_BASE64.sub(b"", data)
-            raw = binascii.a2b_base64(data + b"=" * (-len(data) % 4))
-        else:
-            raw = binascii.a2b_qp(data, header=True)
+        raw = _base64(data) if encoding in "bB" else binascii.a2b_qp(data, header=True)
     except (binascii.Error, ValueError):
         return None
-    return decoded(raw, charset)
+    return None if raw is None else decoded(raw, charset)
+
+
+def _base64(data: bytes) -> bytes | None:
+    """A base64 word decoded as the email package does: the padding the sender left out
+    made up; decoding skips characters outside the alphabet and stops at the padding,
+    so where those make the count come out wrong, with two more."""
+    for padding in (b"=" * (-len(data) % 4), b"", b"=="):
+        try:
+            return binascii.a2b_base64(data + padding)
+        except binascii.Error:
+            continue
+    return None

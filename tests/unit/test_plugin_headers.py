@@ -204,6 +204,8 @@ def test_a_body_rule_does_not_look_into_other_parts_or_the_headers(plugin):
     attachment(None, content_type='application/octet-stream; name="invoice.exe"', disposition="inline"),
     # A field that leaves out the disposition or the type: mail programs still show the name.
     attachment(None, disposition='filename="invoice.exe"'),
+    attachment(None, disposition="filename*=utf-8''invoice.exe"),
+    attachment(None, disposition='filename*0="invoice.e"; filename*1="xe"'),
     attachment(None, content_type='name="invoice.exe"', disposition="inline"),
 ])
 def test_an_attachment_is_refused_by_its_file_name(plugin, part):

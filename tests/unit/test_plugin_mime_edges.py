@@ -38,6 +38,7 @@ def multipart(*parts: bytes, boundary: bytes = b"inner", closed: bool = True) ->
     ("=?utf-8?b?U2FsZQ==?=", "Sale"),
     ("=?utf-8?b?U2FsZQ...?=", "Sale"),  # characters that are no base64 are skipped
     ("=?utf-8?b?dmlhZ3JhIQ.?=", "viagra!"),  # ... and do not count towards the padding
+    ("=?utf-8?b?dmlhZ3JhIQ==AAA?=", "viagra!"),  # what follows the padding is not read
     # Decoded in the word's own charset, also with an RFC 2231 language after it.
     ("=?iso-8859-1?q?Gr=FC=DFe?=", "Gr\u00fc\u00dfe"),
     ("=?ISO-8859-1*de?Q?Gr=FC=DFe?=", "Gr\u00fc\u00dfe"),
