@@ -371,19 +371,10 @@ def _encoded_word(charset: str, encoding: str, text: str) -> str | None:
     charset = charset.partition("*")[0]  # RFC 2231 adds a language: utf-8*en
     data = text.encode("ascii", "replace")
     try:
-        raw = _base64(data) if encoding in "bB" else binascii.a2b_qp(data, header=True)
-    except (binascii.Error, ValueError):
+        # Base64 as the email package decodes it: the padding the sender left out made
+        # up. Two "=" make it up for any length, as decoding skips characters outside the
+        # alphabet and stops at the first padding that completes a group.
+        raw = binascii.a2b_base64(data + b"==") if encoding in "bB" else binascii.a2b_qp(data, header=True)
+    except binascii.Error:
         return None
-    return None if raw is None else decoded(raw, charset)
-
-
-def _base64(data: bytes) -> bytes | None:
-    """A base64 word decoded as the email package does: the padding the sender left out
-    made up; decoding skips characters outside the alphabet and stops at the padding,
-    so where those make the count come out wrong, with two more."""
-    for padding in (b"=" * (-len(data) % 4), b"", b"=="):
-        try:
-            return binascii.a2b_base64(data + padding)
-        except binascii.Error:
-            continue
-    return None
+    return decoded(raw, charset)

@@ -58,6 +58,13 @@ def test_a_header_rule_sees_an_undecodable_word_as_it_was_written():
     assert scan(load(rules=[rule]), message) == (None, {"BROKEN_WORD": 1.0})
 
 
+@pytest.mark.parametrize("word", ["filename", "name"])
+def test_a_disposition_word_that_reads_like_a_name_parameter_is_no_name(word):
+    # The first item of the field is its disposition, not a parameter, whatever it says.
+    contents = _mime.MessageContents(mime(text(), attachment(None, disposition=word)), limits())
+    assert contents.file_names == []
+
+
 # --- texts -------------------------------------------------------------------------------
 
 
