@@ -115,10 +115,11 @@ class _Capped(io.RawIOBase):
         return True
 
     def readinto(self, buffer) -> int:
-        # One byte more than is left is asked for: only getting it is a limit reached;
-        # a stream that ends with the budget spent exactly is read to its end.
-        count = self._stream.readinto(memoryview(buffer)[: self._budget.left + 1])
-        if count > self._budget.left:
-            raise _LimitReached()
+        if self._budget.left <= 0:
+            # Spent: only data beyond it is a limit reached, not the stream's end.
+            if self._stream.read(1):
+                raise _LimitReached()
+            return 0
+        count = self._stream.readinto(memoryview(buffer)[: self._budget.left])
         self._budget.left -= count
         return count

@@ -107,6 +107,22 @@ def test_a_tar_that_fits_max_archive_bytes_is_read_to_its_end_without_a_limit(sp
     assert scan(load(**options), mime(text(), attachment("files.tar", cut))) == (REJECTED, {})
 
 
+def test_the_members_within_max_archive_bytes_are_listed_when_the_budget_ends_inside_a_read():
+    # tarfile reads 10 KiB at a time; a budget that ends inside such a read still lets
+    # it see the headers before that end, so the .exe 1 KiB in counts, with the limit.
+    packed = tar_of({"a.txt": b"a", "setup.exe": b"MZ"})  # 10 KiB unpacked: headers at 0 and 1024
+    plugin = load(rules=[EXE], max_archive_bytes=2049)
+    assert scan(plugin, mime(text(), attachment("files.tgz", packed))) == (REJECTED, LIMITED[1])
+
+
+def test_a_tar_cut_short_where_the_budget_ends_is_corrupt_not_over_the_limit():
+    # The stream ends with the budget: nothing went unread, so no limit was reached,
+    # and the data that never came makes the archive corrupt, not clean.
+    cut = tar_of({"setup.exe": b"MZ", "big.bin": bytes(20_000)}, "w")[:10_241]
+    plugin = load(rules=[EXE], max_archive_bytes=len(cut))
+    assert scan(plugin, mime(text(), attachment("files.tar", cut))) == (None, {"ARCHIVE_CORRUPT": 1.0})
+
+
 def test_a_tar_listed_up_to_max_archive_members_is_unpacked_no_further():
     # The listing stops at the first member past the limit, before that member's
     # megabyte of zeros: the message's next tar still has the budget to be read.
