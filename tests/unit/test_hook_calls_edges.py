@@ -19,16 +19,7 @@ from mailproxy.policy import FAILED_TEMPFAIL
 from mailproxy.session import Envelope
 from mailproxy.verdict import Verdict
 from tests.unit.test_policy_engine import build, errors, mail, sample, unique
-
-
-class Clock:
-    """time.perf_counter as the hooks below move it."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
+from tests.unit.test_state_memory import Clock  # time.perf_counter as the hooks below move it
 
 
 @pytest.fixture
