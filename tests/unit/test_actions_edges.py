@@ -1,10 +1,12 @@
 """The action stage at its edges, with exact header values and reply texts: folding at
 HEADER_WIDTH (78) counted with the "Name: " prefix and the space after each separator,
 so that a piece ending a line at exactly 78 stays and one byte more folds, and the first
-piece never goes onto an empty line; the reject reply naming at most three symbols with
+piece never goes onto an empty line; a continuation line counted from its leading space,
+so the same holds for a second fold; the reject reply naming at most three symbols with
 ", ..." only when there are more; a symbol shown as its first 64 characters; and what an
 empty `[policy]` section loads as: no X-Spam lines unless `spam_headers` asks for them,
-the same as a `Thresholds` given nothing."""
+the same as a `Thresholds` given nothing; and `spam_headers` alone is enough for the
+engine to run the action stage (`acts`, which the DATA phase checks before `act`)."""
 
 from __future__ import annotations
 
@@ -47,6 +49,19 @@ def test_the_separator_and_its_space_count_towards_the_width():
 def test_the_first_piece_is_never_folded_onto_an_empty_line():
     assert actions.folded("X-Spam-Symbols", ["L" * 90, "B"], ",") == "L" * 90 + ",\r\n B"
     assert actions.folded("X-Spam-Symbols", ["L" * 90], ",") == "L" * 90
+
+
+def test_a_continuation_line_counts_its_leading_space_and_keeps_a_piece_ending_at_78():
+    # First line: 16 + "A"*55 "(3.0)," 61 = 77, so B folds; then " " 1 + "B"*30 "(2.0)," 36
+    # + " " 1 + "C"*35 "(1.0)" 40 = 78: C stays on the continuation line.
+    value = symbols_header({"A" * 55: 3.0, "B" * 30: 2.0, "C" * 35: 1.0})
+    assert value == "A" * 55 + "(3.0),\r\n " + "B" * 30 + "(2.0), " + "C" * 35 + "(1.0)"
+    assert [len(line) for line in f"X-Spam-Symbols: {value}".split("\r\n")] == [77, 78]
+
+
+def test_a_continuation_line_folds_again_at_one_byte_past_78():
+    value = symbols_header({"A" * 55: 3.0, "B" * 30: 2.0, "C" * 36: 1.0})
+    assert value == "A" * 55 + "(3.0),\r\n " + "B" * 30 + "(2.0),\r\n " + "C" * 36 + "(1.0)"
 
 
 # --- the reject reply ----------------------------------------------------------------------
@@ -105,3 +120,11 @@ def test_spam_headers_alone_asks_for_the_lines_without_the_flag(tmp_path):
         ("X-Spam-Status", "No, score=6.0"),
         ("X-Spam-Symbols", "DNSBL(6.0)"),
     ]
+
+
+def test_spam_headers_alone_makes_the_engine_run_the_action_stage(tmp_path):
+    # The DATA phase calls `act` only when `acts`: without it the lines above never appear.
+    policy = load(tmp_path, "[policy]\nspam_headers = true\n").policy
+    assert not policy.trace_header
+    assert Thresholds(spam_headers=True).acts
+    assert engine_for(policy, connect={"DNSBL": 6}).acts
