@@ -17,6 +17,7 @@ import redis
 
 from mailproxy.state import MemoryState
 from mailproxy.state_redis import RedisState
+from tests.support.clock import Clock
 from tests.support.servers import free_port, wait_for_port
 
 REDIS_SERVER = "/usr/bin/redis-server"
@@ -59,19 +60,6 @@ class RedisServer:
     def __exit__(self, *exc) -> None:
         self.stop()
         shutil.rmtree(self._directory, ignore_errors=True)
-
-
-class Clock:
-    """A clock a test sets by hand: `now` in seconds, moved with `later()`."""
-
-    def __init__(self, now: float = 1_750_000_000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def later(self, seconds: float) -> None:
-        self.now += seconds
 
 
 class Backend:

@@ -19,7 +19,7 @@ from mailproxy.policy import FAILED_TEMPFAIL
 from mailproxy.session import Envelope
 from mailproxy.verdict import Verdict
 from tests.unit.test_policy_engine import build, errors, mail, sample, unique
-from tests.unit.test_state_memory import Clock  # time.perf_counter as the hooks below move it
+from tests.support.clock import Clock  # time.perf_counter as the hooks below move it
 
 
 @pytest.fixture

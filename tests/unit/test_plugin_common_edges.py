@@ -17,6 +17,7 @@ from prometheus_client import REGISTRY
 from pydantic import ValidationError
 
 import mailproxy_plugins._common as common
+from tests.support.clock import Clock
 from tests.support.plugins import client_session
 
 
@@ -202,18 +203,8 @@ def test_timed_observes_the_time_the_block_took():
 
 # --- ExpiringCache ---------------------------------------------------------------------
 
-class Clock:
-    """Monotonic seconds that move only when told."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 def test_a_value_is_kept_until_just_before_its_ttl_ends_and_gone_at_its_end():
-    clock = Clock()
+    clock = Clock(1000.0)
     cache = common.ExpiringCache(10, clock)
     cache.put("k", "v", 10)
     clock.now += 9.999

@@ -17,7 +17,8 @@ from mailproxy.config import DnsSettings
 from mailproxy.testing import policy_session
 from mailproxy_plugins._dns import LookupFailed, async_resolver, blocking_resolver
 from tests.support.dnsmasq import Dnsmasq, authoritative
-from tests.unit.test_plugin_dnsbl import Clock, ask, lookups
+from tests.support.clock import Clock
+from tests.unit.test_plugin_dnsbl import ask, lookups
 from tests.unit.test_plugin_helo import checks as helo_checks
 from tests.unit.test_plugin_helo_edges import paused, query_waiting, until
 

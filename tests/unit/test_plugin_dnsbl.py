@@ -12,6 +12,7 @@ from prometheus_client import REGISTRY
 from mailproxy import Action
 from mailproxy.config import ConfigError, DnsSettings
 from mailproxy_plugins._dns import CachedLookups, LookupFailed, async_resolver
+from tests.support.clock import Clock
 from tests.support.dnsmasq import Dnsmasq, authoritative
 from tests.support.plugins import client_session, load_plugin, sender_envelope
 from tests.support.servers import free_port
@@ -212,14 +213,6 @@ def test_config_errors_name_the_key(dns, options, message):
 
 
 # --- the cache ------------------------------------------------------------------------------
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def lookups(dns: Dnsmasq, clock: Clock, max_ttl: float = 3600, max_negative_ttl: float = 3600) -> CachedLookups:

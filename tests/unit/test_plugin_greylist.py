@@ -16,7 +16,8 @@ from mailproxy.state import MemoryState
 from mailproxy.state_redis import RedisState
 from mailproxy_plugins.greylist import Plugin
 from tests.support.plugins import client_session, load_plugin, sender_envelope
-from tests.support.redis import Backend, Clock, RedisServer
+from tests.support.clock import Clock
+from tests.support.redis import Backend, RedisServer
 
 DELAY, WINDOW, EXPIRY = 300.0, 3600.0, 7 * 86400.0
 CLIENT, SENDER, RECIPIENT = "192.0.2.1", "alice@sender.example", "bob@example.test"

@@ -17,7 +17,7 @@ from mailproxy.plugins import new_plugin_manager
 from mailproxy.state import MemoryState
 from mailproxy_plugins.greylist import Plugin
 from tests.support.plugins import client_session, load_plugin, sender_envelope
-from tests.support.redis import Clock
+from tests.support.clock import Clock
 from tests.unit.test_plugin_greylist import (
     CLIENT, DELAY, GREYLISTED, RECIPIENT, SENDER, WINDOW, Greylist, checks, scenario,
 )

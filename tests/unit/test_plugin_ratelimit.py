@@ -14,7 +14,8 @@ from mailproxy.config import ConfigError
 from mailproxy.state_redis import RedisState
 from mailproxy_plugins.ratelimit import Plugin
 from tests.support.plugins import client_session, load_plugin, sender_envelope
-from tests.support.redis import Backend, Clock, RedisServer
+from tests.support.clock import Clock
+from tests.support.redis import Backend, RedisServer
 
 CLIENT, SENDER = "192.0.2.1", "alice@sender.example"
 OVER = (Action.TEMPFAIL, 450, "4.7.1")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 
 from mailproxy.testing import policy_session
-from tests.support.redis import Clock
+from tests.support.clock import Clock
 from tests.unit.test_plugin_ratelimit import CLIENT, NO_LIMITS, OVER, SENDER, Ratelimit, outcome, scenario
 
 

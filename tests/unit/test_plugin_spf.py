@@ -11,6 +11,7 @@ from prometheus_client import REGISTRY
 
 from mailproxy import Action
 from mailproxy.config import ConfigError
+from tests.support.clock import Clock
 from tests.support.dnsmasq import Dnsmasq, authoritative
 from tests.support.plugins import client_session, load_plugin, sender_envelope
 from tests.support.servers import free_port
@@ -219,14 +220,6 @@ def uncached_dns():
     that evaluates asks it again, one whose result is reused does not."""
     with Dnsmasq([*authoritative(ttl=0), *RECORDS, "--log-queries"], zones=()) as server:
         yield server
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def test_a_repeated_check_reuses_the_result_without_asking_the_dns(uncached_dns):

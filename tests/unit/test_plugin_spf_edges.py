@@ -19,7 +19,8 @@ from mailproxy.config import ConfigError
 from mailproxy.testing import policy_session
 from tests.support.dnsmasq import Dnsmasq, authoritative
 from tests.support.plugins import client_session, load_plugin, sender_envelope
-from tests.unit.test_plugin_spf import CLIENT, OTHER, RECORDS, Clock, mail, timings
+from tests.support.clock import Clock
+from tests.unit.test_plugin_spf import CLIENT, OTHER, RECORDS, mail, timings
 
 NOWHERE = "127.0.0.1:53"  # never asked: the tests that only load the plugin make no queries
 PTR_CLIENT = "192.0.2.25"  # its PTR name is mail.ptr.test, whose address it is

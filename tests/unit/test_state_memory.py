@@ -8,14 +8,7 @@ import pytest
 
 from mailproxy.config import StateSettings
 from mailproxy.state import MemoryState, SharedState, make_state
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
+from tests.support.clock import Clock
 
 
 @pytest.fixture
