@@ -145,6 +145,7 @@ from mailproxy.threads import ThreadLane
 
 from ._common import Action, ClientCheckSettings, ClientFilter, count, timed
 from ._mime import Limits, MessageContents
+from ._prefilter import searcher
 
 PLUGIN = "headers"
 
@@ -235,10 +236,10 @@ def _globs(globs: list[str]) -> re.Pattern:
 
 def _check(rule: Rule) -> _Check:
     if rule.header is not None:
-        found = _any(methodcaller("header", rule.header), rule.pattern.search)
+        found = _any(methodcaller("header", rule.header), searcher(rule.pattern))
         what = f"{rule.header} matches {rule.pattern.pattern}"
     elif rule.body is not None:
-        found = _any(attrgetter("texts"), rule.body.search)
+        found = _any(attrgetter("texts"), searcher(rule.body))
         what = f"a text part matches {rule.body.pattern}"
     elif rule.filename is not None:
         found = _any(attrgetter("file_names"), _globs(rule.filename).match)
@@ -287,7 +288,7 @@ class Plugin:
         self._limits = Limits(settings.max_parts, settings.max_text_bytes,
                               settings.max_archive_bytes, settings.max_archive_members, settings.max_depth)
         checks = [
-            _Check("GTUBE", settings.gtube, _any(attrgetter("texts"), re.compile(re.escape(GTUBE)).search),
+            _Check("GTUBE", settings.gtube, _any(attrgetter("texts"), lambda text: GTUBE in text),
                    "the GTUBE test string"),
             _Check("ARCHIVE_CORRUPT", settings.corrupt_archive, lambda contents: contents.corrupt_archives > 0,
                    "a zip or tar archive that cannot be read"),
