@@ -97,7 +97,7 @@ class MessageContents:
             self._not_parsed(parser, message)
             return
         try:
-            self._root = parser.parsebytes(message[:end])
+            self._root = parse(parser, message[:end])
             self._parts = list(islice(self._root.walk(), limits.parts + 1))
         except Exception as exc:  # meant never to raise, it does: TypeError on some
             # malformed RFC 2231 parameters (a boundary*0*=...)
@@ -213,6 +213,29 @@ class MessageContents:
             return data
         self.limits_hit.add("max_text_bytes")
         return data[:limit]
+
+
+# Two line ends in a row, as the parser splits lines (CRLF, or a CR or an LF alone):
+# where a header block ends, if the parser ends it at its first empty line.
+_END_OF_HEADER_BLOCK = re.compile(rb"(?:\r\n|\r(?!\n)|\n)(?:\r\n|\r(?!\n)|\n)")
+
+
+def parse(parser: BytesParser, data: bytes) -> Message:
+    """`parser.parsebytes(data)`: the same message, in less time when it is neither a
+    multipart nor a message/* (most mail). The parser makes the rest of such a message
+    after its header block its payload, line by line; here the header block is parsed
+    alone and the rest set as the payload in one piece, as the parser would have it.
+    Anything else is parsed whole, and so is a message whose header block the parser
+    ends before its first empty line (at a line that is no header field, which then
+    starts the payload)."""
+    blank = _END_OF_HEADER_BLOCK.search(data)
+    if blank is not None:
+        root = parser.parsebytes(data[: blank.end()], headersonly=True)
+        if root.get_payload() == "" and root.get_content_maintype() not in ("multipart", "message"):
+            # Decoded as BytesParser decodes a whole message.
+            root.set_payload(data[blank.end():].decode("ascii", errors="surrogateescape"))
+            return root
+    return parser.parsebytes(data)
 
 
 def survey(message: bytes, limits: Limits) -> tuple[int, str | None]:

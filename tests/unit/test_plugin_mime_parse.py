@@ -1,0 +1,65 @@
+"""_mime.parse takes a message that is neither a multipart nor a message/* apart in a
+shorter way than the email package; it must give the message the package gives."""
+
+from __future__ import annotations
+
+from email import policy
+from email.message import Message
+from email.parser import BytesParser
+
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
+
+from plugins._mime import parse
+
+
+def _seen(message: Message) -> object:
+    """Everything of a parsed message that the headers plugin, or anyone, can read."""
+    payload = message.get_payload()
+    return (
+        type(message),
+        message.get_unixfrom(),
+        message.items(),
+        [(type(defect), str(defect)) for defect in message.defects],
+        message.get_content_type(),
+        message.preamble,
+        message.epilogue,
+        [_seen(part) for part in payload] if message.is_multipart() else payload,
+        message.get_payload(decode=True) if not message.is_multipart() else None,
+    )
+
+
+def _both(data: bytes) -> tuple[object, object]:
+    parser = BytesParser(policy=policy.compat32)
+    return _seen(parser.parsebytes(data)), _seen(parse(parser, data))
+
+
+_ENDS = st.sampled_from([b"\r\n", b"\n", b"\r"])
+_LINES = st.sampled_from([
+    b"Subject: hi", b"From: a@b", b"From someone Mon", b" continued", b"\tcont", b"", b"",
+    b"not a header", b"Content-Type: multipart/mixed; boundary=x", b"Content-Type: message/rfc822",
+    b"Content-Type: text/html; charset=utf-8", b"Content-Type: message/delivery-status", b"--x", b"--x--",
+    b"body line", b"X-Y:", b":bad", b"\xff\xfe: x", b"Content-Transfer-Encoding: base64", b"aGVsbG8=",
+    b"MIME-Version: 1.0", b"Content-Type: multipart/alternative", b"Content-Type: TEXT/plain",
+    b"Content-Transfer-Encoding: quoted-printable", b"caf=C3=A9 \xc3\xa9",
+])
+
+
+@settings(max_examples=3000, deadline=None)
+@given(st.lists(st.tuples(_LINES, _ENDS), max_size=12), st.one_of(st.just(b""), _LINES))
+@example([(b"Subject: hi", b"\r\n"), (b"", b"\r\n"), (b"body", b"\r\n")], b"")
+@example([(b"Subject: hi", b"\r"), (b"", b"\n"), (b"body", b"\r\n")], b"")
+@example([(b"", b"\r\n"), (b"Subject: hi", b"\r\n")], b"")
+@example([(b"Subject: hi", b"\r\n"), (b"not a header", b"\r\n"), (b"", b"\r\n"), (b"b", b"\n")], b"")
+@example([(b"Content-Type: message/rfc822", b"\n"), (b"", b"\n"), (b"Subject: in", b"\n")], b"")
+def test_the_same_message_as_the_email_package(lines: list[tuple[bytes, bytes]], last: bytes) -> None:
+    data = b"".join(line + end for line, end in lines) + last
+    whole, shortened = _both(data)
+    assert shortened == whole
+
+
+def test_a_plain_message_keeps_its_body_byte_for_byte() -> None:
+    body = b"line one\r\nca\xc3\xa9 \xff\r\n\r\n\r\nlast"
+    message = parse(BytesParser(policy=policy.compat32), b"Subject: x\r\nContent-Type: text/plain\r\n\r\n" + body)
+    assert message.get_payload(decode=True) == body
+    assert message["Subject"] == "x"
