@@ -20,7 +20,7 @@ import logging
 import operator
 import time
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Coroutine, Generator
 
 import pluggy
 
@@ -65,6 +65,37 @@ def _picker(names: tuple[str, ...]) -> Callable[[dict[str, Any]], tuple[Any, ...
     return operator.itemgetter(*names) if names else lambda kwargs: ()
 
 
+class _Resumed:
+    """The rest of a coroutine whose first step has run: awaiting it goes on from where
+    it stopped, as `await` would have (PEP 380's expansion of `yield from`)."""
+
+    __slots__ = ("_coroutine", "_yielded")
+
+    def __init__(self, coroutine: Coroutine[Any, Any, Any], yielded: Any) -> None:
+        self._coroutine = coroutine
+        self._yielded = yielded
+
+    def __await__(self) -> Generator[Any, Any, Any]:
+        coroutine, yielded = self._coroutine, self._yielded
+        self._yielded = None
+        while True:
+            try:
+                sent = yield yielded
+            except GeneratorExit:
+                coroutine.close()
+                raise
+            except BaseException as exc:  # thrown in: a cancellation, most often
+                try:
+                    yielded = coroutine.throw(exc)
+                except StopIteration as done:
+                    return done.value
+            else:
+                try:
+                    yielded = coroutine.send(sent)
+                except StopIteration as done:
+                    return done.value
+
+
 def _session_cancelled() -> bool:
     """Whether the running task has been asked to stop, as opposed to a plugin raising
     CancelledError of its own accord."""
@@ -106,7 +137,16 @@ class PluginHooks:
         try:
             args = impl.arguments(kwargs)
             if impl.is_async:
-                pending = impl.function(*args)
+                # Its first step at once: most calls end there, with nothing awaited
+                # (a cache's or the memory state's answer), and such a call cannot be
+                # cancelled, so it needs no deadline.
+                coroutine = impl.function(*args)
+                try:
+                    yielded = coroutine.send(None)
+                except StopIteration as done:
+                    result, pending = done.value, None
+                else:
+                    pending = _Resumed(coroutine, yielded)
             elif impl.lane is not None:
                 pending = impl.lane.call(impl.function, args)
             else:
@@ -126,7 +166,7 @@ class PluginHooks:
                 # Awaited in this task, not wait_for's: whatever the hook raises comes
                 # here (a SystemExit out of a task of its own would stop the event loop).
                 # The watchdog's deadline, not asyncio.timeout's timer: see deadlines.py.
-                deadline = self._watchdog.arm(timeout)
+                deadline = self._watchdog.arm(timeout - (time.perf_counter() - started))
                 try:
                     result = await pending
                     if impl.lane is not None and inspect.isawaitable(result):

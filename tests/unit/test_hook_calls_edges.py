@@ -126,3 +126,83 @@ def test_a_blocking_hook_that_hands_back_a_coroutine_is_judged_by_it(rest, verdi
     assert errors(name, "smtp_mail", "timeout") == before + timeouts
     assert errors(name, "smtp_mail", "bad_result") == 0
     assert plugin.threads and plugin.threads[0] is not threading.main_thread()
+
+
+# An async hook's first step runs at once, with no deadline armed; the deadline armed
+# when it first waits holds what is left of its timeout.
+
+
+class Spins:
+    """Awaits nothing but the event loop's next turn (no future that a cancellation
+    could cancel) until it is cancelled or has spun for `seconds`, then answers."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.cancelled = False
+
+    @hookimpl
+    async def smtp_mail(self):
+        until = time.monotonic() + self.seconds
+        try:
+            while time.monotonic() < until:
+                await asyncio.sleep(0)
+        except asyncio.CancelledError:
+            self.cancelled = True
+            raise
+        return Verdict.accept()
+
+
+def test_a_hook_that_awaits_no_future_is_still_cancelled_at_its_timeout():
+    name = unique("spins")
+    plugin = Spins(seconds=3)
+    engine = build((name, plugin, PluginSettings(timeout=0.1)))
+    before = errors(name, "smtp_mail", "timeout")
+    assert mail(engine) is FAILED_TEMPFAIL
+    assert plugin.cancelled is True
+    assert errors(name, "smtp_mail", "timeout") == before + 1
+
+
+def test_a_hook_that_awaits_no_future_answers_within_its_timeout():
+    name = unique("spins-briefly")
+    plugin = Spins(seconds=0.01)
+    engine = build((name, plugin, PluginSettings(timeout=5)))
+    assert mail(engine) == Verdict.accept()
+    assert plugin.cancelled is False
+
+
+class FirstStepTakes:
+    """An async smtp_mail whose first step takes `seconds` on the clock, then waits."""
+
+    def __init__(self, clock: Clock, seconds: float) -> None:
+        self.clock, self.seconds = clock, seconds
+
+    @hookimpl
+    async def smtp_mail(self):
+        self.clock.now += self.seconds
+        await asyncio.sleep(30)
+
+
+def test_the_deadline_armed_after_the_first_step_is_what_is_left_of_the_timeout(clock):
+    name = unique("first-step")
+    engine = build((name, FirstStepTakes(clock, 5.0), PluginSettings(timeout=5)))
+    before = errors(name, "smtp_mail", "timeout")
+    started = time.monotonic()
+    assert mail(engine) is FAILED_TEMPFAIL
+    # Nothing of its 5 s was left: cancelled at the watchdog's next look, not 5 s on.
+    assert time.monotonic() - started < 2.5
+    assert errors(name, "smtp_mail", "timeout") == before + 1
+
+
+@pytest.mark.parametrize(
+    ("answer", "verdict"),
+    [(None, Verdict.cont()), (Verdict.reject(550, "5.7.1", "Listed"), Verdict.reject(550, "5.7.1", "Listed"))],
+)
+def test_an_answer_after_a_wait_is_the_hooks_answer(answer, verdict):
+    class AnswersLater:
+        @hookimpl
+        async def smtp_mail(self):
+            await asyncio.sleep(0.01)
+            return answer
+
+    engine = build((unique("answers-later"), AnswersLater(), PluginSettings(timeout=5)))
+    assert mail(engine) == verdict
