@@ -197,12 +197,20 @@ def test_the_deadline_armed_after_the_first_step_is_what_is_left_of_the_timeout(
     ("answer", "verdict"),
     [(None, Verdict.cont()), (Verdict.reject(550, "5.7.1", "Listed"), Verdict.reject(550, "5.7.1", "Listed"))],
 )
-def test_an_answer_after_a_wait_is_the_hooks_answer(answer, verdict):
-    class AnswersLater:
+@pytest.mark.parametrize("waits", [0.0, 0.2], ids=["at-once", "after-a-wait"])
+def test_an_async_hooks_answer_is_its_answer(answer, verdict, waits):
+    """Whether it answers in its first step or after waiting past the watchdog's tick
+    (0.05 s), well within its timeout."""
+
+    class Answers:
         @hookimpl
         async def smtp_mail(self):
-            await asyncio.sleep(0.01)
+            if waits:
+                await asyncio.sleep(waits)
             return answer
 
-    engine = build((unique("answers-later"), AnswersLater(), PluginSettings(timeout=5)))
+    name = unique("answers")
+    engine = build((name, Answers(), PluginSettings(timeout=5)))
+    before = errors(name, "smtp_mail", "exception"), errors(name, "smtp_mail", "timeout")
     assert mail(engine) == verdict
+    assert (errors(name, "smtp_mail", "exception"), errors(name, "smtp_mail", "timeout")) == before
