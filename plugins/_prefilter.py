@@ -25,6 +25,9 @@ _SPECIAL = frozenset(".^$*+?{}[]\\|()")
 _OPTIONAL_AFTER = frozenset("*?{")
 # Global inline flags at the start of a pattern: `(?i)`, `(?ims)`...
 _FLAGS = re.compile(r"\(\?[aiLmsux]+\)")
+# A group with verbose mode of its own, `(?x:...)`, `(?ix-s:...)`: its comments can
+# hold any character, `(`, `[` and `|` included.
+_SCOPED_VERBOSE = re.compile(r"\(\?[aiLmsux]*x[aiLmsux]*(?:-[imsx]*)?:")
 # Zero-width assertions a literal may follow: they consume nothing.
 _ASSERTIONS = ("^", "\\A", "\\b", "\\B")
 # The characters `re` matches to an ASCII letter when ignoring case, although their
@@ -36,7 +39,8 @@ ASCII_LOOKALIKES = re.compile("[\u0130\u0131\u017f]")
 def leading_literal(pattern: re.Pattern) -> str:
     """The ASCII text every match of `pattern` begins with, '' when none is known."""
     source = pattern.pattern
-    if not isinstance(source, str) or pattern.flags & re.VERBOSE or "(?#" in source:
+    if (not isinstance(source, str) or pattern.flags & re.VERBOSE
+            or "(?#" in source or _SCOPED_VERBOSE.search(source)):
         return ""  # whitespace and comments would need a parser of their own
     position = _after_flags(source)
     if _alternates_at_top(source, position):

@@ -50,6 +50,11 @@ from plugins._prefilter import ASCII_LOOKALIKES, leading_literal, searcher
         (r"(?i)ab\(|cd", ""),
         (r"(?i)ab(?#(x)|cd", ""),
         (r"(?x)ab", ""),
+        # A verbose group's comment may hold brackets that hide a top-level `|`.
+        ("(?i)wire\\s+transfer(?x:  # 1) the classic\n)|gift\\s*cards", ""),
+        ("(?i)send(?x:#(\n)|viagra", ""),
+        ("(?i)cheap(?x:#[\n)|viagra", ""),
+        ("(?i)ab(?ix-s:c)d", ""),
         (r"(?i)(?=ab)ab", ""),
         (r"(?i)\*ab", "*ab"),
         (r"", ""),
@@ -98,6 +103,11 @@ def test_matches_whatever_the_case(text: str) -> None:
     assert searcher(pattern)(text) is not None
 
 
+def test_an_alternative_behind_a_verbose_groups_comment_is_found() -> None:
+    pattern = re.compile("(?i)wire\\s+transfer(?x:  # 1) the classic\n)|gift\\s*cards")
+    assert searcher(pattern)("Pay with GIFT CARDS") is not None
+
+
 def test_the_long_s_and_the_dotless_i_are_searched() -> None:
     # lower() leaves them as they are, yet re takes them for s and i.
     assert searcher(re.compile("(?i)send"))("\u017fend") is not None
@@ -125,7 +135,8 @@ def test_the_lookalikes_are_every_character_re_takes_for_an_ascii_one() -> None:
 # alternations and quantifiers, so that every branch of the reading is met.
 _PIECES = st.sampled_from(
     ["a", "B", "ab", "Se", "nd", " ", "\\.", ".", "\\d", "\\b", "[ab]", "[^a]", "(a|b)", "|",
-     "*", "+", "?", "{2}", "(?:x)", "^", "$", "\u017f", "\u0131", "\\s"]
+     "*", "+", "?", "{2}", "(?:x)", "^", "$", "\u017f", "\u0131", "\\s",
+     "(?x:#(\n)", "(?x:#)\n)", "(?x:#[\n)", "(?x: a b)"]
 )
 _TEXT = st.text(alphabet="aAbBsSeEnNdDx. 1\u017f\u0131\u0130\u212a\n", max_size=30)
 
