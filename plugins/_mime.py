@@ -231,7 +231,11 @@ def parse(parser: BytesParser, data: bytes) -> Message:
     blank = _END_OF_HEADER_BLOCK.search(data)
     if blank is not None:
         root = parser.parsebytes(data[: blank.end()], headersonly=True)
-        if root.get_payload() == "" and root.get_content_maintype() not in ("multipart", "message"):
+        try:
+            empty = root.get_payload() == ""
+        except Exception:  # a payload with non-ASCII bytes and an RFC 2231 charset*=: TypeError
+            empty = False
+        if empty and root.get_content_maintype() not in ("multipart", "message"):
             # Decoded as BytesParser decodes a whole message.
             root.set_payload(data[blank.end():].decode("ascii", errors="surrogateescape"))
             return root
