@@ -79,21 +79,25 @@ class _Resumed:
         coroutine, yielded = self._coroutine, self._yielded
         self._yielded = None
         while True:
+            thrown = None
             try:
                 sent = yield yielded
             except GeneratorExit:
                 coroutine.close()
                 raise
             except BaseException as exc:  # thrown in: a cancellation, most often
-                try:
-                    yielded = coroutine.throw(exc)
-                except StopIteration as done:
-                    return done.value
-            else:
-                try:
+                thrown = exc
+            # Sent or thrown in outside the handler, as `await` does: the coroutine
+            # must not see the thrown exception as the one being handled.
+            try:
+                if thrown is None:
                     yielded = coroutine.send(sent)
-                except StopIteration as done:
-                    return done.value
+                else:
+                    yielded = coroutine.throw(thrown)
+            except StopIteration as done:
+                return done.value
+            finally:
+                thrown = None
 
 
 def _session_cancelled() -> bool:

@@ -8,6 +8,7 @@ sleeping, so the numbers are exact however busy the machine is."""
 from __future__ import annotations
 
 import asyncio
+import sys
 import threading
 import time
 
@@ -214,3 +215,33 @@ def test_an_async_hooks_answer_is_its_answer(answer, verdict, waits):
     before = errors(name, "smtp_mail", "exception"), errors(name, "smtp_mail", "timeout")
     assert mail(engine) == verdict
     assert (errors(name, "smtp_mail", "exception"), errors(name, "smtp_mail", "timeout")) == before
+
+
+class SwallowsTheCancellation:
+    """Ignores the watchdog's cancellation, then looks at what it is handling and, by
+    mistake, re-raises it with a bare `raise`."""
+
+    def __init__(self) -> None:
+        self.handling: object = "not looked"
+
+    @hookimpl
+    async def smtp_mail(self):
+        try:
+            await asyncio.sleep(10)
+        except asyncio.CancelledError:
+            pass
+        self.handling = sys.exc_info()[1]
+        raise  # noqa: PLE0704 - the plugin's bug: nothing is being handled here
+
+
+def test_a_cancellation_thrown_into_a_hook_is_not_left_as_the_one_it_handles():
+    """As with a plain await: once the hook has swallowed the cancellation, nothing is
+    being handled, so its bare `raise` is a RuntimeError (a plugin exception), not the
+    cancellation again (a timeout)."""
+    name = unique("swallows")
+    plugin = SwallowsTheCancellation()
+    engine = build((name, plugin, PluginSettings(timeout=0.1)))
+    before = errors(name, "smtp_mail", "exception"), errors(name, "smtp_mail", "timeout")
+    assert mail(engine) is FAILED_TEMPFAIL
+    assert plugin.handling is None
+    assert (errors(name, "smtp_mail", "exception"), errors(name, "smtp_mail", "timeout")) == (before[0] + 1, before[1])
