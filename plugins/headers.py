@@ -52,8 +52,11 @@ Each rule looks at one thing:
   or malformed, as RFC 2045 says).
 Patterns are Python regular expressions, searched anywhere in the text (`(?i)` for no
 case), and compiled when the configuration is loaded: one that does not compile is a
-configuration error. `filename` and `mime_type` are lists of shell-style globs on the
-whole name or type, without regard to case.
+configuration error. A case-insensitive pattern that begins with plain text, as
+`(?i)send \\d+` does, is searched only in the texts that hold that text in any case,
+which makes it cheap on most mail; one that begins otherwise (`(?i)\\d+ btc`) is tried
+at every position of every text (see _prefilter.py). `filename` and `mime_type` are
+lists of shell-style globs on the whole name or type, without regard to case.
 
 A rule's `action` is "reject" (`550 5.7.1 Message content rejected (SYMBOL)`),
 "tempfail" (`451 4.7.1 Message content deferred, try again later (SYMBOL)`), "off" or
