@@ -47,6 +47,11 @@ from plugins._prefilter import ASCII_LOOKALIKES, leading_literal, searcher
         (r"(?i)ab[]|]cd", "ab"),
         (r"(?i)ab[^]|]cd", "ab"),
         (r"(?i)ab\|cd", "ab|cd"),
+        (r"(?i)abc|d", ""),
+        (r"(?i)ab[c]d|e", ""),
+        (r"(?i)ab[x|]cd", "ab"),
+        (r"(?i)ab[]]|cd", ""),
+        (r"(?i)ab[^]]|cd", ""),
         (r"(?i)ab\(|cd", ""),
         (r"(?i)ab(?#(x)|cd", ""),
         (r"(?x)ab", ""),
@@ -88,6 +93,7 @@ def test_a_text_without_the_literal_is_not_searched() -> None:
 
     search = searcher(Recording())  # type: ignore[arg-type]
     assert search("please wire the money") is None
+    assert search("caf\u00e9, na\u00efve and no such word") is None  # not ASCII, no lookalike
     assert searched == []
     assert search("then SEND 5 btc") is not None
     assert searched == ["then SEND 5 btc"]
