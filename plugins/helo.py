@@ -23,6 +23,7 @@ The checks, in order; the first that finds something and is not "off" decides:
 from __future__ import annotations
 
 import asyncio
+import functools
 import ipaddress
 from typing import Annotated
 
@@ -62,6 +63,9 @@ def _literal(name: str) -> IPAddress | None:
         return None
 
 
+# Memoised, bounded: the same few names come connection after connection, and a name
+# that is no address costs two ValueErrors to find out.
+@functools.lru_cache(4096)
 def _bare_ip(name: str) -> IPAddress | None:
     try:
         return ipaddress.ip_address(name)
