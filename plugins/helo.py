@@ -32,7 +32,8 @@ from pydantic import AfterValidator
 from mailproxy import Session, Verdict, hookimpl
 
 from ._common import (
-    Action, ClientFilter, DnsCheckSettings, IPAddress, addresses, client_ip, count, host_name, timed, verdict,
+    _MEMO_ENTRIES, Action, ClientFilter, DnsCheckSettings, IPAddress, addresses, client_ip, count, host_name, timed,
+    verdict,
 )
 from ._dns import LookupFailed, cached_lookups
 
@@ -63,9 +64,9 @@ def _literal(name: str) -> IPAddress | None:
         return None
 
 
-# Memoised, bounded: the same few names come connection after connection, and a name
-# that is no address costs two ValueErrors to find out.
-@functools.lru_cache(4096)
+# Memoised, bounded as the other memos of client-chosen names: the same few names come
+# connection after connection, and a name that is no address costs two ValueErrors.
+@functools.lru_cache(_MEMO_ENTRIES)
 def _bare_ip(name: str) -> IPAddress | None:
     try:
         return ipaddress.ip_address(name)
