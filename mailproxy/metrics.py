@@ -157,7 +157,8 @@ plugin_checks = _define(
 plugin_check_duration = _define(
     Histogram,
     "mailproxy_plugin_check_duration_seconds",
-    "Time one check took: an SPF evaluation, one list's lookup, one HELO name's checks.",
+    "Time one check took: an SPF evaluation, one list's lookup, one HELO name's checks, "
+    "a round trip to a shared state (not a memory one).",
     ["plugin", "check"],
     buckets=_LATENCY_BUCKETS,
 )
@@ -166,7 +167,7 @@ state_errors = _define(
     "mailproxy_state_errors_total",
     "Shared-state operations that failed (the backend unreachable, timed out or refusing "
     "the command); each caller's fail mode applied instead (operation=incr, get, set, add, "
-    "delete).",
+    "delete, incr_and_get).",
     ["backend", "operation"],
 )
 auth_attempts = _define(

@@ -16,6 +16,7 @@ from __future__ import annotations
 import abc
 import heapq
 import time
+from typing import Sequence
 
 
 class StateUnavailable(Exception):
@@ -25,6 +26,10 @@ class StateUnavailable(Exception):
 
 class SharedState(abc.ABC):
     """Every operation is atomic, also between processes sharing a networked backend."""
+
+    # Whether operations are answered inside this process: nothing is waited for, so
+    # callers do not time them.
+    in_process = False
 
     @abc.abstractmethod
     async def incr(self, key: str, ttl: float, amount: int = 1) -> int:
@@ -44,12 +49,23 @@ class SharedState(abc.ABC):
     @abc.abstractmethod
     async def delete(self, key: str) -> None: ...
 
+    async def incr_and_get(
+        self, counters: Sequence[str], ttl: float, reads: Sequence[str]
+    ) -> tuple[list[int], list[str | None]]:
+        """Add 1 to each of `counters` (as `incr`), then read each of `reads`: the new
+        values and the values read. A networked backend does it in one atomic step
+        and one round trip; this default, one operation after the other."""
+        values = [await self.incr(key, ttl) for key in counters]
+        return values, [await self.get(key) for key in reads]
+
     async def close(self) -> None:
         return None
 
 
 class MemoryState(SharedState):
     """Per-process state. Expired keys are dropped lazily and by a bounded sweep."""
+
+    in_process = True
 
     def __init__(self, clock=time.monotonic) -> None:
         self._clock = clock
@@ -94,7 +110,7 @@ class MemoryState(SharedState):
                 self._due[key] = entry[0]
                 heapq.heappush(self._expiries, (entry[0], key))
 
-    async def incr(self, key: str, ttl: float, amount: int = 1) -> int:
+    def _add(self, key: str, ttl: float, amount: int) -> int:
         current = self._live(key)
         if current is None:
             self._store(key, amount, ttl)
@@ -103,9 +119,15 @@ class MemoryState(SharedState):
         self._values[key] = (self._values[key][0], value)
         return value
 
-    async def get(self, key: str) -> str | None:
+    def _read(self, key: str) -> str | None:
         value = self._live(key)
         return None if value is None else str(value)
+
+    async def incr(self, key: str, ttl: float, amount: int = 1) -> int:
+        return self._add(key, ttl, amount)
+
+    async def get(self, key: str) -> str | None:
+        return self._read(key)
 
     async def set(self, key: str, value: str, ttl: float) -> None:
         self._store(key, value, ttl)
@@ -118,6 +140,12 @@ class MemoryState(SharedState):
 
     async def delete(self, key: str) -> None:
         self._values.pop(key, None)
+
+    async def incr_and_get(
+        self, counters: Sequence[str], ttl: float, reads: Sequence[str]
+    ) -> tuple[list[int], list[str | None]]:
+        # Without an await per operation: the rate limits count every command this way.
+        return [self._add(key, ttl, 1) for key in counters], [self._read(key) for key in reads]
 
     def __len__(self) -> int:
         return len(self._values)
@@ -154,12 +182,17 @@ class FallbackState(SharedState):
     async def delete(self, key: str) -> None:
         await self._either("delete", key)
 
+    async def incr_and_get(
+        self, counters: Sequence[str], ttl: float, reads: Sequence[str]
+    ) -> tuple[list[int], list[str | None]]:
+        return await self._either("incr_and_get", counters, ttl, reads)
+
     # close(): `shared` belongs to whoever made it, and closes it.
 
 
 def with_local_fallback(state: SharedState) -> SharedState:
     """`state`, going on per process while it is unavailable (see FallbackState)."""
-    return state if isinstance(state, MemoryState) else FallbackState(state)
+    return state if state.in_process else FallbackState(state)
 
 
 def make_state(settings) -> SharedState:

@@ -19,7 +19,7 @@ import asyncio
 import logging
 import math
 import urllib.parse
-from typing import Any, Awaitable, Callable
+from typing import Any, Awaitable, Callable, Sequence
 
 from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
@@ -94,6 +94,25 @@ class RedisState(SharedState):
             return int(value)
 
         return await self._run("incr", create_then_add)
+
+    async def incr_and_get(
+        self, counters: Sequence[str], ttl: float, reads: Sequence[str]
+    ) -> tuple[list[int], list[str | None]]:
+        prefix, expiry = self.key_prefix, _milliseconds(ttl)
+
+        async def in_one_transaction(redis: Redis) -> tuple[list[int], list[str | None]]:
+            # Each counter as `incr` makes it, and the reads after them: one round trip.
+            async with redis.pipeline(transaction=True) as pipe:
+                for key in counters:
+                    pipe.set(prefix + key, 0, px=expiry, nx=True)
+                    pipe.incrby(prefix + key, 1)
+                for key in reads:
+                    pipe.get(prefix + key)
+                replies = await pipe.execute()
+            added = 2 * len(counters)
+            return [int(value) for value in replies[1:added:2]], replies[added:]
+
+        return await self._run("incr_and_get", in_one_transaction)
 
     async def get(self, key: str) -> str | None:
         return await self._run("get", lambda redis: redis.get(self.key_prefix + key))

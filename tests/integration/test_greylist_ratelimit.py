@@ -104,5 +104,5 @@ def test_with_redis_gone_greylisting_lets_mail_pass_and_limits_hold_per_worker(s
     assert greetings.count(b"220") + greetings.count(b"421") == 10, greetings
 
     assert proxy.metric("mailproxy_state_errors_total", backend="redis", operation="get") >= 2
-    assert proxy.metric("mailproxy_state_errors_total", backend="redis", operation="incr") >= 10
+    assert proxy.metric("mailproxy_state_errors_total", backend="redis", operation="incr_and_get") >= 10
     assert f"state backend redis at {redis.url} unavailable" in proxy.log()

@@ -86,6 +86,22 @@ def test_first_sight_is_deferred_a_retry_after_the_delay_passes(backend, redis_s
     assert {r: after[r] - before[r] for r in after} == {"new": 1, "early": 1, "passed": 1, "known": 1, "state_error": 0}
 
 
+def timings() -> float:
+    labels = {"plugin": "greylist", "check": "triplet"}
+    return REGISTRY.get_sample_value("mailproxy_plugin_check_duration_seconds_count", labels) or 0.0
+
+
+def test_each_triplets_round_trips_are_timed_with_redis_only(backend, redis_server):
+    before = timings()
+
+    async def steps(g: Greylist):
+        assert await g.rcpt() == GREYLISTED
+        assert await g.rcpt() == GREYLISTED
+
+    scenario(backend, redis_server, steps)
+    assert timings() - before == (2 if backend == "redis" else 0)
+
+
 def test_the_reply_says_when_to_retry(backend, redis_server):
     async def steps(g: Greylist):
         session, envelope = client_session(CLIENT), sender_envelope(SENDER)

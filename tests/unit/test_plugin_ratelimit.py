@@ -249,13 +249,33 @@ def test_keys_name_the_limit_and_whom_it_counts(redis_server):
     scenario("redis", redis_server, steps, client_connections=5, user_recipients=5, sender_domain_recipients=5)
 
 
+def timings(check: str) -> float:
+    labels = {"plugin": "ratelimit", "check": check}
+    return REGISTRY.get_sample_value("mailproxy_plugin_check_duration_seconds_count", labels) or 0.0
+
+
+def test_each_event_is_counted_against_all_its_limits_at_once(backend, redis_server):
+    """A MAIL that counts against the client's and the sender domain's limits: a result
+    for each limit, and with redis one timing for the event (one round trip); the memory
+    backend's dict lookups are not timed."""
+    before = (timings("messages"), checks("client_messages", "within"), checks("sender_domain_messages", "over"))
+
+    async def steps(r: Ratelimit):
+        assert await r.mail() is None
+        assert await r.mail() == OVER  # the sender domain's limit; the client's holds
+
+    scenario(backend, redis_server, steps, client_messages=5, sender_domain_messages=1)
+    after = (timings("messages"), checks("client_messages", "within"), checks("sender_domain_messages", "over"))
+    assert [a - b for a, b in zip(after, before)] == [2 if backend == "redis" else 0, 2, 1]
+
+
 def test_while_redis_is_unavailable_each_process_counts_on_its_own():
     nowhere = RedisServer()  # nothing listens on its port
     options = {**NO_LIMITS, "skip_clients": [], "client_connections": 2}
     state = RedisState(nowhere.url, timeout=5.0)
     workers = [Plugin(Plugin.Config(**options), PluginContext(state, None, logging.getLogger("test")))
                for _ in range(2)]
-    labels = {"backend": "redis", "operation": "incr"}
+    labels = {"backend": "redis", "operation": "incr_and_get"}
     before = REGISTRY.get_sample_value("mailproxy_state_errors_total", labels) or 0.0
 
     async def steps():

@@ -111,3 +111,59 @@ def test_set_replaces_the_expiry(make_state):
         assert await gone(state, "k")
 
     scenario(make_state, steps)
+
+
+def test_counts_and_reads_in_one_step(make_state):
+    async def steps(state):
+        await state.set("value", "v", ttl=60)
+        assert await state.incr_and_get([], ttl=60, reads=[]) == ([], [])
+        assert await state.incr_and_get(["a", "b"], ttl=60, reads=["value", "missing"]) == ([1, 1], ["v", None])
+        # The reads come after the counts: a counter read in its own step shows them.
+        assert await state.incr_and_get(["a"], ttl=60, reads=["a", "b"]) == ([2], ["2", "1"])
+        assert await state.incr("b", ttl=60) == 2  # the counters are incr's counters
+
+    scenario(make_state, steps)
+
+
+def test_counts_of_one_step_expire_and_are_not_extended(make_state):
+    async def steps(state):
+        assert await state.incr_and_get(["window"], ttl=0.3, reads=[]) == ([1], [])
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 10
+        while (await state.incr_and_get(["window"], ttl=300, reads=[]))[0] != [1]:
+            assert loop.time() < deadline, "the counter's expiry was extended"
+            await asyncio.sleep(0.02)
+
+    scenario(make_state, steps)
+
+
+class OperationsOnly(SharedState):
+    """A backend with only the operations every backend must have, kept in a memory
+    state: what a third-party backend inherits."""
+
+    def __init__(self) -> None:
+        self.kept = MemoryState()
+
+    async def incr(self, key, ttl, amount=1):
+        return await self.kept.incr(key, ttl, amount)
+
+    async def get(self, key):
+        return await self.kept.get(key)
+
+    async def set(self, key, value, ttl):
+        await self.kept.set(key, value, ttl)
+
+    async def add(self, key, value, ttl):
+        return await self.kept.add(key, value, ttl)
+
+    async def delete(self, key):
+        await self.kept.delete(key)
+
+
+def test_a_backend_with_the_basic_operations_counts_and_reads_in_one_step_too():
+    async def steps(state):
+        assert await state.incr_and_get(["a", "b"], ttl=0.3, reads=["a", "c"]) == ([1, 1], ["1", None])
+        assert await state.incr_and_get(["a"], ttl=60, reads=["b"]) == ([2], ["1"])
+        assert await gone(state, "a")  # with the expiry of the step that made it
+
+    scenario(OperationsOnly, steps)

@@ -25,6 +25,7 @@ OPERATIONS = {
     "set": lambda state: state.set("k", "v", ttl=60),
     "add": lambda state: state.add("k", "v", ttl=60),
     "delete": lambda state: state.delete("k"),
+    "incr_and_get": lambda state: state.incr_and_get(["n"], ttl=60, reads=["k"]),
 }
 
 
@@ -113,6 +114,36 @@ def test_operations_are_atomic_between_processes(server, prefix):
     assert sorted(counts) == list(range(1, 201))
     assert added.count(True) == 1
     assert server.client().pttl(f"{prefix}n") > 0
+
+
+def test_counts_and_reads_of_one_step_live_under_the_prefix_with_their_expiry(server, prefix):
+    state = RedisState(server.url, key_prefix=prefix, timeout=5.0)
+    raw = server.client()
+    raw.set(f"{prefix}before", "7")
+
+    async def steps():
+        assert await state.incr_and_get(["a", "b"], ttl=90, reads=["before", "missing"]) == ([1, 1], ["7", None])
+        raw.pexpire(f"{prefix}a", 5000)  # as if most of the window had passed
+        assert await state.incr_and_get(["a"], ttl=90, reads=["a", "b"]) == ([2], ["2", "1"])
+
+    run(steps, state)
+    assert sorted(raw.keys(f"{prefix}*")) == [f"{prefix}a", f"{prefix}b", f"{prefix}before"]
+    assert 0 < raw.pttl(f"{prefix}a") <= 5000  # kept the expiry it had
+    assert 80_000 < raw.pttl(f"{prefix}b") <= 90_000
+
+
+def test_one_steps_counts_are_atomic_between_processes(server, prefix):
+    """Counts made together are counted together: no other client's step comes between
+    them, so two counters always made together always agree."""
+    workers = [RedisState(server.url, key_prefix=prefix, timeout=5.0) for _ in range(2)]
+
+    async def steps():
+        return await asyncio.gather(*(w.incr_and_get(["x", "y"], ttl=60, reads=["y"])
+                                      for w in workers for _ in range(100)))
+
+    results = run(steps, *workers)
+    assert sorted(x for (x, _), _ in results) == list(range(1, 201))
+    assert all(x == y and [str(y)] == read for (x, y), read in results)
 
 
 def test_nothing_listening_is_unavailable_for_every_operation(caplog):
