@@ -76,6 +76,7 @@ class MemoryState(SharedState):
         # which the sweep moves on when it comes due: nothing grows per write.
         self._expiries: list[tuple[float, str]] = []
         self._due: dict[str, float] = {}
+        self._own_operations = type(self).incr is MemoryState.incr and type(self).get is MemoryState.get
 
     def _live(self, key: str) -> str | int | None:
         entry = self._values.get(key)
@@ -144,6 +145,8 @@ class MemoryState(SharedState):
     async def incr_and_get(
         self, counters: Sequence[str], ttl: float, reads: Sequence[str]
     ) -> tuple[list[int], list[str | None]]:
+        if not self._own_operations:  # a subclass's incr or get must see every count
+            return await super().incr_and_get(counters, ttl, reads)
         # Without an await per operation: the rate limits count every command this way.
         return [self._add(key, ttl, 1) for key in counters], [self._read(key) for key in reads]
 
@@ -192,7 +195,7 @@ class FallbackState(SharedState):
 
 def with_local_fallback(state: SharedState) -> SharedState:
     """`state`, going on per process while it is unavailable (see FallbackState)."""
-    return state if state.in_process else FallbackState(state)
+    return state if isinstance(state, MemoryState) else FallbackState(state)
 
 
 def make_state(settings) -> SharedState:

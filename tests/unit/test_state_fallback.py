@@ -12,7 +12,7 @@ from prometheus_client import REGISTRY
 
 from mailproxy.app import build
 from mailproxy.config import Config
-from mailproxy.state import FallbackState, MemoryState, StateUnavailable, with_local_fallback
+from mailproxy.state import FallbackState, MemoryState, SharedState, StateUnavailable, with_local_fallback
 from mailproxy.state_redis import RedisState
 from tests.support.redis import RedisServer
 
@@ -80,6 +80,35 @@ def test_memory_state_needs_no_fallback():
     memory = MemoryState()
     assert with_local_fallback(memory) is memory
     assert isinstance(with_local_fallback(RedisState("redis://127.0.0.1:1/0")), FallbackState)
+
+
+class AnswersInProcessButMayFail(SharedState):
+    """A backend of its own kind that needs no timing yet can be unavailable."""
+
+    in_process = True
+
+    async def incr(self, key, ttl, amount=1):
+        raise StateUnavailable("a lock that timed out")
+
+    async def get(self, key):
+        raise StateUnavailable("a lock that timed out")
+
+    async def set(self, key, value, ttl):
+        raise StateUnavailable("a lock that timed out")
+
+    async def add(self, key, value, ttl):
+        raise StateUnavailable("a lock that timed out")
+
+    async def delete(self, key):
+        raise StateUnavailable("a lock that timed out")
+
+
+def test_a_backend_that_may_fail_gets_the_fallback_even_if_it_answers_in_process():
+    state = AnswersInProcessButMayFail()
+    assert state.in_process
+    wrapped = with_local_fallback(state)
+    assert isinstance(wrapped, FallbackState)
+    assert asyncio.run(wrapped.incr_and_get(["n"], ttl=60, reads=["n"])) == ([1], ["1"])
 
 
 def config_with_state(url: str) -> Config:

@@ -185,3 +185,25 @@ def test_make_state():
     assert isinstance(make_state(StateSettings()), MemoryState)
     with pytest.raises(ValueError, match="^unknown state backend 'mongo'$"):
         make_state(type("S", (), {"backend": "mongo"})())
+
+
+class Recording(MemoryState):
+    """A memory state whose subclass watches every increment and read."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[str] = []
+
+    async def incr(self, key, ttl, amount=1):
+        self.seen.append(f"incr {key}")
+        return await super().incr(key, ttl, amount)
+
+    async def get(self, key):
+        self.seen.append(f"get {key}")
+        return await super().get(key)
+
+
+def test_a_subclass_that_overrides_incr_or_get_sees_the_counts_of_one_step():
+    state = Recording()
+    assert run(state.incr_and_get(["a", "b"], ttl=60, reads=["a"])) == ([1, 1], ["1"])
+    assert state.seen == ["incr a", "incr b", "get a"]
