@@ -94,12 +94,18 @@ class Plugin:
         self._filter = ClientFilter(settings)
         self._window = SlidingWindow(with_local_fallback(context.state), settings.window, lambda: self.clock())
         self._timed = not context.state.in_process  # a round trip to time, or a dict lookup
-        # Each event's limits that are on, by whose events they count: (name, limit).
-        self._limits = {
-            event: {whose: (f"{whose}_{event}", getattr(settings, f"{whose}_{event}", 0))  # no user_connections
-                    for whose in _WHOSE if getattr(settings, f"{whose}_{event}", 0)}
-            for event in ("connections", "messages", "recipients")
-        }
+        self._limits = {event: self._limits_of(settings, event) for event in ("connections", "messages", "recipients")}
+
+    @staticmethod
+    def _limits_of(settings: Config, event: str) -> dict[str, tuple[str, int]]:
+        """The event's limits that are on, by whose events they count: (name, limit)."""
+        limits = {}
+        for whose in _WHOSE:
+            name = f"{whose}_{event}"
+            limit = getattr(settings, name, 0)  # there are no user_connections
+            if limit:
+                limits[whose] = (name, limit)
+        return limits
 
     @hookimpl
     async def smtp_connect(self, session: Session) -> Verdict | None:
