@@ -224,13 +224,14 @@ def parse(parser: BytesParser, data: bytes) -> Message:
     """`parser.parsebytes(data)`: the same message, in less time when it is neither a
     multipart nor a message/* (most mail). The parser makes the rest of such a message
     after its header block its payload, line by line; here the header block is parsed
-    alone and the rest set as the payload in one piece, as the parser would have it.
-    Anything else is parsed whole, and so is a message whose header block the parser
-    ends before its first empty line (at a line that is no header field, which then
-    starts the payload)."""
+    alone (see _plain_header_block) and the rest set as the payload in one piece, as
+    the parser would have it. Anything else is parsed whole, and so is a message whose
+    header block the parser ends before its first empty line (at a line that is no
+    header field, which then starts the payload)."""
     blank = _END_OF_HEADER_BLOCK.search(data)
     if blank is not None:
-        root = parser.parsebytes(data[: blank.end()], headersonly=True)
+        block = data[: blank.end()]
+        root = _plain_header_block(block) or parser.parsebytes(block, headersonly=True)
         try:
             empty = root.get_payload() == ""
         except Exception:  # a payload with non-ASCII bytes and an RFC 2231 charset*=: TypeError
@@ -240,6 +241,39 @@ def parse(parser: BytesParser, data: bytes) -> Message:
             root.set_payload(data[blank.end():].decode("ascii", errors="surrogateescape"))
             return root
     return parser.parsebytes(data)
+
+
+# A line as the parser splits them: up to and with its CRLF, CR or LF.
+_LINE = re.compile(r"[^\r\n]*(?:\r\n|\r|\n)")
+# How the first line of a header field starts, as the parser tells one: a name of
+# printable ASCII but the colon (RFC 5322 2.2), and the colon.
+_FIELD_NAME = re.compile(r"[\x21-\x39\x3b-\x7e]+:")
+
+
+def _plain_header_block(block: bytes) -> Message | None:
+    """The message the parser makes of `block` (header fields, then the empty line that
+    ends them) with `headersonly`, when every line is a field or a field's folded line:
+    the fields as compat32 reads them, an empty payload. None for anything the parser
+    reads otherwise (a first line that is folded, a "From " line, a line that is no
+    field, no field at all): that is the parser's to read. The parser takes many
+    Python calls for every line; mail's header blocks are tens of lines."""
+    lines = _LINE.findall(block.decode("ascii", "surrogateescape"))
+    if lines[0][0] in " \t":
+        return None
+    message = Message(policy=policy.compat32)
+    field: list[str] = []
+    for line in lines[:-1]:  # the last is the empty line
+        if line[0] in " \t":
+            field.append(line)
+            continue
+        if not _FIELD_NAME.match(line):  # a "From " line is none either
+            return None
+        if field:
+            message.set_raw(*policy.compat32.header_source_parse(field))
+        field = [line]
+    message.set_raw(*policy.compat32.header_source_parse(field))
+    message.set_payload("")
+    return message
 
 
 def survey(message: bytes, limits: Limits) -> tuple[int, str | None]:

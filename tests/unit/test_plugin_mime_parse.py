@@ -8,10 +8,11 @@ from email.message import Message
 from email.parser import BytesParser
 from typing import Callable
 
+import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from plugins._mime import parse
+from plugins._mime import _plain_header_block, parse
 
 
 def _or_error(read: Callable[[], object]) -> object:
@@ -53,10 +54,14 @@ _LINES = st.sampled_from([
     b"MIME-Version: 1.0", b"Content-Type: multipart/alternative", b"Content-Type: TEXT/plain",
     b"Content-Transfer-Encoding: quoted-printable", b"caf=C3=A9 \xc3\xa9",
     b"Content-Type: text/plain; charset*=us-ascii''x", b"\xff",
+    # Header fields as the parser tells them from other lines, and their values.
+    b"Subject:x", b"Subject:\t x \t", b"X-A: a:b", b"Subj ect: x", b"Subject : x", b"\x00: x", b"From x",
+    b"From ", b" ", b"\t", b"X:\xff\xfe", b"A\x7f: x", b"~: x", b"!#$%&'*+-/=?^_`{|}~0: v", b"X-Empty:",
+    b"X-Long: " + b"y" * 100, b"\tfolded: with a colon",
 ])
 
 
-@settings(max_examples=3000, deadline=None)
+@settings(max_examples=5000, deadline=None)
 @given(st.lists(st.tuples(_LINES, _ENDS), max_size=12), st.one_of(st.just(b""), _LINES))
 @example([(b"Subject: hi", b"\r\n"), (b"", b"\r\n"), (b"body", b"\r\n")], b"")
 @example([(b"Subject: hi", b"\r"), (b"", b"\n"), (b"body", b"\r\n")], b"")
@@ -78,3 +83,25 @@ def test_a_plain_message_keeps_its_body_byte_for_byte() -> None:
     message = parse(BytesParser(policy=policy.compat32), b"Subject: x\r\nContent-Type: text/plain\r\n\r\n" + body)
     assert message.get_payload(decode=True) == body
     assert message["Subject"] == "x"
+
+
+def test_a_plain_header_block_is_read_without_the_parser() -> None:
+    block = b"Received: from a\r\n\tby b;\r\n\tdate\r\nSubject:  hi \r\nX-Empty:\nTo: <b@c>\r\r\n"
+    message = _plain_header_block(block)
+    assert message is not None
+    assert message.items() == [
+        ("Received", "from a\r\n\tby b;\r\n\tdate"), ("Subject", "hi "), ("X-Empty", ""), ("To", "<b@c>")]
+    assert message.get_payload() == "" and message.defects == []
+    assert _seen(message) == _seen(BytesParser(policy=policy.compat32).parsebytes(block, headersonly=True))
+
+
+@pytest.mark.parametrize("block", [
+    b" folded first: x\r\nSubject: y\r\n\r\n",  # a defect the parser records
+    b"From someone Mon\r\nSubject: y\r\n\r\n",  # the envelope's From line
+    b"Subject: y\r\nFrom someone\r\n\r\n",
+    b"Subject: y\r\nnot a field\r\n\r\n",  # the parser starts the payload there
+    b"Subject: y\r\n: no name\r\n\r\n",
+    b"\r\nSubject: y\r\n\r\n",  # no field before the empty line
+])
+def test_anything_else_is_left_to_the_parser(block: bytes) -> None:
+    assert _plain_header_block(block) is None
