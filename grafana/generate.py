@@ -331,7 +331,7 @@ def filtering():
         graph("Check results", "Results of the shipped checks (spf, dnsbl, helo, greylist, ratelimit).", "cps",
               Query(per_second("mailproxy_plugin_checks_total", "plugin, check, result"),
                     "{{plugin}} {{check}} {{result}}")),
-        graph("Check latency (p99)", "99th percentile of one check: an SPF evaluation, one list's lookup, a round trip to Redis.", "s",
+        graph("Check latency (p99)", "99th percentile of one check's wait: an SPF evaluation, a DNS query, a round trip to Redis.", "s",
               Query(quantile(0.99, "mailproxy_plugin_check_duration_seconds", "plugin, check"),
                     "{{plugin}} {{check}}")),
     ))

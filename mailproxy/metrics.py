@@ -157,8 +157,9 @@ plugin_checks = _define(
 plugin_check_duration = _define(
     Histogram,
     "mailproxy_plugin_check_duration_seconds",
-    "Time one check took: an SPF evaluation, one list's lookup, one HELO name's checks, "
-    "a round trip to a shared state (not a memory one).",
+    "Time one check waited for something outside the process: an SPF evaluation, a DNS "
+    "query of a list's or a HELO name's check, a round trip to Redis (answers from a cache "
+    "or the memory state are not timed).",
     ["plugin", "check"],
     buckets=_LATENCY_BUCKETS,
 )

@@ -26,7 +26,7 @@ from pydantic import AfterValidator, Field
 
 from mailproxy import Envelope, Session, Verdict, hookimpl
 
-from ._common import ClientFilter, DnsCheckSettings, client_ip, count, host_name, printable, timed
+from ._common import ClientFilter, DnsCheckSettings, client_ip, count, host_name, printable
 from ._dns import LookupFailed, cached_lookups, txt_text
 from ._dnsbl_lists import DnsList, outside_loopback, reversed_address, valid_spec
 
@@ -94,31 +94,31 @@ class Plugin:
         timeout = self._settings.lookup_timeout
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        with timed(PLUGIN, dns_list.zone):
-            try:
-                answers = [r.address for r in await self._dns.lookup(name, "A", timeout)]
-            except LookupFailed as exc:
-                log.info("%s did not answer: %s", dns_list.zone, exc)
-                count(PLUGIN, dns_list.zone, "error")
-                return None
-            if not any(dns_list.lists(a) for a in answers):
-                strange = [a for a in answers if outside_loopback(a)]
-                if strange:  # the list never answers so; a resolver rewriting NXDOMAIN does
-                    log.warning("%s answered %s for %s, outside 127.0.0.0/8: ignored",
-                                dns_list.zone, ", ".join(strange), name)
-                count(PLUGIN, dns_list.zone, "error" if strange else "not_listed")
-                return None
-            reason = await self._reason(name, deadline - loop.time())
+        check = (PLUGIN, dns_list.zone)  # each query to the list is timed, not the cache
+        try:
+            answers = [r.address for r in await self._dns.lookup(name, "A", timeout, check)]
+        except LookupFailed as exc:
+            log.info("%s did not answer: %s", dns_list.zone, exc)
+            count(PLUGIN, dns_list.zone, "error")
+            return None
+        if not any(dns_list.lists(a) for a in answers):
+            strange = [a for a in answers if outside_loopback(a)]
+            if strange:  # the list never answers so; a resolver rewriting NXDOMAIN does
+                log.warning("%s answered %s for %s, outside 127.0.0.0/8: ignored",
+                            dns_list.zone, ", ".join(strange), name)
+            count(PLUGIN, dns_list.zone, "error" if strange else "not_listed")
+            return None
+        reason = await self._reason(name, deadline - loop.time(), check)
         count(PLUGIN, dns_list.zone, "listed")
         return Listing(dns_list, reason)
 
-    async def _reason(self, name: str, timeout: float) -> str:
+    async def _reason(self, name: str, timeout: float, check: tuple[str, str]) -> str:
         """The list's TXT record for a listed key, if it answers within what is left of
         the lookup's time; a listing stands without it."""
         if timeout <= 0:
             return ""
         try:
-            return printable(txt_text(await self._dns.lookup(name, "TXT", timeout)))
+            return printable(txt_text(await self._dns.lookup(name, "TXT", timeout, check)))
         except LookupFailed:
             return ""
 

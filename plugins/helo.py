@@ -32,12 +32,13 @@ from pydantic import AfterValidator
 from mailproxy import Session, Verdict, hookimpl
 
 from ._common import (
-    _MEMO_ENTRIES, Action, ClientFilter, DnsCheckSettings, IPAddress, addresses, client_ip, count, host_name, timed,
+    _MEMO_ENTRIES, Action, ClientFilter, DnsCheckSettings, IPAddress, addresses, client_ip, count, host_name,
     verdict,
 )
 from ._dns import LookupFailed, cached_lookups
 
 PLUGIN = "helo"
+_CHECK = (PLUGIN, "helo")  # its queries to the DNS are timed, not answers from the cache
 
 # check -> (reject code, enhanced code, text); a tempfail says the same with 450 4.x.x
 _REPLIES = {
@@ -102,8 +103,7 @@ class Plugin:
     async def smtp_helo(self, session: Session, hostname: str) -> Verdict | None:
         if self._filter.skips(session):
             return None
-        with timed(PLUGIN, "helo"):
-            finding = await self._first_finding(hostname, client_ip(session))
+        finding = await self._first_finding(hostname, client_ip(session))
         count(PLUGIN, "helo", finding)
         if finding not in _REPLIES:  # "valid", or "error" when the DNS could not say
             return None
@@ -154,7 +154,7 @@ class Plugin:
         deadline = loop.time() + self._settings.lookup_timeout
         failure = None
         try:
-            if await self._dns.lookup(name, "A", self._settings.lookup_timeout):
+            if await self._dns.lookup(name, "A", self._settings.lookup_timeout, _CHECK):
                 return True
         except LookupFailed as exc:
             failure = exc
@@ -162,7 +162,7 @@ class Plugin:
         if left <= 0:
             raise failure or LookupFailed(f"{name}: no time left for AAAA and MX")
         answers = await asyncio.gather(
-            *(self._dns.lookup(name, rdtype, left) for rdtype in ("AAAA", "MX")),
+            *(self._dns.lookup(name, rdtype, left, _CHECK) for rdtype in ("AAAA", "MX")),
             return_exceptions=True,
         )
         for answer in answers:

@@ -96,7 +96,10 @@ def test_below_the_threshold_each_list_scores_under_its_zone(dns):
     assert [(e.plugin, e.hook) for e in session.score_entries] == [("dnsbl", "smtp_connect")] * 2
     after = (checks("bl.test", "listed"), checks("other.test", "listed"), checks("wl.test", "not_listed"))
     assert after == tuple(count + 1 for count in before)
-    assert timings("wl.test") == timed + 1
+    assert timings("wl.test") == timed + 1  # the query to the list
+    timed_listed = timings("bl.test")
+    connect(plugin, "192.0.2.2")  # every answer from the cache: nothing timed
+    assert (timings("wl.test"), timings("bl.test")) == (timed + 1, timed_listed)
 
 
 def test_an_allow_list_weighs_against_the_block_lists(dns):

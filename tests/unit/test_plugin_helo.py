@@ -137,13 +137,18 @@ def test_own_names_and_addresses_can_be_added(dns):
     assert outcome(greet(plugin, "[198.51.100.25]")) == ("reject", 550, "5.7.1")
 
 
-def test_the_results_are_counted_and_timed(helo):
+def test_the_results_are_counted_and_each_query_to_the_dns_timed(dns):
+    plugin = load_plugin("helo", dns.address, skip_clients=[])  # with a cache of its own
     before, timed = (checks("valid"), checks("not_fqdn"), checks("invalid_name")), timings()
-    greet(helo, "mail.client.test")
-    greet(helo, "localhost")
-    greet(helo, "a..b")
-    assert (checks("valid"), checks("not_fqdn"), checks("invalid_name")) == tuple(c + 1 for c in before)
-    assert timings() == timed + 3
+    greet(plugin, "mail.client.test")  # its A record: one query
+    greet(plugin, "mail.client.test")  # the same answer, from the cache: not timed
+    greet(plugin, "localhost")  # no query: not a fully qualified name
+    greet(plugin, "a..b")
+    assert (checks("valid"), checks("not_fqdn"), checks("invalid_name")) == (
+        before[0] + 2, before[1] + 1, before[2] + 1)
+    assert timings() == timed + 1
+    greet(plugin, "mxonly.client.test")  # no A record, then AAAA and MX: three queries
+    assert timings() == timed + 4
 
 
 @pytest.mark.parametrize("session", [
