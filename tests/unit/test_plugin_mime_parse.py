@@ -105,3 +105,14 @@ def test_a_plain_header_block_is_read_without_the_parser() -> None:
 ])
 def test_anything_else_is_left_to_the_parser(block: bytes) -> None:
     assert _plain_header_block(block) is None
+
+
+class NoParser:
+    def parsebytes(self, *args, **kwargs):
+        raise AssertionError("the parser was asked")
+
+
+def test_a_plain_message_is_taken_apart_without_the_parser() -> None:
+    message = parse(NoParser(), b"Subject: x\r\nTo: y\r\n\r\nbody\r\n")
+    assert message.items() == [("Subject", "x"), ("To", "y")]
+    assert message.get_payload() == "body\r\n"
