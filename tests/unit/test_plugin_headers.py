@@ -727,3 +727,43 @@ def test_each_message_is_timed(plugin):
     before = REGISTRY.get_sample_value("mailproxy_plugin_check_duration_seconds_count", labels) or 0.0
     scan(plugin, mime(text()))
     assert REGISTRY.get_sample_value("mailproxy_plugin_check_duration_seconds_count", labels) == before + 1
+
+
+# --- fields in the obsolete syntax (RFC 5322 4.5.3: a space before the colon) -------------
+# Receivers must read them as fields, and Postfix and mail programs do; the email package
+# ends the header block there, and everything after it would go unseen by the rules.
+
+def test_a_header_rule_sees_a_field_written_with_a_space_before_its_colon(plugin):
+    assert symbols(plugin, b"Subject : buy VIAGRA now\r\n\r\nHello.\r\n") == {"SUBJECT_PILLS": 3.0}
+    assert symbols(plugin, b"X-Mailer\t: Bulk Mailer\r\nSubject: x\r\n\r\nHello.\r\n") == {"BULK_MAILER": 2.0}
+
+
+@pytest.mark.parametrize("message", [
+    # Before the message's own MIME fields: the attachment is still seen.
+    mime(text(), attachment("invoice.exe"), head=b"Subject: test\r\nX-Junk : here\r\n"),
+    # Before a part's own fields.
+    mime(text(), b"X-Junk : here\r\n" + attachment("invoice.exe")),
+])
+def test_an_attachment_after_such_a_field_is_still_refused(plugin, message):
+    assert refusal(plugin, message) == REJECTED
+
+
+def test_a_body_line_written_like_such_a_field_is_left_as_it_is():
+    message = b"Subject: x\r\n\r\nNote : send 5 bitcoin\r\nTotal : 3\r\n"
+    contents = _mime.MessageContents(message, _mime.Limits(10, 1000, 1000, 10))
+    assert contents.texts == ["Note : send 5 bitcoin\r\nTotal : 3\r\n"]
+    assert _mime.obsolete_fields_read(message) == message
+    plain = b"Subject: x\r\n\r\nHello.\r\n"
+    assert _mime.obsolete_fields_read(plain) is plain  # one search, no copy
+
+
+def test_only_fields_in_header_blocks_are_read_so():
+    message = (b"Subject : a\r\n\tfolded : kept\r\nTo: b\r\nX-Tab\t \t: c\r\n\r\n"  # the message's block
+               b"Body : kept\r\n"
+               b"--SEP\r\nContent-Type : text/plain\r\nnot a field\r\nAfter : kept\r\n\r\n"  # a part's, cut short
+               b"--SEP\nX-Lf : d\n\nEnd : kept\n")
+    assert _mime.obsolete_fields_read(message) == (
+        b"Subject: a\r\n\tfolded : kept\r\nTo: b\r\nX-Tab: c\r\n\r\n"
+        b"Body : kept\r\n"
+        b"--SEP\r\nContent-Type: text/plain\r\nnot a field\r\nAfter : kept\r\n\r\n"
+        b"--SEP\nX-Lf: d\n\nEnd : kept\n")
