@@ -221,7 +221,8 @@ class MessageContents:
 # A header field in RFC 5322's obsolete syntax (4.5.3), spaces or tabs before the colon:
 # "Subject : hi". Receivers must accept it, and Postfix and mail programs do; the email
 # package ends the header block there, taking it and every field after it for body.
-_OBSOLETE_FIELD = re.compile(rb"([\x21-\x39\x3b-\x7e]++)[ \t]++:")
+_OBSOLETE_FIELD = re.compile(rb"([\x21-\x39\x3b-\x7e]+)[ \t]+:")
+_OBSOLETE_FIELD_ANYWHERE = re.compile(rb"(?m)^[\x21-\x39\x3b-\x7e]+[ \t]+:")
 _FIELD_LINE = re.compile(rb"[\x21-\x39\x3b-\x7e]+:")
 _EMPTY_LINES = frozenset({b"\r\n", b"\n", b"\r"})
 
@@ -230,11 +231,10 @@ def obsolete_fields_read(message: bytes) -> bytes:
     """`message` with each field in the obsolete syntax that stands in a header block
     written without the spaces before its colon, so that the parser reads it, and the
     fields after it, as a field as mail programs do; `message` itself when it has none
-    (most mail: it has no space or tab before a colon anywhere, which bytes.find tells
-    at once). A header block is the message's start, or what follows a line starting
-    with "--" (a part's delimiter, maybe), up to an empty line or a line that is no
-    field; a body line of "name : text" elsewhere is left as it is."""
-    if b" :" not in message and b"\t:" not in message:
+    (most mail: one search). A header block is the message's start, or what follows a
+    line starting with "--" (a part's delimiter, maybe), up to an empty line or a line
+    that is no field; a body line of "name : text" elsewhere is left as it is."""
+    if _OBSOLETE_FIELD_ANYWHERE.search(message) is None:
         return message
     lines, in_block = [], True
     for line in message.splitlines(keepends=True):
