@@ -4,9 +4,7 @@ attachments and of the files inside its zip and tar archives.
 
 The message is parsed with the standard library's `email` package in its compat32
 policy, which keeps header values as they came and records what is wrong with a
-message as defects instead of raising. A header field in RFC 5322's obsolete syntax (a
-space before its colon) is first written without that space, so that it, and every
-field after it, is read as a field, as Postfix and mail programs read it. Everything is bounded by `Limits`, so a hostile
+message as defects instead of raising. Everything is bounded by `Limits`, so a hostile
 message costs bounded work. Before the parser sees it, one linear pass over its lines
 (`survey`) finds what would make the parser slow: a Content-Type or
 Content-Disposition field longer than `FIELD_BYTES` or with more than
@@ -91,7 +89,6 @@ class MessageContents:
         self._unpack_budget = Budget(limits.archive_bytes)
         self._corrupt_archives = 0
         self._payloads: dict[int, bytes] = {}
-        message = obsolete_fields_read(message)
         end, limit = survey(message, limits)
         if limit is not None:
             self.limits_hit.add(limit)
@@ -216,40 +213,6 @@ class MessageContents:
             return data
         self.limits_hit.add("max_text_bytes")
         return data[:limit]
-
-
-# A header field in RFC 5322's obsolete syntax (4.5.3), spaces or tabs before the colon:
-# "Subject : hi". Receivers must accept it, and Postfix and mail programs do; the email
-# package ends the header block there, taking it and every field after it for body.
-_OBSOLETE_FIELD = re.compile(rb"([\x21-\x39\x3b-\x7e]+)[ \t]+:")
-_OBSOLETE_FIELD_ANYWHERE = re.compile(rb"(?m)^[\x21-\x39\x3b-\x7e]+[ \t]+:")
-_FIELD_LINE = re.compile(rb"[\x21-\x39\x3b-\x7e]+:")
-_EMPTY_LINES = frozenset({b"\r\n", b"\n", b"\r"})
-
-
-def obsolete_fields_read(message: bytes) -> bytes:
-    """`message` with each field in the obsolete syntax that stands in a header block
-    written without the spaces before its colon, so that the parser reads it, and the
-    fields after it, as a field as mail programs do; `message` itself when it has none
-    (most mail: one search). A header block is the message's start, or what follows a
-    line starting with "--" (a part's delimiter, maybe), up to an empty line or a line
-    that is no field; a body line of "name : text" elsewhere is left as it is."""
-    if _OBSOLETE_FIELD_ANYWHERE.search(message) is None:
-        return message
-    lines, in_block = [], True
-    for line in message.splitlines(keepends=True):
-        if line in _EMPTY_LINES:
-            in_block = False
-        elif line.startswith(b"--"):
-            in_block = True
-        elif in_block and line[:1] not in (b" ", b"\t"):
-            obsolete = _OBSOLETE_FIELD.match(line)
-            if obsolete is not None:
-                line = obsolete[1] + line[obsolete.end() - 1:]
-            elif _FIELD_LINE.match(line) is None:
-                in_block = False  # the parser ends the block here
-        lines.append(line)
-    return b"".join(lines)
 
 
 # Two line ends in a row, as the parser splits lines (CRLF, or a CR or an LF alone):
