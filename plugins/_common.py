@@ -8,7 +8,7 @@ import ipaddress
 import re
 import time
 from collections import OrderedDict
-from typing import Annotated, Callable, Generic, Hashable, Literal, TypeVar
+from typing import Annotated, Awaitable, Callable, Generic, Hashable, Literal, TypeVar
 
 from pydantic import AfterValidator, BeforeValidator, Field, ValidationInfo, field_validator
 
@@ -214,6 +214,18 @@ class timed:
 
     def __exit__(self, *exc_info) -> None:
         self._histogram.observe(time.perf_counter() - self._started)
+
+
+def timed_wait(awaitable: Awaitable[Value], check: tuple[str, str] | None) -> Awaitable[Value]:
+    """`awaitable`, its wait timed under `check` (plugin, check); as it is when `check`
+    is None (an answer from inside the process: nothing worth a timer, and no coroutine
+    more for it)."""
+    return awaitable if check is None else _timed(awaitable, check)
+
+
+async def _timed(awaitable: Awaitable[Value], check: tuple[str, str]) -> Value:
+    with timed(*check):
+        return await awaitable
 
 
 class ExpiringCache(Generic[Value]):

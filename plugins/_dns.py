@@ -26,7 +26,7 @@ import dns.resolver
 from mailproxy import metrics
 from mailproxy.dns import CountedQuery
 
-from ._common import ExpiringCache, timed
+from ._common import ExpiringCache, timed_wait
 
 
 class LookupFailed(Exception):
@@ -105,10 +105,7 @@ class CachedLookups:
             query = asyncio.create_task(self._ask_and_keep(key, timeout))
             self._queries[key] = query
             query.add_done_callback(lambda done: self._forget_query(key, done))
-        if check is None:
-            return await asyncio.shield(query)
-        with timed(*check):
-            return await asyncio.shield(query)
+        return await timed_wait(asyncio.shield(query), check)
 
     def _forget_query(self, key: tuple[str, str], query: asyncio.Task) -> None:
         del self._queries[key]

@@ -32,7 +32,7 @@ from pydantic import Field, ValidationInfo, field_validator
 from mailproxy import Envelope, Session, Verdict, hookimpl
 from mailproxy.state import StateUnavailable
 
-from ._common import ClientCheckSettings, ClientFilter, client_ip, count, domain_of, host_name, network_of, timed
+from ._common import ClientCheckSettings, ClientFilter, client_ip, count, domain_of, host_name, network_of, timed_wait
 
 PLUGIN = "greylist"
 CHECK = "triplet"
@@ -84,7 +84,8 @@ class Plugin:
         self._filter = ClientFilter(settings)
         self._skip_domains = frozenset(settings.skip_recipient_domains)
         self._state = context.state
-        self._timed = not context.state.in_process  # round trips to time, or dict lookups
+        # Round trips to time, or dict lookups not worth a timer.
+        self._check = None if context.state.in_process else (PLUGIN, CHECK)
 
     @hookimpl
     async def smtp_rcpt(self, session: Session, envelope: Envelope, address: str) -> Verdict | None:
@@ -92,7 +93,7 @@ class Plugin:
             return None
         key = self._key(session, envelope.mail_from or "", address)
         try:
-            result, wait = await self._timed_judge(key)
+            result, wait = await timed_wait(self._judge(key), self._check)
         except StateUnavailable:
             result, wait = "state_error", self._settings.delay
         count(PLUGIN, CHECK, result)
@@ -111,12 +112,6 @@ class Plugin:
         network = network_of(client_ip(session), self._settings.ipv4_prefix, self._settings.ipv6_prefix)
         triplet = "\0".join((network, sender.lower(), recipient.lower()))
         return f"greylist:{hashlib.sha256(triplet.encode('utf-8', 'surrogateescape')).hexdigest()[:32]}"
-
-    async def _timed_judge(self, key: str) -> tuple[str, float]:
-        if not self._timed:
-            return await self._judge(key)
-        with timed(PLUGIN, CHECK):
-            return await self._judge(key)
 
     async def _judge(self, key: str) -> tuple[str, float]:
         """What the triplet's history says: the result (the metric's label) and, for a

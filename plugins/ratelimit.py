@@ -37,7 +37,7 @@ from pydantic import Field
 from mailproxy import Envelope, Session, Verdict, hookimpl
 from mailproxy.state import SharedState, with_local_fallback
 
-from ._common import ClientCheckSettings, ClientFilter, client_ip, count, domain_of, network_of, timed
+from ._common import ClientCheckSettings, ClientFilter, client_ip, count, domain_of, network_of, timed_wait
 
 PLUGIN = "ratelimit"
 
@@ -93,8 +93,10 @@ class Plugin:
         self._settings = settings
         self._filter = ClientFilter(settings)
         self._window = SlidingWindow(with_local_fallback(context.state), settings.window, lambda: self.clock())
-        self._timed = not context.state.in_process  # a round trip to time, or a dict lookup
-        self._limits = {event: self._limits_of(settings, event) for event in ("connections", "messages", "recipients")}
+        events = ("connections", "messages", "recipients")
+        self._limits = {event: self._limits_of(settings, event) for event in events}
+        # An event's round trip to time, or dict lookups not worth a timer.
+        self._checks = {event: None if context.state.in_process else (PLUGIN, event) for event in events}
 
     @staticmethod
     def _limits_of(settings: Config, event: str) -> dict[str, tuple[str, int]]:
@@ -143,7 +145,9 @@ class Plugin:
                   for whose, who in self._counted_for(session, sender, limits) if whose in limits]
         if not checks:
             return None
-        estimates = await self._hit(event, [f"ratelimit:{name}:{who}" for name, _, _, who in checks])
+        # Every limit of the event in one step: with redis, one round trip, timed.
+        keys = [f"ratelimit:{name}:{who}" for name, _, _, who in checks]
+        estimates = await timed_wait(self._window.hit(keys), self._checks[event])
         over = None
         for (name, limit, whose, _), events in zip(checks, estimates):
             count(PLUGIN, name, "over" if events > limit else "within")
@@ -155,10 +159,3 @@ class Plugin:
         if self._settings.over_limit == "disconnect":
             return Verdict.disconnect(421, "4.7.0", text)
         return Verdict.tempfail(450, "4.7.1", text)
-
-    async def _hit(self, event: str, keys: list[str]) -> list[float]:
-        """Every limit of the event in one step: with redis, one round trip, timed."""
-        if not self._timed:
-            return await self._window.hit(keys)
-        with timed(PLUGIN, event):
-            return await self._window.hit(keys)

@@ -9,6 +9,7 @@ least-recently-used eviction."""
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import time
 
@@ -199,6 +200,25 @@ def test_timed_observes_the_time_the_block_took():
     took = REGISTRY.get_sample_value(f"{name}_sum", labels) - before
     assert 0.01 <= took < 10  # an upper bound only to catch a wrong sum, not a slow machine
     assert REGISTRY.get_sample_value(f"{name}_count", labels) >= 1
+
+
+def test_a_timed_wait_observes_the_wait_and_an_untimed_one_is_the_awaitable_itself():
+    labels = {"plugin": "common-edges", "check": "wait"}
+    name = "mailproxy_plugin_check_duration_seconds_count"
+    before = REGISTRY.get_sample_value(name, labels) or 0.0
+
+    async def answer():
+        await asyncio.sleep(0)
+        return "answer"
+
+    async def steps():
+        untimed = answer()
+        assert common.timed_wait(untimed, None) is untimed
+        assert await untimed == "answer"
+        assert await common.timed_wait(answer(), ("common-edges", "wait")) == "answer"
+
+    asyncio.run(steps())
+    assert REGISTRY.get_sample_value(name, labels) == before + 1
 
 
 # --- ExpiringCache ---------------------------------------------------------------------
