@@ -4,8 +4,10 @@ attachments and of the files inside its zip and tar archives.
 
 The message is parsed with the standard library's `email` package in its compat32
 policy, which keeps header values as they came and records what is wrong with a
-message as defects instead of raising. Everything is bounded by `Limits`, so a hostile
-message costs bounded work. Before the parser sees it, one linear pass over its lines
+message as defects instead of raising. A field in RFC 5322's obsolete syntax, with a
+space before its colon, is first written without it (`_obsolete_fields.py`), so that
+the parser reads it, and what follows it, as mail programs do. Everything is bounded
+by `Limits`, so a hostile message costs bounded work. Before the parser sees it, one linear pass over its lines
 (`survey`) finds what would make the parser slow: a Content-Type or
 Content-Disposition field longer than `FIELD_BYTES` or with more than
 `FIELD_PARAMETERS` parameters (the email package splits parameters in time that grows
@@ -34,6 +36,7 @@ from typing import Iterator
 from urllib.parse import unquote
 
 from ._archives import DAMAGED_ARCHIVE, Budget, archive_kind, base_name, tar_members, zip_members
+from ._obsolete_fields import content_type_field, read_as_fields
 
 log = logging.getLogger("mailproxy.plugin.headers")
 
@@ -90,6 +93,7 @@ class MessageContents:
         self._corrupt_archives = 0
         self._payloads: dict[int, bytes] = {}
         end, limit = survey(message, limits)
+        message, end = read_as_fields(message, None if limit == "abusive_field" else end)
         if limit is not None:
             self.limits_hit.add(limit)
         parser = BytesParser(policy=policy.compat32)
@@ -348,8 +352,7 @@ def _multipart_boundary(value: bytes) -> bytes | None | bool:
     """The boundary of a Content-Type field (its value, already bounded in size) as
     the parser reads it: False if it is not a multipart's, None if no line could match
     it."""
-    field = Message()
-    field["Content-Type"] = value.decode("ascii", "surrogateescape").lstrip(" \t")
+    field = content_type_field(value)
     if field.get_content_maintype() != "multipart":
         return False
     try:

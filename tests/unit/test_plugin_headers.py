@@ -727,3 +727,48 @@ def test_each_message_is_timed(plugin):
     before = REGISTRY.get_sample_value("mailproxy_plugin_check_duration_seconds_count", labels) or 0.0
     scan(plugin, mime(text()))
     assert REGISTRY.get_sample_value("mailproxy_plugin_check_duration_seconds_count", labels) == before + 1
+
+
+# --- fields in the obsolete syntax (RFC 5322 4.5.3: a space before the colon) -------------
+# Receivers must read them as fields, and Postfix does; the email package ends the header
+# block there, so everything after it would go unseen by the rules.
+
+def test_a_header_rule_sees_a_field_written_with_a_space_before_its_colon(plugin):
+    assert symbols(plugin, b"Subject : buy VIAGRA now\r\n\r\nHello.\r\n") == {"SUBJECT_PILLS": 3.0}
+    assert symbols(plugin, b"X-Mailer\t: Bulk Mailer\r\nSubject: x\r\n\r\nHello.\r\n") == {"BULK_MAILER": 2.0}
+
+
+def rfc822(inner: bytes) -> bytes:
+    return b"Content-Type: message/rfc822\r\n\r\n" + inner
+
+
+def digest(*parts: bytes) -> bytes:
+    """A multipart/digest message: its parts, with no header of their own, are messages."""
+    body = b"".join(b"--DIG\r\n\r\n" + part for part in parts)
+    return b'Subject: t\r\nContent-Type: multipart/digest; boundary="DIG"\r\n\r\n' + body + b"--DIG--\r\n"
+
+
+@pytest.mark.parametrize("message", [
+    # Before the message's own MIME fields.
+    mime(text(), attachment("invoice.exe"), head=b"Subject: test\r\nX-Junk : here\r\n"),
+    # Before a part's own fields.
+    mime(text(), b"X-Junk : here\r\n" + attachment("invoice.exe")),
+    # In the header block of a message inside a message/rfc822 part.
+    mime(text(), rfc822(b"X-Junk : here\r\n" + mime(attachment("invoice.exe")).replace(b"SEP", b"INNER"))),
+    # In a message of a digest.
+    digest(b"X-Junk : here\r\n" + mime(attachment("invoice.exe"))),
+])
+def test_an_attachment_after_such_a_field_is_still_refused(plugin, message):
+    assert refusal(plugin, message) == REJECTED
+
+
+def test_a_body_line_written_like_such_a_field_is_left_as_it_is():
+    message = b"Subject: x\r\n\r\nNote : send 5 bitcoin\r\n-- \r\nName : kept\r\n"
+    contents = _mime.MessageContents(message, _mime.Limits(10, 1000, 1000, 10))
+    assert contents.texts == ["Note : send 5 bitcoin\r\n-- \r\nName : kept\r\n"]
+
+
+def test_a_message_too_abusive_to_parse_still_has_its_header_fields_read_so(plugin):
+    fields = b"; a=b" * (_mime.FIELD_PARAMETERS + 1)
+    message = b"Subject : buy viagra\r\nContent-Type: text/plain" + fields + b"\r\n\r\nHello.\r\n"
+    assert symbols(plugin, message) == {"SUBJECT_PILLS": 3.0, "MIME_LIMIT": 3.0}
