@@ -4,11 +4,13 @@ attachments and of the files inside its zip and tar archives.
 
 The message is parsed with the standard library's `email` package in its compat32
 policy, which keeps header values as they came and records what is wrong with a
-message as defects instead of raising. A field in RFC 5322's obsolete syntax, with a
-space before its colon, is first written without it (`_obsolete_fields.py`), so that
-the parser reads it, and what follows it, as mail programs do. Everything is bounded
-by `Limits`, so a hostile message costs bounded work. Before the parser sees it, one linear pass over its lines
-(`survey`) finds what would make the parser slow: a Content-Type or
+message as defects instead of raising. A message whose header block the parser ended
+at a line it took for no field (or where it took a line for an mbox "From " line) is
+read again, if that was a field in RFC 5322's obsolete syntax (a space before its
+colon), with each such field written without it (`_obsolete_fields.py`): so the parser
+reads it, and what follows it, as mail programs do. Everything is bounded by `Limits`,
+so a hostile message costs bounded work. Before the parser sees it, one linear pass
+over its lines (`survey`) finds what would make the parser slow: a Content-Type or
 Content-Disposition field longer than `FIELD_BYTES` or with more than
 `FIELD_PARAMETERS` parameters (the email package splits parameters in time that grows
 with the square of their number) means the message is not parsed at all, its raw body
@@ -27,6 +29,7 @@ import logging
 import re
 from dataclasses import dataclass
 from email import policy
+from email.errors import MisplacedEnvelopeHeaderDefect, MissingHeaderBodySeparatorDefect
 from email.message import Message
 from email.parser import BytesParser
 from email.utils import collapse_rfc2231_value
@@ -66,6 +69,7 @@ _FIELD_OR_DELIMITER = re.compile(
 _LINE_STARTS = (b"\ncontent-", b"\rcontent-", b"\n--", b"\r--")
 _WINDOW = 65536  # bytes of the message searched at a time
 _BLANK_LINE = re.compile(rb"(?:^|\n)\r?\n")
+_CUT_SHORT = (MissingHeaderBodySeparatorDefect, MisplacedEnvelopeHeaderDefect)
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,22 +91,28 @@ class MessageContents:
 
     def __init__(self, message: bytes, limits: Limits) -> None:
         self._limits = limits
-        self.limits_hit: set[str] = set()
-        self.parse_failed = False
         self._unpack_budget = Budget(limits.archive_bytes)
         self._corrupt_archives = 0
         self._payloads: dict[int, bytes] = {}
         end, limit = survey(message, limits)
-        message, end = read_as_fields(message, None if limit == "abusive_field" else end)
-        if limit is not None:
-            self.limits_hit.add(limit)
+        self._read(message, end, limit)
+        if self._header_block_cut_short(message):
+            # Maybe at a field in RFC 5322's obsolete syntax: if so, read again as one.
+            rewritten, end = read_as_fields(message, None if limit == "abusive_field" else end)
+            if rewritten is not message:
+                self._read(rewritten, end, limit)
+
+    def _read(self, message: bytes, end: int, limit: str | None) -> None:
+        """The message parsed up to `end`, where the survey's `limit` ended it."""
+        self.limits_hit: set[str] = set() if limit is None else {limit}
+        self.parse_failed = False
         parser = BytesParser(policy=policy.compat32)
         if limit == "abusive_field":
             self._not_parsed(parser, message)
             return
         try:
             self._root = parse(parser, message[:end])
-            self._parts = list(islice(self._root.walk(), limits.parts + 1))
+            self._parts = list(islice(self._root.walk(), self._limits.parts + 1))
         except Exception as exc:  # meant never to raise, it does: TypeError on some
             # malformed RFC 2231 parameters (a boundary*0*=...)
             log.info("the message could not be parsed (%s: %s); matching its raw body",
@@ -111,9 +121,27 @@ class MessageContents:
             self._not_parsed(parser, message)
             return
         self.parsed = True
-        if len(self._parts) > limits.parts:
+        if len(self._parts) > self._limits.parts:
             self.limits_hit.add("max_parts")
-            del self._parts[limits.parts:]
+            del self._parts[self._limits.parts:]
+
+    def _header_block_cut_short(self, message: bytes) -> bool:
+        """Whether the parser ended a header block before its empty line, at a line it
+        took for no field (and so for the first line of the body), or took a line of
+        one for an mbox "From " line ("From : a@b" is one to it): kept as the envelope
+        sender on the first line, dropped as a defect in the middle, and made the first
+        line of the body on the last."""
+        for part in self._parts or (self._root,):
+            if part.get_unixfrom() is not None:
+                return True
+            for defect in part.defects:
+                if isinstance(defect, _CUT_SHORT):
+                    return True
+        blank = _END_OF_HEADER_BLOCK.search(message)
+        if blank is None:
+            return False
+        last_line = max(message.rfind(b"\n", 0, blank.start()), message.rfind(b"\r", 0, blank.start())) + 1
+        return message.startswith(b"From ", last_line)
 
     def _not_parsed(self, parser: BytesParser, message: bytes) -> None:
         """The message as its headers (they are read as they are, whatever their

@@ -772,3 +772,17 @@ def test_a_message_too_abusive_to_parse_still_has_its_header_fields_read_so(plug
     fields = b"; a=b" * (_mime.FIELD_PARAMETERS + 1)
     message = b"Subject : buy viagra\r\nContent-Type: text/plain" + fields + b"\r\n\r\nHello.\r\n"
     assert symbols(plugin, message) == {"SUBJECT_PILLS": 3.0, "MIME_LIMIT": 3.0}
+
+
+@pytest.mark.parametrize("message", [
+    # To the parser: an mbox "From " line; a misplaced one; the body's first line; no field.
+    b"From : <a@example.test>\r\nSubject: hi\r\n\r\nHello.\r\n",
+    b"X-A: 1\r\nFrom : <a@example.test>\r\nSubject: hi\r\n\r\nHello.\r\n",
+    b"Subject: hi\r\nFrom : <a@example.test>\r\n\r\nHello.\r\n",
+    b"Subject: hi\r\nFrom\t: <a@example.test>\r\n\r\nHello.\r\n",
+    mime(text()).replace(b"\r\n\r\n", b"\r\nFrom : <a@example.test>\r\n\r\n", 1).replace(b"test", b"hi", 1),
+])
+def test_a_from_field_with_a_space_before_its_colon_is_a_from_field(message):
+    contents = _mime.MessageContents(message, _mime.Limits(10, 1000, 1000, 10))
+    assert contents.header("From") == ["<a@example.test>"]
+    assert contents.header("Subject") == ["hi"]
