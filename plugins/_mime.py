@@ -39,7 +39,7 @@ from typing import Iterator
 from urllib.parse import unquote
 
 from ._archives import DAMAGED_ARCHIVE, Budget, archive_kind, base_name, tar_members, zip_members
-from ._obsolete_fields import content_type_field, read_as_fields
+from ._obsolete_fields import read_as_fields
 
 log = logging.getLogger("mailproxy.plugin.headers")
 
@@ -94,11 +94,12 @@ class MessageContents:
         self._unpack_budget = Budget(limits.archive_bytes)
         self._corrupt_archives = 0
         self._payloads: dict[int, bytes] = {}
-        end, limit = survey(message, limits)
+        boundaries: set[bytes] = set()
+        end, limit = survey(message, limits, boundaries)
         self._read(message, end, limit)
         if self._header_block_cut_short(message):
             # Maybe at a field in RFC 5322's obsolete syntax: if so, read again as one.
-            rewritten, end = read_as_fields(message, None if limit == "abusive_field" else end)
+            rewritten, end = read_as_fields(message, None if limit == "abusive_field" else end, boundaries)
             if rewritten is not message:
                 self._read(rewritten, end, limit)
 
@@ -308,9 +309,10 @@ def _plain_header_block(block: bytes) -> Message | None:
     return message
 
 
-def survey(message: bytes, limits: Limits) -> tuple[int, str | None]:
+def survey(message: bytes, limits: Limits, boundaries: set[bytes] | None = None) -> tuple[int, str | None]:
     """How much of `message` the parser may read, and the limit that ended it there
-    (None: all of it), in one linear pass over its lines: "abusive_field" (do not
+    (None: all of it), in one linear pass over its lines (adding the boundary of every
+    multipart's Content-Type field before that to `boundaries`): "abusive_field" (do not
     parse it at all), "max_parts" (up to its `BOUNDARY_LINES_PER_PART * parts + 1`-th
     delimiter line) or "max_depth" (up to the field that opens its `depth + 1`-th
     multipart inside the others).
@@ -337,6 +339,8 @@ def survey(message: bytes, limits: Limits) -> tuple[int, str | None]:
                         return start, "max_depth"
                     if boundary is not None:
                         opened.setdefault(boundary, len(nesting))
+                        if boundaries is not None:
+                            boundaries.add(boundary)
                     nesting.append(boundary)
             continue
         line = match["delimiter"].rstrip(b" \t")
@@ -380,7 +384,8 @@ def _multipart_boundary(value: bytes) -> bytes | None | bool:
     """The boundary of a Content-Type field (its value, already bounded in size) as
     the parser reads it: False if it is not a multipart's, None if no line could match
     it."""
-    field = content_type_field(value)
+    field = Message()
+    field["Content-Type"] = value.decode("ascii", "surrogateescape").lstrip(" \t")
     if field.get_content_maintype() != "multipart":
         return False
     try:

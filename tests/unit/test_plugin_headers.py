@@ -786,3 +786,42 @@ def test_a_from_field_with_a_space_before_its_colon_is_a_from_field(message):
     contents = _mime.MessageContents(message, _mime.Limits(10, 1000, 1000, 10))
     assert contents.header("From") == ["<a@example.test>"]
     assert contents.header("Subject") == ["hi"]
+
+
+EXE = attachment("invoice.exe")
+
+
+@pytest.mark.parametrize("message", [
+    # The second block of a message/delivery-status: the parser reads each as a header block.
+    b"Content-Type: message/delivery-status\r\n\r\nA: 1\r\n\r\nX-Junk : 1\r\n" + EXE,
+    # A delimiter line right after another: the parser skips both, closing or not.
+    b"Content-Type: multipart/mixed; boundary=B\r\n\r\n--B\r\n--B--\r\nX-Junk : 1\r\n" + EXE,
+    # One boundary declared twice, a digest's and an inner multipart's.
+    b"Content-Type: multipart/digest; boundary=B\r\n\r\n--B\r\nContent-Type: multipart/mixed; boundary=B\r\n\r\n"
+    b"--B\r\n\r\nX-Junk : 1\r\n" + EXE,
+    # A line of a closed boundary with a colon in it, a field to the parser.
+    b'Content-Type: multipart/mixed; boundary=O\r\n\r\n--O\r\nContent-Type: multipart/mixed; boundary="a:b"\r\n\r\n'
+    b"--a:b--\r\n--O\r\n--a:b\r\nX-Junk : 1\r\n" + EXE,
+    # "--x : y" before a part's fields: a field to Postfix and mail programs.
+    mime(text(), b"--x : y\r\n" + EXE),
+])
+def test_an_attachment_after_such_a_field_anywhere_is_still_refused(plugin, message):
+    assert refusal(plugin, message) == REJECTED
+
+
+def test_a_line_that_would_be_a_delimiter_without_its_space_opens_no_part():
+    # To mail programs, "--a :b" is a field of the text part, and what follows its body.
+    message = (b'Content-Type: multipart/digest; boundary="a:b"\r\n\r\n--a:b\r\nContent-Type: text/plain\r\n'
+               b"--a :b\r\nX-Junk : 1\r\n\r\n" + EXE + b"--a:b--\r\n")
+    contents = _mime.MessageContents(message, _mime.Limits(10, 1000, 1000, 10))
+    assert contents.content_types == ["multipart/digest", "text/plain"]
+    assert contents.file_names == []
+
+
+def test_rewriting_such_fields_makes_no_delimiter_lines():
+    # Were "--a :b" written "--a:b", each would open a part beyond what the survey
+    # counted: the parser would take apart as many as there are.
+    message = (b'Content-Type: multipart/mixed; boundary="a:b"\r\n\r\n--a:b\r\nX-A : 1\r\n'
+               + b"--a :b\r\nX: y\r\n" * 5000)
+    contents = _mime.MessageContents(message, _mime.Limits(10, 1000, 1000, 10))
+    assert contents.limits_hit == set()
