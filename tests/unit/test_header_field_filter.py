@@ -4,7 +4,7 @@ cut into reads; nothing else changes."""
 
 from __future__ import annotations
 
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from mailproxy.protocol.smtp_headers import HeaderFieldFilter, header_block
@@ -81,3 +81,20 @@ def test_header_block():
         b"X-Spam-Score: 3.5\r\nX-Tag: \xc3\xa9\r\n"
     )
     assert header_block([]) == b""
+
+
+_LINES = st.sampled_from([
+    b"From: <a@example.org>", b"X-Spam-Flag: YES", b"x-spam-status : No", b"\tfolded", b" X-Spam-Flag: folded",
+    b"no colon", b"", b"Subject: x-spam-flag", b"X-Spam-Flagged: 1", b".X-Spam-Flag: stuffed", b"X-Spam-Flag:",
+])
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(st.tuples(_LINES, st.sampled_from([b"\r\n", b"\n", b"\r"])), max_size=10))
+@example([(b"X-Spam-Flag:", b"\r\n"), (b"", b"\r\n"), (b"X-Spam-Flag: in the body", b"\r\n")])
+@example([(b"Subject: x", b"\n"), (b"x-spam-status: Yes", b"\n"), (b"", b"\n")])
+def test_a_message_read_whole_loses_what_it_loses_read_byte_by_byte(lines):
+    # Read whole, a header section without the names is passed on in one step; read a
+    # byte at a time, each line is looked at on its own. Both must drop the same lines.
+    message = b"".join(line + end for line, end in lines)
+    assert filtered([message]) == filtered([message[i:i + 1] for i in range(len(message))])
