@@ -54,6 +54,7 @@ class Implementation:
     arguments: Callable[[dict[str, Any]], tuple[Any, ...]]  # the call's arguments, by name
     is_async: bool
     lane: ThreadLane | None  # where a plain hook of a `blocking` plugin runs
+    durations: Any  # the plugin_duration child of this plugin and hook: every call observes it
 
 
 def _picker(names: tuple[str, ...]) -> Callable[[dict[str, Any]], tuple[Any, ...]]:
@@ -124,7 +125,9 @@ class PluginHooks:
                     continue
                 is_async = inspect.iscoroutinefunction(impl.function)
                 lane = None if is_async else lanes.get(plugin.name)
-                found.append(Implementation(plugin, impl.function, _picker(tuple(impl.argnames)), is_async, lane))
+                durations = metrics.child(metrics.plugin_duration, plugin.name, name)
+                found.append(Implementation(plugin, impl.function, _picker(tuple(impl.argnames)), is_async, lane,
+                                            durations))
             found.sort(key=lambda i: order[i.plugin.name])
             self._implementations[name] = tuple(found)
 
@@ -183,7 +186,7 @@ class PluginHooks:
                     timed_out = deadline.expired_alone()
         except BaseException as exc:
             elapsed = time.perf_counter() - started
-            metrics.child(metrics.plugin_duration, name, hook).observe(elapsed)
+            impl.durations.observe(elapsed)
             # What a cancelled call raises: CancelledError, or what a client library
             # turns it into.
             if timed_out and isinstance(exc, (asyncio.CancelledError, TimeoutError)):
@@ -199,7 +202,7 @@ class PluginHooks:
                 log.exception("plugin %s: %s raised", name, hook)
             raise HookFailed("exception", elapsed) from None
         elapsed = time.perf_counter() - started
-        metrics.child(metrics.plugin_duration, name, hook).observe(elapsed)
+        impl.durations.observe(elapsed)
         return result, elapsed
 
     @staticmethod

@@ -63,13 +63,15 @@ class Scored:
 
     def forget_scores(self, hook: str) -> None:
         """Drop what `hook` scored and said: a repeated HELO or MAIL is judged anew."""
-        self.score_entries = [e for e in self.score_entries if e.hook != hook]
+        if self.score_entries:
+            self.score_entries = [e for e in self.score_entries if e.hook != hook]
         if self.trace:
             self.trace = tuple(e for e in self.trace if e.hook != hook)
 
     @property
     def score(self) -> float:
-        return sum(e.points for e in self.score_entries)
+        # Most scopes have no entry: no generator for them (the sum of none is 0).
+        return sum(e.points for e in self.score_entries) if self.score_entries else 0
 
     @property
     def symbols(self) -> dict[str, float]:

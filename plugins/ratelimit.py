@@ -37,9 +37,10 @@ from pydantic import Field
 from mailproxy import Envelope, Session, Verdict, hookimpl
 from mailproxy.state import SharedState, with_local_fallback
 
-from ._common import ClientCheckSettings, ClientFilter, client_ip, count, domain_of, network_of, timed_wait
+from ._common import ClientCheckSettings, ClientFilter, checks_counter, client_ip, domain_of, network_of, timed_wait
 
 PLUGIN = "ratelimit"
+_CLIENT_NETWORK = "ratelimit.client_network"  # session.notes: (address, its network or None)
 
 # Whose events a limit counts, as the refusal says it.
 _WHOSE = {
@@ -59,12 +60,12 @@ class SlidingWindow:
         self._clock = clock
 
     async def hit(self, keys: list[str]) -> list[float]:
-        """Count one event under each of `keys`, all in one step of the state; the
-        estimates including it."""
+        """Count one event under each of `keys` (each ends in ":"), all in one step of
+        the state; the estimates including it."""
         position = self._clock() / self._window
         index = math.floor(position)
         current, previous = await self._state.incr_and_get(
-            [f"{key}:{index}" for key in keys], 2 * self._window, [f"{key}:{index - 1}" for key in keys])
+            [f"{key}{index}" for key in keys], 2 * self._window, [f"{key}{index - 1}" for key in keys])
         still_covered = 1.0 - (position - index)
         return [now + int(before or 0) * still_covered for now, before in zip(current, previous)]
 
@@ -95,6 +96,10 @@ class Plugin:
         self._window = SlidingWindow(with_local_fallback(context.state), settings.window, lambda: self.clock())
         events = ("connections", "messages", "recipients")
         self._limits = {event: self._limits_of(settings, event) for event in events}
+        # Each limit's counter of each result, at hand: every event counts each limit.
+        self._results = {(name, result): checks_counter(PLUGIN, name, result)
+                         for limits in self._limits.values() for name, _ in limits.values()
+                         for result in ("within", "over")}
         # An event's round trip to time, or dict lookups not worth a timer.
         self._checks = {event: None if context.state.in_process else (PLUGIN, event) for event in events}
 
@@ -126,16 +131,30 @@ class Plugin:
         with a limit in `whose_limits`."""
         if session.authenticated:
             whom = [("user", (session.username or "").strip().casefold())]
-        elif not self._filter.skips(session):
-            settings = self._settings
-            whom = [("client", network_of(client_ip(session), settings.ipv4_prefix, settings.ipv6_prefix))]
         else:
-            return []
+            network = self._client_network(session)
+            if network is None:
+                return []
+            whom = [("client", network)]
         if "sender_domain" in whose_limits:
             domain = domain_of(sender)
             if domain is not None:
                 whom.append(("sender_domain", domain))
         return whom
+
+    def _client_network(self, session: Session) -> str | None:
+        """The network an unauthenticated session's events count for; None when they
+        are none of this plugin's business. Kept on the session for its every event,
+        with the address it is for (XCLIENT may tell another)."""
+        address = session.client_address
+        kept = session.notes.get(_CLIENT_NETWORK)
+        if kept is None or kept[0] != address:
+            network = None
+            if not self._filter.skips(session):
+                settings = self._settings
+                network = network_of(client_ip(session), settings.ipv4_prefix, settings.ipv6_prefix)
+            kept = session.notes[_CLIENT_NETWORK] = (address, network)
+        return kept[1]
 
     async def _count(self, session: Session, event: str, sender: str) -> Verdict | None:
         limits = self._limits[event]
@@ -146,13 +165,15 @@ class Plugin:
         if not checks:
             return None
         # Every limit of the event in one step: with redis, one round trip, timed.
-        keys = [f"ratelimit:{name}:{who}" for name, _, _, who in checks]
+        keys = [f"ratelimit:{name}:{who}:" for name, _, _, who in checks]
         estimates = await timed_wait(self._window.hit(keys), self._checks[event])
         over = None
         for (name, limit, whose, _), events in zip(checks, estimates):
-            count(PLUGIN, name, "over" if events > limit else "within")
-            if events > limit and over is None:
-                over = whose
+            if events > limit:
+                self._results[name, "over"].inc()
+                over = over or whose
+            else:
+                self._results[name, "within"].inc()
         if over is None:
             return None
         text = f"Error: too many {event} {_WHOSE[over]}, try again later"

@@ -144,3 +144,9 @@ def test_a_message_of_many_such_lines_costs_no_object_per_line():
         tracemalloc.stop()
     assert data == b"Subject: x\r\n\r\n" + body.replace(b" :", b":")
     assert peak < 3 * len(message)  # the copy, and the buffer it is built in
+
+
+def test_the_first_line_is_a_line_like_any_other():
+    assert rewritten(b"X : a\r\n\r\n") == b"X: a\r\n\r\n"
+    assert rewritten(b"--a : b\r\n\r\n") == b"X---a: b\r\n\r\n"
+    assert rewritten(b"\nX : a\r\n") == b"\nX: a\r\n"  # after an empty first line

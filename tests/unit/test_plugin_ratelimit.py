@@ -224,6 +224,22 @@ def test_unauthenticated_sessions_it_does_not_judge(backend, redis_server, clien
     scenario(backend, redis_server, steps, client_connections=1, skip_clients=["127.0.0.0/8"])
 
 
+def test_a_session_whose_client_changes_counts_for_its_new_client(backend, redis_server):
+    # XCLIENT can name another client mid-session; the session's events count for it.
+    async def steps(r: Ratelimit):
+        session = r.session(CLIENT, None)
+        assert outcome(await r.plugin.smtp_mail(session=session, address=SENDER)) is None
+        session.peer = ("127.0.0.1", 25)  # skipped
+        for _ in range(2):
+            assert outcome(await r.plugin.smtp_mail(session=session, address=SENDER)) is None
+        session.peer = ("192.0.2.2", 25)
+        assert outcome(await r.plugin.smtp_mail(session=session, address=SENDER)) is None
+        assert outcome(await r.plugin.smtp_mail(session=session, address=SENDER)) == OVER
+        assert await r.mail() == OVER  # the first client's one message
+
+    scenario(backend, redis_server, steps, client_messages=1, skip_clients=["127.0.0.0/8"])
+
+
 def test_a_limit_of_0_is_off(backend, redis_server):
     async def steps(r: Ratelimit):
         assert [await r.mail() for _ in range(50)] == [None] * 50
