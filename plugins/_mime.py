@@ -33,9 +33,8 @@ from email.errors import MisplacedEnvelopeHeaderDefect, MissingHeaderBodySeparat
 from email.message import Message
 from email.parser import BytesParser
 from email.utils import collapse_rfc2231_value
-from functools import cached_property
 from itertools import islice
-from typing import Iterator
+from typing import Any, Callable, Iterator
 from urllib.parse import unquote
 
 from ._archives import DAMAGED_ARCHIVE, Budget, archive_kind, base_name, tar_members, zip_members
@@ -70,6 +69,22 @@ _LINE_STARTS = (b"\ncontent-", b"\rcontent-", b"\n--", b"\r--")
 _WINDOW = 65536  # bytes of the message searched at a time
 _BLANK_LINE = re.compile(rb"(?:^|\n)\r?\n")
 _CUT_SHORT = (MissingHeaderBodySeparatorDefect, MisplacedEnvelopeHeaderDefect)
+
+
+class _kept:
+    """A property worked out on first use and kept in the instance: what
+    functools.cached_property does, without the lock it takes on each first use in
+    Python 3.11 (a message's contents are read in one thread)."""
+
+    def __init__(self, compute: Callable[[Any], Any]) -> None:
+        self._compute = compute
+        self._name = compute.__name__
+
+    def __get__(self, instance: Any, owner: type | None = None) -> Any:
+        if instance is None:
+            return self
+        value = instance.__dict__[self._name] = self._compute(instance)
+        return value
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,7 +182,7 @@ class MessageContents:
         """Every value of the message's own header `name`, as text (see header_text)."""
         return [header_text(self._bounded(value)) for value in _raw_values(self._root, name)]
 
-    @cached_property
+    @_kept
     def texts(self) -> list[str]:
         """The decoded text of every text/plain and text/html part (transfer encoding
         and charset undone), each up to `text_bytes` of it. A message not taken apart
@@ -180,13 +195,13 @@ class MessageContents:
                 texts.append(decoded(self._bounded(self._payload(index)), _charset(part)))
         return texts
 
-    @cached_property
+    @_kept
     def content_types(self) -> list[str]:
         """The declared type of every part, lower-case (text/plain where it is missing
         or malformed, as RFC 2045 says)."""
         return [part.get_content_type() for part in self._parts]
 
-    @cached_property
+    @_kept
     def file_names(self) -> list[str]:
         """Every name each part gives itself (see _file_names), and the name of every
         file in the zip and tar archives among them; each without its directory,
@@ -406,10 +421,16 @@ def _file_names(part: Message) -> list[str]:
     """Every name the part gives itself: each filename and name parameter of each of
     its Content-Disposition and Content-Type fields (mail programs differ in which
     they show), RFC 2231 and RFC 2047 decoded, a plain one and an RFC 2231 one both."""
+    dispositions, types = [], []  # one pass over the fields for both
+    for key, value in part.raw_items():
+        key = key.lower()
+        if key == "content-disposition":
+            dispositions.append(value)
+        elif key == "content-type":
+            types.append(value)
     names = []
-    for field in ("content-disposition", "content-type"):
-        for value in _raw_values(part, field):
-            names += _names_in(value)
+    for value in dispositions + types:
+        names += _names_in(value)
     return names
 
 

@@ -230,7 +230,12 @@ class _Check:
 
 
 def _any(texts: Callable[[MessageContents], list[str]], finds: Callable[[str], object]):
-    return lambda contents: any(finds(text) for text in texts(contents))
+    def found(contents: MessageContents) -> bool:  # a loop: no generator per check and message
+        for text in texts(contents):
+            if finds(text):
+                return True
+        return False
+    return found
 
 
 def _globs(globs: list[str]) -> re.Pattern:
