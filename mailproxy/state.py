@@ -66,6 +66,12 @@ class MemoryState(SharedState):
     """Per-process state. Expired keys are dropped lazily and by a bounded sweep."""
 
     in_process = True
+    # Whether incr and get are this class's own: a subclass's must see every count.
+    _own_operations = True
+
+    def __init_subclass__(cls, **kwargs) -> None:
+        super().__init_subclass__(**kwargs)
+        cls._own_operations = cls.incr is MemoryState.incr and cls.get is MemoryState.get
 
     def __init__(self, clock=time.monotonic) -> None:
         self._clock = clock
@@ -76,7 +82,6 @@ class MemoryState(SharedState):
         # which the sweep moves on when it comes due: nothing grows per write.
         self._expiries: list[tuple[float, str]] = []
         self._due: dict[str, float] = {}
-        self._own_operations = type(self).incr is MemoryState.incr and type(self).get is MemoryState.get
 
     def _live(self, key: str) -> str | int | None:
         entry = self._values.get(key)

@@ -33,6 +33,14 @@ BACKEND = "redis"
 log = logging.getLogger("mailproxy.state")
 
 
+def _queue_count(pipe, key: str, expiry_ms: int, amount: int) -> None:
+    """Queue on a transaction's pipeline adding `amount` to counter `key` (two replies):
+    it is created at 0 with its expiry if it is missing, then added to; an existing
+    counter keeps its expiry."""
+    pipe.set(key, 0, px=expiry_ms, nx=True)
+    pipe.incrby(key, amount)
+
+
 def _milliseconds(ttl: float) -> int:
     return max(1, math.ceil(ttl * 1000))
 
@@ -85,11 +93,8 @@ class RedisState(SharedState):
         key = self.key_prefix + key
 
         async def create_then_add(redis: Redis) -> int:
-            # One transaction: the counter is created at 0 with its expiry if it is
-            # missing, then added to; an existing counter keeps its expiry.
             async with redis.pipeline(transaction=True) as pipe:
-                pipe.set(key, 0, px=_milliseconds(ttl), nx=True)
-                pipe.incrby(key, amount)
+                _queue_count(pipe, key, _milliseconds(ttl), amount)
                 _created, value = await pipe.execute()
             return int(value)
 
@@ -104,8 +109,7 @@ class RedisState(SharedState):
             # Each counter as `incr` makes it, and the reads after them: one round trip.
             async with redis.pipeline(transaction=True) as pipe:
                 for key in counters:
-                    pipe.set(prefix + key, 0, px=expiry, nx=True)
-                    pipe.incrby(prefix + key, 1)
+                    _queue_count(pipe, prefix + key, expiry, 1)
                 for key in reads:
                     pipe.get(prefix + key)
                 replies = await pipe.execute()

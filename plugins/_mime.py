@@ -275,7 +275,8 @@ def parse(parser: BytesParser, data: bytes) -> Message:
     alone (see _plain_header_block) and the rest set as the payload in one piece, as
     the parser would have it. Anything else is parsed whole, and so is a message whose
     header block the parser ends before its first empty line (at a line that is no
-    header field, which then starts the payload)."""
+    header field, which then starts the payload). `parser` must be a compat32 one: the
+    header block read alone is a compat32 Message whatever the parser."""
     blank = _END_OF_HEADER_BLOCK.search(data)
     if blank is not None:
         block = data[: blank.end()]
