@@ -4,14 +4,12 @@ attachments and of the files inside its zip and tar archives.
 
 The message is parsed with the standard library's `email` package in its compat32
 policy, which keeps header values as they came and records what is wrong with a
-message as defects instead of raising. A message whose header block the parser ended
-at a line it took for no field (or where it took a line for an mbox "From " line) is
-read again, if that was a field in RFC 5322's obsolete syntax (a space before its
-colon), with each such field written without it (`_obsolete_fields.py`): so the parser
-reads it, and what follows it, as mail programs do. Everything is bounded by `Limits`,
-so a hostile message costs bounded work. Before the parser sees it, one linear pass
-over its lines (`survey`) finds what would make the parser slow: a Content-Type or
-Content-Disposition field longer than `FIELD_BYTES` or with more than
+message as defects instead of raising. Its feed parser is a copy (`_feedparser.py`)
+that reads a field in RFC 5322's obsolete syntax (a space before its colon) as a field,
+as mail programs do, where the email package's would end the header block. Everything
+is bounded by `Limits`, so a hostile message costs bounded work. Before the parser sees
+it, one linear pass over its lines (`survey`) finds what would make the parser slow: a
+Content-Type or Content-Disposition field longer than `FIELD_BYTES` or with more than
 `FIELD_PARAMETERS` parameters (the email package splits parameters in time that grows
 with the square of their number) means the message is not parsed at all, its raw body
 is its one text; the parser reads the message only up to its
@@ -29,16 +27,14 @@ import logging
 import re
 from dataclasses import dataclass
 from email import policy
-from email.errors import MisplacedEnvelopeHeaderDefect, MissingHeaderBodySeparatorDefect
 from email.message import Message
-from email.parser import BytesParser
 from email.utils import collapse_rfc2231_value
 from itertools import islice
 from typing import Any, Callable, Iterator
 from urllib.parse import unquote
 
 from ._archives import DAMAGED_ARCHIVE, Budget, archive_kind, base_name, tar_members, zip_members
-from ._obsolete_fields import read_as_fields
+from ._feedparser import BytesParser
 
 log = logging.getLogger("mailproxy.plugin.headers")
 
@@ -68,7 +64,6 @@ _FIELD_OR_DELIMITER = re.compile(
 _LINE_STARTS = (b"\ncontent-", b"\rcontent-", b"\n--", b"\r--")
 _WINDOW = 65536  # bytes of the message searched at a time
 _BLANK_LINE = re.compile(rb"(?:^|\n)\r?\n")
-_CUT_SHORT = (MissingHeaderBodySeparatorDefect, MisplacedEnvelopeHeaderDefect)
 
 
 class _kept:
@@ -106,29 +101,21 @@ class MessageContents:
 
     def __init__(self, message: bytes, limits: Limits) -> None:
         self._limits = limits
+        self.limits_hit: set[str] = set()
+        self.parse_failed = False
         self._unpack_budget = Budget(limits.archive_bytes)
         self._corrupt_archives = 0
         self._payloads: dict[int, bytes] = {}
-        boundaries: set[bytes] = set()
-        end, limit = survey(message, limits, boundaries)
-        self._read(message, end, limit)
-        if self._header_block_cut_short(message):
-            # Maybe at a field in RFC 5322's obsolete syntax: if so, read again as one.
-            rewritten, end = read_as_fields(message, None if limit == "abusive_field" else end, boundaries)
-            if rewritten is not message:
-                self._read(rewritten, end, limit)
-
-    def _read(self, message: bytes, end: int, limit: str | None) -> None:
-        """The message parsed up to `end`, where the survey's `limit` ended it."""
-        self.limits_hit: set[str] = set() if limit is None else {limit}
-        self.parse_failed = False
+        end, limit = survey(message, limits)
+        if limit is not None:
+            self.limits_hit.add(limit)
         parser = BytesParser(policy=policy.compat32)
         if limit == "abusive_field":
             self._not_parsed(parser, message)
             return
         try:
             self._root = parse(parser, message[:end])
-            self._parts = list(islice(self._root.walk(), self._limits.parts + 1))
+            self._parts = list(islice(self._root.walk(), limits.parts + 1))
         except Exception as exc:  # meant never to raise, it does: TypeError on some
             # malformed RFC 2231 parameters (a boundary*0*=...)
             log.info("the message could not be parsed (%s: %s); matching its raw body",
@@ -137,27 +124,9 @@ class MessageContents:
             self._not_parsed(parser, message)
             return
         self.parsed = True
-        if len(self._parts) > self._limits.parts:
+        if len(self._parts) > limits.parts:
             self.limits_hit.add("max_parts")
-            del self._parts[self._limits.parts:]
-
-    def _header_block_cut_short(self, message: bytes) -> bool:
-        """Whether the parser ended a header block before its empty line, at a line it
-        took for no field (and so for the first line of the body), or took a line of
-        one for an mbox "From " line ("From : a@b" is one to it): kept as the envelope
-        sender on the first line, dropped as a defect in the middle, and made the first
-        line of the body on the last."""
-        for part in self._parts or (self._root,):
-            if part.get_unixfrom() is not None:
-                return True
-            for defect in part.defects:
-                if isinstance(defect, _CUT_SHORT):
-                    return True
-        blank = _END_OF_HEADER_BLOCK.search(message)
-        if blank is None:
-            return False
-        last_line = max(message.rfind(b"\n", 0, blank.start()), message.rfind(b"\r", 0, blank.start())) + 1
-        return message.startswith(b"From ", last_line)
+            del self._parts[limits.parts:]
 
     def _not_parsed(self, parser: BytesParser, message: bytes) -> None:
         """The message as its headers (they are read as they are, whatever their
@@ -325,10 +294,9 @@ def _plain_header_block(block: bytes) -> Message | None:
     return message
 
 
-def survey(message: bytes, limits: Limits, boundaries: set[bytes] | None = None) -> tuple[int, str | None]:
+def survey(message: bytes, limits: Limits) -> tuple[int, str | None]:
     """How much of `message` the parser may read, and the limit that ended it there
-    (None: all of it), in one linear pass over its lines (adding the boundary of every
-    multipart's Content-Type field before that to `boundaries`): "abusive_field" (do not
+    (None: all of it), in one linear pass over its lines: "abusive_field" (do not
     parse it at all), "max_parts" (up to its `BOUNDARY_LINES_PER_PART * parts + 1`-th
     delimiter line) or "max_depth" (up to the field that opens its `depth + 1`-th
     multipart inside the others).
@@ -355,8 +323,6 @@ def survey(message: bytes, limits: Limits, boundaries: set[bytes] | None = None)
                         return start, "max_depth"
                     if boundary is not None:
                         opened.setdefault(boundary, len(nesting))
-                        if boundaries is not None:
-                            boundaries.add(boundary)
                     nesting.append(boundary)
             continue
         line = match["delimiter"].rstrip(b" \t")

@@ -8,6 +8,7 @@ import asyncio
 import base64
 import gzip
 import io
+import quopri
 import tarfile
 import threading
 import zipfile
@@ -804,6 +805,8 @@ EXE = attachment("invoice.exe")
     b"--a:b--\r\n--O\r\n--a:b\r\nX-Junk : 1\r\n" + EXE,
     # "--x : y" before a part's fields: a field to Postfix and mail programs.
     mime(text(), b"--x : y\r\n" + EXE),
+    # ... even where "x : y" is a boundary, declared in a text, not a part's.
+    mime(text(b'Content-Type: multipart/mixed; boundary="x : y"\r\n'), b"--x : y\r\n" + EXE),
 ])
 def test_an_attachment_after_such_a_field_anywhere_is_still_refused(plugin, message):
     assert refusal(plugin, message) == REJECTED
@@ -825,3 +828,20 @@ def test_rewriting_such_fields_makes_no_delimiter_lines():
                + b"--a :b\r\nX: y\r\n" * 5000)
     contents = _mime.MessageContents(message, _mime.Limits(10, 1000, 1000, 10))
     assert contents.limits_hit == set()
+
+
+def test_a_body_is_read_as_it_came_in_a_message_with_such_fields(plugin):
+    # A member name of a quoted-printable zip starts a line, as a field in the obsolete
+    # syntax would: the zip must still be read whole, and its .exe seen.
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_STORED) as archive:
+        archive.writestr("A :b.txt", b"hi")
+        archive.writestr("evil.exe", b"MZ")
+    encoded = quopri.encodestring(buffer.getvalue()).replace(b"\n", b"\r\n")
+    where = encoded.rfind(b"A :b.txt")
+    encoded = encoded[:where] + b"=\r\n" + encoded[where:]  # a soft line break before it
+    part = (b"Content-Type: application/zip; name=a.zip\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\n"
+            + encoded + b"\r\n")
+    assert refusal(plugin, mime(text(), part, head=b"Subject : test\r\n")) == REJECTED
+    message = b"Subject : x\r\n\r\nPassword : hunter2\r\n"
+    assert _mime.MessageContents(message, _mime.Limits(10, 1000, 1000, 10)).texts == ["Password : hunter2\r\n"]

@@ -1,35 +1,36 @@
-"""Header fields in RFC 5322's obsolete syntax ("Subject : hi") are written as fields
-wherever they stand, and the message's structure (its delimiter lines) stays as it was."""
+"""Header fields in RFC 5322's obsolete syntax ("Subject : hi") are read as fields
+wherever the parser reads header fields, and nothing else of a message changes: its
+parser (plugins/_feedparser.py, a copy of the email package's) reads every other
+message exactly as the email package does."""
 
 from __future__ import annotations
 
-import tracemalloc
+from email import policy
+from email.parser import BytesParser as EmailPackageParser
 
 from hypothesis import example, given, settings, strategies as st
 
-from mailproxy_plugins._mime import Limits, survey
-from mailproxy_plugins._obsolete_fields import read_as_fields
+from mailproxy_plugins._feedparser import BytesParser
+from mailproxy_plugins._mime import Limits, MessageContents
+from tests.unit.test_plugin_mime_parse import _ENDS, _LINES, _seen
 
 LIMITS = Limits(parts=100, text_bytes=10**6, archive_bytes=10**6, archive_members=100)
 
 
-def boundaries_of(message: bytes) -> set[bytes]:
-    found: set[bytes] = set()
-    survey(message, LIMITS, found)
-    return found
-
-
-def rewritten(message: bytes) -> bytes:
-    data, end = read_as_fields(message, len(message), boundaries_of(message))
-    assert end == len(data)  # the parser reads all of what it read before
-    return data
+def view(message: bytes) -> tuple:
+    """What the headers plugin's rules read of a message."""
+    contents = MessageContents(message, LIMITS)
+    return (contents.content_types, contents.file_names, contents.texts, sorted(contents.limits_hit),
+            [contents.header(name) for name in ("Subject", "From", "X-Mailer", "Content-Disposition")])
 
 
 # --- a generated message, written once with plain fields and once with obsolete ones ------
 
-# Lines of a body, none written like a field in the obsolete syntax (those are, wherever
-# they stand: see below).
-_BODY_LINES = st.sampled_from([b"Hello.", b"Note: kept", b"-- ", b"--", b"Total 3 :", b"From here", b""])
+# Lines of a body, some written like a field in the obsolete syntax: they stay as they are.
+_BODY_LINES = st.sampled_from([
+    b"Hello.", b"Note : kept", b"Total\t: 3", b"-- ", b"--", b"Name : after a signature", b"--B9 : no",
+    b"From : not a field here", b"",
+])
 _FIELDS = st.sampled_from([
     (b"Subject", b"buy now"), (b"From", b"<a@example.test>"), (b"X-Mailer", b"Bulk Mailer"),
     (b"Content-Disposition", b'attachment; filename="invoice.exe"'), (b"X-Folded", b"one\r\n two : kept"),
@@ -43,8 +44,8 @@ def _fields(draw) -> list[tuple[bytes, bytes, bytes]]:
     return draw(st.lists(st.tuples(_FIELDS, _SPACES).map(lambda pair: (*pair[0], pair[1])), max_size=3))
 
 
-def _leaf(draw_fields, body):
-    return ("leaf", draw_fields, body)
+def _leaf(fields, body):
+    return ("leaf", fields, body)
 
 
 _NODES = st.recursive(
@@ -67,7 +68,7 @@ class _Writer:
         self.boundaries = 0
 
     def block(self, fields, content_type: bytes | None) -> bytes:
-        lines = [(name, value, spaces) for name, value, spaces in fields]
+        lines = list(fields)
         if content_type is not None:
             lines.append((b"Content-Type", content_type, b" "))
         return b"".join(name + (spaces if self.obsolete else b"") + b": " + value + b"\r\n"
@@ -84,69 +85,77 @@ class _Writer:
         self.boundaries += 1
         parts, digest = node[2], node[3]
         head = self.block(fields, b"multipart/%s; boundary=%s" % (b"digest" if digest else b"mixed", boundary))
-        body = b"preamble\r\n"
+        body = b"preamble : kept\r\n"
         for part in parts:
             if digest and part[0] != "message":
                 part = ("message", [], part)  # a digest's parts are messages
             body += b"--" + boundary + b"\r\n" + self.node(part, in_digest=digest)
-        return head + body + b"--" + boundary + b"--\r\nepilogue\r\n"
+        return head + body + b"--" + boundary + b"--\r\nepilogue : kept\r\n"
 
 
 @settings(max_examples=600, deadline=None)
 @given(_NODES)
 @example(("multipart", [], [("message", [(b"Subject", b"x", b" ")], ("leaf", [(b"Subject", b"y", b" ")], []))],
           False))
-@example(("multipart", [], [("message", [], ("leaf", [(b"Subject", b"y", b" ")], [b"Note: kept"]))], True))
-def test_every_field_of_every_header_block_is_written_plain(node) -> None:
-    plain = _Writer(obsolete=False).node(node)
-    assert rewritten(_Writer(obsolete=True).node(node)) == plain
-    assert read_as_fields(plain, len(plain), set())[0] is plain  # nothing to rewrite: no copy
+@example(("multipart", [], [("message", [], ("leaf", [(b"Subject", b"y", b" ")], [b"Note : kept"]))], True))
+def test_a_message_reads_the_same_written_with_plain_or_obsolete_fields(node) -> None:
+    assert view(_Writer(obsolete=True).node(node)) == view(_Writer(obsolete=False).node(node))
+
+
+# --- the email package's reading of everything else ---------------------------------------
+
+_PLAIN_LINES = _LINES.filter(lambda line: not _obsolete(line))
+
+
+def _obsolete(line: bytes) -> bool:
+    name, colon, _ = line.partition(b":")
+    return bool(colon) and name != name.rstrip(b" \t") and all(0x21 <= c <= 0x7e for c in name.rstrip(b" \t"))
+
+
+@settings(max_examples=3000, deadline=None)
+@given(st.lists(st.tuples(_PLAIN_LINES, _ENDS), max_size=12))
+def test_a_message_without_such_fields_is_read_as_the_email_package_reads_it(lines) -> None:
+    data = b"".join(line + end for line, end in lines)
+    ours = BytesParser(policy=policy.compat32).parsebytes(data)
+    assert _seen(ours) == _seen(EmailPackageParser(policy=policy.compat32).parsebytes(data))
+
+
+def test_the_copy_reads_in_the_chunks_the_email_package_reads_in():
+    # A CRLF cut between two of the 8192-character chunks fed to the parser.
+    data = b"Subject: x\r\n" + b"X-Pad: " + b"p" * (8192 - 20) + b"\r\n" + b"To: y\r\n\r\nbody\r\n"
+    assert data[8191:8193] == b"\r\n"
+    ours = BytesParser(policy=policy.compat32).parsebytes(data)
+    assert _seen(ours) == _seen(EmailPackageParser(policy=policy.compat32).parsebytes(data))
 
 
 # --- direct cases ------------------------------------------------------------------------
 
 
-def test_every_line_written_so_is_written_as_a_field_but_folded_ones():
-    assert rewritten(b"Subject : a\r\n\tfolded : kept\r\nX-Tab\t \t: c\r\n\r\nBody : too\r\n") == (
-        b"Subject: a\r\n\tfolded : kept\r\nX-Tab: c\r\n\r\nBody: too\r\n")
+def parsed(data: bytes, headersonly: bool = False):
+    return BytesParser(policy=policy.compat32).parsebytes(data, headersonly=headersonly)
 
 
-def test_every_line_end_the_parser_knows_ends_a_line():
-    assert rewritten(b"X: a\rSubject : b\nTo : c\r\n\nBody : d\r") == b"X: a\rSubject: b\nTo: c\r\n\nBody: d\r"
+def test_such_a_field_is_read_as_a_field_named_without_the_spaces():
+    message = parsed(b"Subject : a\r\n\tfolded : kept\r\nX-Tab\t \t: c\r\nTo: d\r\n\r\nBody : kept\r\n")
+    assert message.items() == [("Subject", "a\r\n\tfolded : kept"), ("X-Tab", "c"), ("To", "d")]
+    assert message.get_payload() == "Body : kept\r\n"
+    assert message.defects == []
 
 
-def test_no_delimiter_line_appears_or_goes():
-    # "--B : x" is a delimiter line of boundary "B : x"; "--a : b" would become one of
-    # "a: b", were it written "--a: b": a field of another name instead.
-    message = (b'Content-Type: multipart/mixed; boundary="B : x"\r\nX-Other: boundary="a: b"\r\n\r\n'
-               b"--B : x\r\nX-A : 1\r\n--a : b\r\n--c\t: d--\r\n\r\n--B : x--\r\n")
-    assert rewritten(message) == (b'Content-Type: multipart/mixed; boundary="B : x"\r\nX-Other: boundary="a: b"\r\n\r\n'
-                                  b"--B : x\r\nX-A: 1\r\nX---a: b\r\nX---c: d--\r\n\r\n--B : x--\r\n")
+def test_from_written_so_is_a_from_field_wherever_it_stands():
+    for data in (b"From : <a@b>\r\nSubject: hi\r\n\r\nx\r\n", b"Subject: hi\r\nFrom : <a@b>\r\nTo: c\r\n\r\nx\r\n",
+                 b"Subject: hi\r\nFrom : <a@b>\r\n\r\nx\r\n", b"Subject: hi\r\nFrom : <a@b>"):
+        message = parsed(data)
+        assert (message["From"], message["Subject"], message.get_unixfrom()) == ("<a@b>", "hi", None)
+    assert parsed(b"From someone Mon Jan 1\r\nSubject: hi\r\n\r\n").get_unixfrom() == "From someone Mon Jan 1"
 
 
-def test_what_the_parser_does_not_read_is_left_as_it_is():
-    message = b"Subject : a\r\nContent-Type: multipart/mixed; boundary=B\r\n\r\n--B\r\nX : b\r\n\r\n--B\r\nY : c\r\n"
-    stop = message.index(b"--B\r\nY")  # as the survey cuts a message at a limit
-    data, end = read_as_fields(message, stop, {b"B"})
-    assert data == b"Subject: a\r\nContent-Type: multipart/mixed; boundary=B\r\n\r\n--B\r\nX: b\r\n\r\n--B\r\nY : c\r\n"
-    assert data[:end] == message[:stop].replace(b" :", b":")
-    assert read_as_fields(message, None, {b"B"}) == (message.replace(b" :", b":"), len(message) - 3)
+def test_only_spaces_and_tabs_right_before_the_colon_make_such_a_field():
+    message = parsed(b"Subject: a\r\nSubj ect: b\r\nTo: c\r\n\r\n")
+    assert message.items() == [("Subject", "a")]
+    assert message.get_payload() == "Subj ect: b\r\nTo: c\r\n\r\n"
 
 
-def test_a_message_of_many_such_lines_costs_no_object_per_line():
-    body = b"a :b\r\n" * 500_000
-    message = b"Subject : x\r\n\r\n" + body
-    tracemalloc.start()
-    try:
-        data, _ = read_as_fields(message, len(message), set())
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
-    assert data == b"Subject: x\r\n\r\n" + body.replace(b" :", b":")
-    assert peak < 3 * len(message)  # the copy, and the buffer it is built in
-
-
-def test_the_first_line_is_a_line_like_any_other():
-    assert rewritten(b"X : a\r\n\r\n") == b"X: a\r\n\r\n"
-    assert rewritten(b"--a : b\r\n\r\n") == b"X---a: b\r\n\r\n"
-    assert rewritten(b"\nX : a\r\n") == b"\nX: a\r\n"  # after an empty first line
+def test_a_headers_only_read_reads_them_too():
+    message = parsed(b"Subject : a\r\nContent-Type : text/plain; name=x.exe\r\n\r\nbody\r\n", headersonly=True)
+    assert message.items() == [("Subject", "a"), ("Content-Type", "text/plain; name=x.exe")]
