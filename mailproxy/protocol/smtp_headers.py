@@ -14,6 +14,9 @@ def header_block(headers: list[tuple[str, str]]) -> bytes:
     return b"".join(f"{name}: {value}\r\n".encode("utf-8") for name, value in headers)
 
 
+# The empty line after a line, CRLF or LF: where a header section ends.
+_END_OF_HEADER = re.compile(rb"\n\r?\n")
+
 
 @functools.lru_cache(maxsize=64)  # a filter is made per message, for the same few names
 def _lowered(names: tuple[str, ...]) -> tuple[frozenset[bytes], re.Pattern[bytes]]:
@@ -75,14 +78,8 @@ class HeaderFieldFilter:
         not a step per line."""
         if data.startswith((b"\r\n", b"\n")):
             return True
-        end = data.find(b"\n\r\n")
-        # Only up to there: a search for two bytes goes through all of a message without.
-        bare = data.find(b"\n\n", 0, len(data) if end < 0 else end)
-        if bare >= 0:
-            end = bare
-        elif end < 0:
-            return False
-        return self._any_name.search(data[:end].lower()) is None
+        end = _END_OF_HEADER.search(data)
+        return end is not None and self._any_name.search(data[:end.start()].lower()) is None
 
     def _start_line(self, data: bytes, position: int) -> bool:
         """Decide the fate of the line starting at `position`; False when the header
