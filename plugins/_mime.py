@@ -121,6 +121,11 @@ class MessageContents:
             log.info("the message could not be parsed (%s: %s); matching its raw body",
                      type(exc).__name__, exc)
             self.parse_failed = True
+            if isinstance(exc, RecursionError):
+                # Messages inside message/rfc822 parts, nested past what the parser
+                # can follow (the survey bounds multiparts only): a limit, as deeper
+                # multiparts are, so that mime_limit decides, not unparsable.
+                self.limits_hit.add("max_depth")
             self._not_parsed(parser, message)
             return
         self.parsed = True
@@ -177,10 +182,12 @@ class MessageContents:
         lower-case, without the trailing dots and spaces Windows ignores."""
         names = []
         for index, (part, content_type) in enumerate(zip(self._parts, self.content_types)):
-            if part.is_multipart():
-                continue
+            if part.is_multipart() and content_type.startswith("multipart/"):
+                continue  # a container: its parts give their names
             own = _file_names(part)
             names += own
+            if part.is_multipart():
+                continue  # a message/* part names itself; the message inside is parts of its own
             payload = self._payload(index)
             kind = archive_kind(own, content_type, payload)
             if kind is not None:

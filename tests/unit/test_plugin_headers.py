@@ -845,3 +845,31 @@ def test_a_body_is_read_as_it_came_in_a_message_with_such_fields(plugin):
     assert refusal(plugin, mime(text(), part, head=b"Subject : test\r\n")) == REJECTED
     message = b"Subject : x\r\n\r\nPassword : hunter2\r\n"
     assert _mime.MessageContents(message, _mime.Limits(10, 1000, 1000, 10)).texts == ["Password : hunter2\r\n"]
+
+
+@pytest.mark.parametrize("part", [
+    b"Content-Type: message/rfc822; name=a.exe\r\nContent-Disposition: attachment; filename=a.exe\r\n\r\nMZ\x90\x00\r\n",
+    b"Content-Type: message/global\r\nContent-Disposition: attachment; filename=a.exe\r\n\r\nMZ\x90\x00\r\n",
+])
+def test_a_message_part_is_judged_by_the_names_it_gives_itself(plugin, part):
+    assert refusal(plugin, mime(text(), part)) == REJECTED
+
+
+def test_a_digest_part_is_judged_by_its_names_too(plugin):
+    # A part of a digest with no Content-Type is a message/rfc822.
+    message = (b'Subject: t\r\nContent-Type: multipart/digest; boundary="DIG"\r\n\r\n'
+               b'--DIG\r\nContent-Disposition: attachment; filename="a.exe"\r\n\r\nMZ\r\n--DIG--\r\n')
+    assert refusal(plugin, message) == REJECTED
+
+
+def test_a_message_part_named_like_an_archive_is_no_corrupt_archive(plugin):
+    part = b"Content-Type: message/rfc822; name=a.zip\r\n\r\nSubject: inner\r\n\r\nHello.\r\n"
+    assert scan(plugin, mime(text(), part)) == (None, {})
+
+
+def test_messages_nested_past_what_the_parser_follows_reach_a_limit():
+    message = b"Content-Type: message/rfc822\r\n\r\n" * 1000 + mime(attachment("a.exe"))
+    contents = _mime.MessageContents(message, _mime.Limits(10, 1000, 1000, 10))
+    assert contents.limit_reached and contents.parse_failed
+    strict = load(mime_limit="reject")
+    assert refusal(strict, message)[0] is Action.REJECT
