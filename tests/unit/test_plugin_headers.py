@@ -873,3 +873,9 @@ def test_messages_nested_past_what_the_parser_follows_reach_a_limit():
     assert contents.limit_reached and contents.parse_failed
     strict = load(mime_limit="reject")
     assert refusal(strict, message)[0] is Action.REJECT
+
+
+def test_a_part_that_says_multipart_but_has_no_boundary_is_judged_by_its_names(plugin):
+    # The parser takes it for a leaf (a defect): its own names are all it has.
+    part = b"Content-Type: multipart/mixed; name=a.exe\r\n\r\nMZ\x90\x00\r\n"
+    assert refusal(plugin, mime(text(), part)) == REJECTED
