@@ -1,7 +1,7 @@
 """Where the shipped plugin set's CPU goes: one worker, `access` alone against every
 plugin of the mailproxy-plugins target, per message.
 
-    python bench/profile_plugins.py [--messages N] [--sessions S]
+    python bench/profile_plugins.py [--messages N] [--sessions S] [--multiprocess-metrics]
                                     [--cprofile [--top K] | --instructions] [--each] [--save DIR]
 
 For each of the two configurations it starts smtp-sink and a one-worker mailproxy (the
@@ -16,13 +16,17 @@ messages go through: a figure that does not move with the load of a shared machi
 so two versions of the code can be compared on it (use a few hundred messages: it is
 some 50 times slower). --each also measures the full set less each plugin in turn:
 what each one adds (less `headers`, the proxy streams messages again, so its figure
-includes taking messages whole). Loopback only; every run is bounded by N and a timeout. Run as
+includes taking messages whole). --multiprocess-metrics makes the one worker keep its
+metrics as `workers > 1` does (prometheus_client's multiprocess mode, each update
+written to a shared file), which costs about twice as much per update: the figures
+then match the throughput benchmark's two-worker targets. Loopback only; every run is bounded by N and a timeout. Run as
 root from the repository (smtp-sink drops to nobody).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import pstats
 import shutil
 import subprocess
@@ -142,6 +146,8 @@ def main() -> int:
     parser.add_argument("--top", type=int, default=30)
     parser.add_argument("--each", action="store_true",
                         help="also measure the full set less each plugin in turn (access stays)")
+    parser.add_argument("--multiprocess-metrics", action="store_true",
+                        help="keep the metrics as workers > 1 does (in shared files)")
     parser.add_argument("--save", type=Path, metavar="DIR", help="keep the cProfile or callgrind files here")
     args = parser.parse_args()
     tools = ("smtp-sink", "smtp-source", "dnsmasq", *(("valgrind", "callgrind_control") if args.instructions else ()))
@@ -151,6 +157,9 @@ def main() -> int:
     plugins = PluginSet()
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
+        if args.multiprocess_metrics:  # read by prometheus_client when the proxy imports it
+            (work / "metrics").mkdir()
+            os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(work / "metrics")
         try:
             plugins.start_dns(SENDER.split("@")[1], HELO_NAMES)
             access = measure("access", None, args, work)

@@ -15,6 +15,7 @@ from typing import Any
 from prometheus_client import Counter, Gauge, Histogram
 
 from . import __version__
+from . import deferred_counts  # noqa: F401 (first: its collector must precede every metric)
 
 
 @dataclass(frozen=True)
@@ -41,6 +42,7 @@ def _describe(kind: str, name: str, documentation: str, labels: list[str]) -> Me
 def _define(kind: type, name: str, documentation: str, labels: list[str], **options: Any):
     _describe(kind.__name__.lower(), name, documentation, labels)
     return kind(name, documentation, labels, **options)
+
 
 # Round trips to a local upstream take well under a millisecond; a remote one or a
 # content scan may take seconds.
@@ -360,6 +362,7 @@ def child(metric, *label_values: str):
     """`metric.labels(*label_values)`, memoised: label lookup is the costliest part of
     counting on the hot path, and the label sets are small and closed."""
     return metric.labels(*label_values)
+
 
 
 @functools.cache

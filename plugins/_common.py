@@ -14,6 +14,7 @@ from pydantic import AfterValidator, BeforeValidator, Field, ValidationInfo, fie
 
 from mailproxy import PluginSettings, Session, Verdict
 from mailproxy import metrics
+from mailproxy.deferred_counts import deferred
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 Value = TypeVar("Value")
@@ -201,8 +202,9 @@ def count(plugin: str, check: str, result: str) -> None:
 
 
 def checks_counter(plugin: str, check: str, result: str):
-    """The counter of `check`'s `result`, for a plugin that keeps it at hand."""
-    return metrics.child(metrics.plugin_checks, plugin, check, result)
+    """The counter of `check`'s `result`, for a plugin that keeps it at hand: counted
+    in batches (deferred_counts.py), as checks run several times per message."""
+    return deferred(metrics.plugin_checks, plugin, check, result)
 
 
 class timed:

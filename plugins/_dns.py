@@ -24,6 +24,7 @@ import dns.rdatatype
 import dns.resolver
 
 from mailproxy import metrics
+from mailproxy.deferred_counts import deferred
 from mailproxy.dns import CountedQuery
 
 from ._common import ExpiringCache, timed_wait
@@ -82,8 +83,8 @@ class CachedLookups:
         self._max_negative_ttl = max_negative_ttl
         self._cache: ExpiringCache[tuple[Any, ...]] = ExpiringCache(entries, clock)
         self._queries: dict[tuple[str, str], asyncio.Task] = {}
-        self._hits = metrics.child(metrics.dns_cache_lookups, "hit")
-        self._misses = metrics.child(metrics.dns_cache_lookups, "miss")
+        self._hits = deferred(metrics.dns_cache_lookups, "hit")
+        self._misses = deferred(metrics.dns_cache_lookups, "miss")
 
     async def lookup(
         self, name: str, rdtype: str, timeout: float, check: tuple[str, str] | None = None

@@ -16,6 +16,7 @@ from collections.abc import Callable
 
 from ..app import Application
 from ..config import ConfigError
+from ..deferred_counts import keep_flushing
 from .core import ClientConnection
 from .imap_session import ImapProxySession
 from .pop3_session import Pop3ProxySession
@@ -125,21 +126,26 @@ async def serve(
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
     servers = await _open_listeners(app, reuse_port)
-    if ready is not None:
-        ready()
-    await stop.wait()
-    if stopping is not None:
-        stopping()  # first, so that load balancers send no more clients
-    if shutdown_delay > 0:
-        log.info("stopping: not ready, still accepting for %.1fs", shutdown_delay)
-        await asyncio.sleep(shutdown_delay)
-    log.info("stopping: no new connections, %.1fs for open sessions", app.config.proxy.shutdown_grace)
-    for server in servers:
-        server.close()
-    await _drain_sessions(app, app.config.proxy.shutdown_grace)
-    for server in servers:
-        await server.wait_closed()
-    await app.state.close()
+    flushing = asyncio.create_task(keep_flushing())
+    try:
+        if ready is not None:
+            ready()
+        await stop.wait()
+        if stopping is not None:
+            stopping()  # first, so that load balancers send no more clients
+        if shutdown_delay > 0:
+            log.info("stopping: not ready, still accepting for %.1fs", shutdown_delay)
+            await asyncio.sleep(shutdown_delay)
+        log.info("stopping: no new connections, %.1fs for open sessions", app.config.proxy.shutdown_grace)
+        for server in servers:
+            server.close()
+        await _drain_sessions(app, app.config.proxy.shutdown_grace)
+        for server in servers:
+            await server.wait_closed()
+        await app.state.close()
+    finally:
+        flushing.cancel()  # which flushes what the last sessions counted
+        await asyncio.gather(flushing, return_exceptions=True)
     log.info("stopped")
 
 

@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -77,6 +78,15 @@ class ProxyProcess:
                 if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
                     total += sample.value
         return total
+
+    def settled_metric(self, name: str, expected: float, timeout: float = 10.0, **labels: str) -> float:
+        """`metric`, read again until it is `expected` or `timeout` seconds pass: with
+        `workers > 1` a worker's plugin counts reach the scrape within about a second
+        (mailproxy/deferred_counts.py)."""
+        deadline = time.monotonic() + timeout
+        while (value := self.metric(name, **labels)) != expected and time.monotonic() < deadline:
+            time.sleep(0.1)
+        return value
 
     def stop(self, timeout: float = 15) -> int | None:
         if self.process is None:
