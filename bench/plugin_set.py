@@ -13,8 +13,8 @@ through:
 - a greylist that already knows the bench's triplet: `prime` runs sessions until a
   whole pass of them is accepted (the first attempt in each worker is deferred, its
   retry after the short `delay` passes), which also fills every worker's DNS caches;
-- the proof that the checks ran: the proxy's /metrics read before and after each run
-  (`Evidence`), and dnsmasq's query log, which must stay silent once the caches are warm.
+- the proof that the checks ran: the proxy's /metrics read before and after each run,
+  once the workers have added their counts to it (`Evidence`), and dnsmasq's query log, which must stay silent once the caches are warm.
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ from prometheus_client.parser import text_string_to_metric_families
 BENCH_DIR = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH_DIR.parent))  # for tests.support
 
+from mailproxy.deferred_counts import FLUSH_INTERVAL  # noqa: E402
 from tests.support.dnsmasq import Dnsmasq, authoritative  # noqa: E402
 
 FRAGMENT = BENCH_DIR / "mailproxy-plugins.toml.in"
@@ -162,6 +163,9 @@ class PluginSet:
         raise PrimeError(f"still greylisted after {PRIME_PASSES} passes of {PRIME_SESSIONS} sessions")
 
     def snapshot(self, metrics_port: int) -> Snapshot:
+        # A worker adds its checks' counts to the scrape once a second: wait for the
+        # last run's to be in, or they would count for the next run.
+        time.sleep(FLUSH_INTERVAL + 0.5)
         with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10) as reply:
             text = reply.read().decode()
         checks, calls, errors = Counter(), Counter(), Counter()

@@ -83,26 +83,27 @@ class MemoryState(SharedState):
         self._expiries: list[tuple[float, str]] = []
         self._due: dict[str, float] = {}
 
-    def _live(self, key: str) -> str | int | None:
+    # Each operation reads the clock once, and hands the time on.
+
+    def _live(self, key: str, now: float) -> str | int | None:
         entry = self._values.get(key)
         if entry is None:
             return None
-        if entry[0] <= self._clock():
+        if entry[0] <= now:
             del self._values[key]
             return None
         return entry[1]
 
-    def _store(self, key: str, value: str | int, ttl: float) -> None:
-        expires = self._clock() + ttl
+    def _store(self, key: str, value: str | int, ttl: float, now: float) -> None:
+        expires = now + ttl
         self._values[key] = (expires, value)
         due = self._due.get(key)
         if due is None or due > expires:
             self._due[key] = expires
             heapq.heappush(self._expiries, (expires, key))
-        self._sweep()
+        self._sweep(now)
 
-    def _sweep(self, budget: int = 16) -> None:
-        now = self._clock()
+    def _sweep(self, now: float, budget: int = 16) -> None:
         while budget and self._expiries and self._expiries[0][0] <= now:
             due, key = heapq.heappop(self._expiries)
             budget -= 1
@@ -116,32 +117,33 @@ class MemoryState(SharedState):
                 self._due[key] = entry[0]
                 heapq.heappush(self._expiries, (entry[0], key))
 
-    def _add(self, key: str, ttl: float, amount: int) -> int:
-        current = self._live(key)
-        if current is None:
-            self._store(key, amount, ttl)
+    def _add(self, key: str, ttl: float, amount: int, now: float) -> int:
+        entry = self._values.get(key)
+        if entry is None or entry[0] <= now:  # none, or expired: a new counter
+            self._store(key, amount, ttl, now)
             return amount
-        value = int(current) + amount
-        self._values[key] = (self._values[key][0], value)
+        value = int(entry[1]) + amount
+        self._values[key] = (entry[0], value)
         return value
 
-    def _read(self, key: str) -> str | None:
-        value = self._live(key)
+    def _read(self, key: str, now: float) -> str | None:
+        value = self._live(key, now)
         return None if value is None else str(value)
 
     async def incr(self, key: str, ttl: float, amount: int = 1) -> int:
-        return self._add(key, ttl, amount)
+        return self._add(key, ttl, amount, self._clock())
 
     async def get(self, key: str) -> str | None:
-        return self._read(key)
+        return self._read(key, self._clock())
 
     async def set(self, key: str, value: str, ttl: float) -> None:
-        self._store(key, value, ttl)
+        self._store(key, value, ttl, self._clock())
 
     async def add(self, key: str, value: str, ttl: float) -> bool:
-        if self._live(key) is not None:
+        now = self._clock()
+        if self._live(key, now) is not None:
             return False
-        self._store(key, value, ttl)
+        self._store(key, value, ttl, now)
         return True
 
     async def delete(self, key: str) -> None:
@@ -153,7 +155,8 @@ class MemoryState(SharedState):
         if not self._own_operations:  # a subclass's incr or get must see every count
             return await super().incr_and_get(counters, ttl, reads)
         # Without an await per operation: the rate limits count every command this way.
-        return [self._add(key, ttl, 1) for key in counters], [self._read(key) for key in reads]
+        now = self._clock()
+        return [self._add(key, ttl, 1, now) for key in counters], [self._read(key, now) for key in reads]
 
     def __len__(self) -> int:
         return len(self._values)
