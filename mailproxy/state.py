@@ -156,7 +156,12 @@ class MemoryState(SharedState):
             return await super().incr_and_get(counters, ttl, reads)
         # Without an await per operation: the rate limits count every command this way.
         now = self._clock()
-        return [self._add(key, ttl, 1, now) for key in counters], [self._read(key, now) for key in reads]
+        values, read = [], []  # loops: a comprehension is a function call more in Python 3.11
+        for key in counters:
+            values.append(self._add(key, ttl, 1, now))
+        for key in reads:
+            read.append(self._read(key, now))
+        return values, read
 
     def __len__(self) -> int:
         return len(self._values)

@@ -16,6 +16,7 @@ every client. An answer outside 127.0.0.0/8 never lists: a resolver that rewrite
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 from dataclasses import dataclass
@@ -92,6 +93,7 @@ def valid_spec(spec: str) -> str:
     return spec
 
 
+@functools.lru_cache(4096)  # the same clients, session after session
 def reversed_address(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str:
     """The key a DNS list is asked for an address: IPv4 octets, or IPv6 nibbles, in
     reverse order (1.2.3.4 -> 4.3.2.1)."""

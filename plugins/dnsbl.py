@@ -26,7 +26,7 @@ from pydantic import AfterValidator, Field
 
 from mailproxy import Envelope, Session, Verdict, hookimpl
 
-from ._common import ClientFilter, DnsCheckSettings, client_ip, count, host_name, printable
+from ._common import ClientFilter, DnsCheckSettings, checks_counter, client_ip, host_name, printable
 from ._dns import LookupFailed, cached_lookups, txt_text
 from ._dnsbl_lists import DnsList, outside_loopback, reversed_address, valid_spec
 
@@ -55,6 +55,10 @@ class Plugin:
         self._client_lists = [DnsList.parse(spec) for spec in settings.client_lists]
         self._domain_lists = [DnsList.parse(spec) for spec in settings.domain_lists]
         self._dns = cached_lookups(settings, context.config.dns)
+        # Each list's counter of each result, at hand: every message counts one or two.
+        self._results = {(dns_list.zone, result): checks_counter(PLUGIN, dns_list.zone, result)
+                         for dns_list in self._client_lists + self._domain_lists
+                         for result in ("listed", "not_listed", "error")}
 
     @hookimpl
     async def smtp_connect(self, session: Session) -> Verdict | None:
@@ -82,9 +86,9 @@ class Plugin:
 
     async def _look_up(self, lists: list[DnsList], key: str) -> list[Listing]:
         if len(lists) == 1:  # no task needed: most answers come from the cache at once
-            found = [await self._listing(lists[0], key)]
-        else:
-            found = await asyncio.gather(*(self._listing(dns_list, key) for dns_list in lists))
+            listing = await self._listing(lists[0], key)
+            return [] if listing is None else [listing]
+        found = await asyncio.gather(*(self._listing(dns_list, key) for dns_list in lists))
         return [listing for listing in found if listing is not None]
 
     async def _listing(self, dns_list: DnsList, key: str) -> Listing | None:
@@ -96,20 +100,24 @@ class Plugin:
         deadline = loop.time() + timeout
         check = (PLUGIN, dns_list.zone)  # each query to the list is timed, not the cache
         try:
-            answers = [r.address for r in await self._dns.lookup(name, "A", timeout, check)]
+            records = await self._dns.lookup(name, "A", timeout, check)
         except LookupFailed as exc:
             log.info("%s did not answer: %s", dns_list.zone, exc)
-            count(PLUGIN, dns_list.zone, "error")
+            self._results[dns_list.zone, "error"].inc()
             return None
+        if not records:  # "no such name": most keys of most lookups
+            self._results[dns_list.zone, "not_listed"].inc()
+            return None
+        answers = [r.address for r in records]
         if not any(dns_list.lists(a) for a in answers):
             strange = [a for a in answers if outside_loopback(a)]
             if strange:  # the list never answers so; a resolver rewriting NXDOMAIN does
                 log.warning("%s answered %s for %s, outside 127.0.0.0/8: ignored",
                             dns_list.zone, ", ".join(strange), name)
-            count(PLUGIN, dns_list.zone, "error" if strange else "not_listed")
+            self._results[dns_list.zone, "error" if strange else "not_listed"].inc()
             return None
         reason = await self._reason(name, deadline - loop.time(), check)
-        count(PLUGIN, dns_list.zone, "listed")
+        self._results[dns_list.zone, "listed"].inc()
         return Listing(dns_list, reason)
 
     async def _reason(self, name: str, timeout: float, check: tuple[str, str]) -> str:
@@ -125,7 +133,7 @@ class Plugin:
     def _refusal(self, listings: list[Listing]) -> str | None:
         """What to tell a client whose listings reach reject_threshold, else None."""
         threshold = self._settings.reject_threshold
-        if threshold is None or sum(listing.dns_list.weight for listing in listings) < threshold:
+        if threshold is None or not listings or sum(listing.dns_list.weight for listing in listings) < threshold:
             return None
         heaviest = max(listings, key=lambda listing: listing.dns_list.weight)
         zone = heaviest.dns_list.zone

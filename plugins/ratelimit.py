@@ -64,10 +64,19 @@ class SlidingWindow:
         the state; the estimates including it."""
         position = self._clock() / self._window
         index = math.floor(position)
-        current, previous = await self._state.incr_and_get(
-            [f"{key}{index}" for key in keys], 2 * self._window, [f"{key}{index - 1}" for key in keys])
+        previous_index = index - 1
+        # Loops, not comprehensions: each of those is a function call in Python 3.11,
+        # and an event has one to three keys.
+        counters, reads = [], []
+        for key in keys:
+            counters.append(f"{key}{index}")
+            reads.append(f"{key}{previous_index}")
+        current, previous = await self._state.incr_and_get(counters, 2 * self._window, reads)
         still_covered = 1.0 - (position - index)
-        return [now + int(before or 0) * still_covered for now, before in zip(current, previous)]
+        estimates = []
+        for now, before in zip(current, previous):
+            estimates.append(now if before is None else now + int(before) * still_covered)
+        return estimates
 
 
 class Plugin:
@@ -160,15 +169,18 @@ class Plugin:
         limits = self._limits[event]
         if not limits:
             return None
-        checks = [(*limits[whose], whose, who)
-                  for whose, who in self._counted_for(session, sender, limits) if whose in limits]
+        checks, keys = [], []
+        for whose, who in self._counted_for(session, sender, limits):
+            name_and_limit = limits.get(whose)
+            if name_and_limit is not None:
+                checks.append((*name_and_limit, whose))
+                keys.append(f"ratelimit:{name_and_limit[0]}:{who}:")
         if not checks:
             return None
         # Every limit of the event in one step: with redis, one round trip, timed.
-        keys = [f"ratelimit:{name}:{who}:" for name, _, _, who in checks]
         estimates = await timed_wait(self._window.hit(keys), self._checks[event])
         over = None
-        for (name, limit, whose, _), events in zip(checks, estimates):
+        for (name, limit, whose), events in zip(checks, estimates):
             if events > limit:
                 self._results[name, "over"].inc()
                 over = over or whose
