@@ -15,7 +15,9 @@ from typing import Any
 from prometheus_client import Counter, Gauge, Histogram
 
 from . import __version__
-from . import deferred_counts  # noqa: F401 (first: its collector must precede every metric)
+# First: its collector must precede every metric. Counters bumped several times per
+# message or session are counted through `deferred`.
+from .deferred_counts import deferred
 
 
 @dataclass(frozen=True)
@@ -333,7 +335,7 @@ def pop3_verb_label(verb: str) -> str:
 
 def pop3_reply_counter(listener: str, ok: bool, origin: str):
     """POP3 replies have no code: their class is "ok" (+OK) or "err" (-ERR)."""
-    return child(replies, "pop3", listener, "ok" if ok else "err", origin)
+    return deferred(replies, "pop3", listener, "ok" if ok else "err", origin)
 
 
 KNOWN_IMAP_VERBS = frozenset(
@@ -350,7 +352,7 @@ def imap_verb_label(verb: str) -> str:
 
 def imap_reply_counter(listener: str, status: str, origin: str):
     """IMAP replies counted are the tagged ones, by status ("ok", "no", "bad"), and BYE."""
-    return child(replies, "imap", listener, status.lower(), origin)
+    return deferred(replies, "imap", listener, status.lower(), origin)
 
 
 def reply_class(code: int) -> str:
@@ -369,7 +371,7 @@ def child(metric, *label_values: str):
 def reply_counter(protocol: str, listener: str, code: int, origin: str):
     """The `replies` child for one reply code: one lookup per reply on the hot path
     (codes are 200..599, a closed set)."""
-    return replies.labels(protocol, listener, reply_class(code), origin)
+    return deferred(replies, protocol, listener, reply_class(code), origin)
 
 
 def symbol_counter(plugin: str, symbol: str, enforced: str):

@@ -88,8 +88,8 @@ class ImapProxySession(ImapLoginCommands, ProxySession):
         self._client_ended = False  # its input ended: only the answers it is owed are left
         self._bye = False  # the upstream said BYE: the session ends once it is relayed
         self._ledger = CommandLedger(self.session)
-        self._to_upstream = metrics.child(metrics.relayed_bytes, "imap", self.runtime.name, "to_upstream")
-        self._to_client = metrics.child(metrics.relayed_bytes, "imap", self.runtime.name, "to_client")
+        self._to_upstream = metrics.deferred(metrics.relayed_bytes, "imap", self.runtime.name, "to_upstream")
+        self._to_client = metrics.deferred(metrics.relayed_bytes, "imap", self.runtime.name, "to_client")
 
     # --- replies ---------------------------------------------------------------------------
 
@@ -165,7 +165,7 @@ class ImapProxySession(ImapLoginCommands, ProxySession):
 
     async def _refusal(self, tag: str, verb: str, args) -> Verdict | None:
         """The `imap_command` hook's verdict if it refuses the command."""
-        metrics.child(metrics.commands, "imap", self.runtime.name, metrics.imap_verb_label(verb)).inc()
+        metrics.deferred(metrics.commands, "imap", self.runtime.name, metrics.imap_verb_label(verb)).inc()
         policy = self.runtime.policy
         if not policy.has("imap_command"):
             return None

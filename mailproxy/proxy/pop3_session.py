@@ -52,8 +52,8 @@ class Pop3ProxySession(ProxySession):
         self._username: str | None = None  # given by USER, awaiting PASS
         self._upstream: Pop3Upstream | None = None  # opened by a login attempt
         self._failed = False  # the last reply was an -ERR
-        self._to_upstream = metrics.child(metrics.relayed_bytes, "pop3", self.runtime.name, "to_upstream")
-        self._to_client = metrics.child(metrics.relayed_bytes, "pop3", self.runtime.name, "to_client")
+        self._to_upstream = metrics.deferred(metrics.relayed_bytes, "pop3", self.runtime.name, "to_upstream")
+        self._to_client = metrics.deferred(metrics.relayed_bytes, "pop3", self.runtime.name, "to_client")
 
     # --- replies ---------------------------------------------------------------------------
 
@@ -126,7 +126,7 @@ class Pop3ProxySession(ProxySession):
 
     async def _command(self, command: Command) -> object | None:
         verb = command.verb
-        metrics.child(metrics.commands, "pop3", self.runtime.name, metrics.pop3_verb_label(verb)).inc()
+        metrics.deferred(metrics.commands, "pop3", self.runtime.name, metrics.pop3_verb_label(verb)).inc()
         policy = self.runtime.policy
         if policy.has("pop3_command"):
             shown_verb, shown_args = hook_view(command)

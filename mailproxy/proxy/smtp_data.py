@@ -177,7 +177,7 @@ class DataCommand:
         """The upstream's answer to the message, relayed."""
         envelope = self.envelope
         outcome = "delivered" if reply.code == 250 else "rejected" if reply.code >= 500 else "tempfailed"
-        metrics.child(metrics.messages, self.runtime.name, outcome).inc()
+        metrics.deferred(metrics.messages, self.runtime.name, outcome).inc()
         if reply.code == 250:
             self.session.transactions += 1
         log.info(
@@ -201,7 +201,7 @@ class DataCommand:
                 self.envelope.mail_from, exc,
             )
             outcome = "unknown"
-        metrics.child(metrics.messages, self.runtime.name, outcome).inc()
+        metrics.deferred(metrics.messages, self.runtime.name, outcome).inc()
         self.runtime.policy.transaction_ended(self.session, self.envelope, outcome, by="proxy")
         self._new_transaction()
         self._say(451, "4.3.0", "Upstream failure, message not accepted, try again later")
@@ -252,7 +252,7 @@ class DataCommand:
         except asyncio.CancelledError:
             log.warning("outcome unknown: stopped while the upstream had the message from <%s>",
                         self.envelope.mail_from)
-            metrics.child(metrics.messages, self.runtime.name, "unknown").inc()
+            metrics.deferred(metrics.messages, self.runtime.name, "unknown").inc()
             raise
         return final
 
@@ -311,7 +311,7 @@ class DataCommand:
         streams) with a refusal. The upstream never heard DATA; its transaction is
         reset so the next one starts clean."""
         outcome = "rejected" if verdict.action is Action.REJECT else "tempfailed"
-        metrics.child(metrics.messages, self.runtime.name, outcome).inc()
+        metrics.deferred(metrics.messages, self.runtime.name, outcome).inc()
         by = "proxy" if verdict is TOO_BIG else "policy"
         self.runtime.policy.transaction_ended(self.session, self.envelope, outcome, verdict.reply, by)
         await self._reset_transaction()

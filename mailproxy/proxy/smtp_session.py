@@ -130,7 +130,7 @@ class SmtpProxySession(AuthCommand, DataCommand, UpstreamPairing, SmtpReplies, P
                 return
 
     async def _command(self, verb: str, argument: str) -> object | None:
-        metrics.child(metrics.commands, "smtp", self.runtime.name, metrics.smtp_verb_label(verb)).inc()
+        metrics.deferred(metrics.commands, "smtp", self.runtime.name, metrics.smtp_verb_label(verb)).inc()
         handler = _HANDLERS.get(verb)
         policy = self.runtime.policy
         if policy.has("smtp_command"):

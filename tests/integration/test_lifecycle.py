@@ -50,7 +50,7 @@ def test_two_workers_share_the_port_and_the_metrics_add_up(sink, make_proxy):
         with connect(proxy) as client:
             client.sendmail("a@sender.example", ["user@example.test"], b"Subject: %d\r\n\r\nok\r\n" % n)
     assert len(sink.bodies(expected=12)) == 12
-    assert proxy.metric("mailproxy_messages_total", outcome="delivered") == 12
+    assert proxy.settled_metric("mailproxy_messages_total", 12, outcome="delivered") == 12
     assert proxy.metric("mailproxy_connections_total") == 12
     workers = {line.split("pid ")[1] for line in proxy.log().splitlines() if "worker" in line and "started" in line}
     assert len(workers) == 2
