@@ -6,13 +6,15 @@ in its multiprocess mode (`workers > 1`), where each update is written to a shar
 file; a DeferredCount adds to an int. What accumulated reaches the counters at
 `flush_deferred`: before every collection of the default registry (a scrape of one
 process, a test's read), every FLUSH_INTERVAL while a process serves, when it stops,
-and before a fork.
+and before a fork. A process killed outright (SIGKILL, the OOM killer) loses what it
+counted since its last flush: at most FLUSH_INTERVAL's worth.
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 import os
 import threading
 
@@ -23,6 +25,7 @@ from prometheus_client import REGISTRY
 FLUSH_INTERVAL = 1.0
 
 _get_ident = threading.get_ident
+log = logging.getLogger("mailproxy.metrics")
 
 
 class DeferredCount:
@@ -36,7 +39,7 @@ class DeferredCount:
         self._counter = counter
         self._thread = threading.get_ident()
         self._count = 0
-        self._flushed = 0  # written by flush_deferred alone, under its lock
+        self._flushed = 0  # written by flush_deferred under its lock, and after a fork
         with _flush_lock:
             _deferred.append(self)
 
@@ -57,6 +60,7 @@ class DeferredCount:
 
 _deferred: list[DeferredCount] = []
 _flush_lock = threading.Lock()
+_failing = False  # whether the last flush failed: its failure is logged, not each one
 
 
 @functools.cache
@@ -66,15 +70,30 @@ def deferred(metric, *label_values: str) -> DeferredCount:
 
 
 def flush_deferred() -> None:
-    """Add every DeferredCount's accumulated counts to its counter."""
+    """Add every DeferredCount's accumulated counts to its counter. One that cannot
+    (its multiprocess file cannot be written) keeps them for the next flush, and
+    stops neither the others nor the caller."""
+    global _failing
     with _flush_lock:
+        failed = False
         for count in _deferred:
-            count._flush()
+            try:
+                count._flush()
+            except Exception:
+                if not (_failing or failed):
+                    log.exception("metrics: cannot add the counts kept to a counter; kept for later")
+                failed = True
+        _failing = failed
 
 
-def _new_flush_lock() -> None:
+def _after_fork_in_child() -> None:
+    """A forked child starts with nothing to flush: what was counted before the fork
+    is the parent's to flush (even if a thread counted between the parent's flush and
+    the fork)."""
     global _flush_lock
     _flush_lock = threading.Lock()  # another thread may have held the parent's at the fork
+    for count in _deferred:
+        count._flushed = count._count
 
 
 class _FlushFirst:
@@ -91,7 +110,7 @@ class _FlushFirst:
 
 REGISTRY.register(_FlushFirst())
 # A forked worker must not count its parent's counts again.
-os.register_at_fork(before=flush_deferred, after_in_child=_new_flush_lock)
+os.register_at_fork(before=flush_deferred, after_in_child=_after_fork_in_child)
 
 
 async def keep_flushing(interval: float = FLUSH_INTERVAL) -> None:
@@ -102,4 +121,4 @@ async def keep_flushing(interval: float = FLUSH_INTERVAL) -> None:
             await asyncio.sleep(interval)
             flush_deferred()
     finally:
-        flush_deferred()
+        flush_deferred()  # flush_deferred raises nothing: the task ends only when cancelled

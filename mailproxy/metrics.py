@@ -366,7 +366,6 @@ def child(metric, *label_values: str):
     return metric.labels(*label_values)
 
 
-
 @functools.cache
 def reply_counter(protocol: str, listener: str, code: int, origin: str):
     """The `replies` child for one reply code: one lookup per reply on the hot path

@@ -163,7 +163,6 @@ def _parse_ip(text: str) -> IPAddress | None:
 
 
 @functools.lru_cache(_MEMO_ENTRIES)
-@functools.lru_cache(_MEMO_ENTRIES)  # greylist asks at every recipient
 def network_of(ip: IPAddress, ipv4_prefix: int, ipv6_prefix: int) -> str:
     """The network `ip` is in, of the prefix length for its version: `192.0.2.0/24`."""
     prefix = ipv4_prefix if ip.version == 4 else ipv6_prefix

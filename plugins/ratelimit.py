@@ -75,7 +75,7 @@ class SlidingWindow:
         still_covered = 1.0 - (position - index)
         estimates = []
         for now, before in zip(current, previous):
-            estimates.append(now if before is None else now + int(before) * still_covered)
+            estimates.append(now + int(before) * still_covered if before else now)
         return estimates
 
 

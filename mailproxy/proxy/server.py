@@ -16,7 +16,7 @@ from collections.abc import Callable
 
 from ..app import Application
 from ..config import ConfigError
-from ..deferred_counts import keep_flushing
+from ..deferred_counts import flush_deferred, keep_flushing
 from .core import ClientConnection
 from .imap_session import ImapProxySession
 from .pop3_session import Pop3ProxySession
@@ -144,8 +144,9 @@ async def serve(
             await server.wait_closed()
         await app.state.close()
     finally:
-        flushing.cancel()  # which flushes what the last sessions counted
+        flushing.cancel()
         await asyncio.gather(flushing, return_exceptions=True)
+        flush_deferred()  # what the last sessions counted (also if the task never ran)
     log.info("stopped")
 
 

@@ -120,7 +120,9 @@ class PluginProxy:
 
     def metric(self, name: str, **labels: str) -> float:
         """The sum of the samples of metric `name` whose labels include `labels` (0 if
-        none), e.g. metric("mailproxy_verdicts_total", plugin="x", enforced="false")."""
+        none), e.g. metric("mailproxy_verdicts_total", plugin="x", enforced="false").
+        With `workers` > 1 (in `config`), the counts of commands, replies, messages and
+        the shipped checks reach it up to a second late: poll until they settle."""
         from prometheus_client.parser import text_string_to_metric_families
 
         url = f"http://127.0.0.1:{self.metrics_port}/metrics"

@@ -81,8 +81,9 @@ class ProxyProcess:
 
     def settled_metric(self, name: str, expected: float, timeout: float = 10.0, **labels: str) -> float:
         """`metric`, read again until it is `expected` or `timeout` seconds pass: with
-        `workers > 1` a worker's plugin counts reach the scrape within about a second
-        (mailproxy/deferred_counts.py)."""
+        `workers > 1` a worker's counts of commands, replies, messages and checks reach
+        the scrape within about a second (mailproxy/deferred_counts.py). An expected 0
+        is read at once: read it after a count that settles."""
         deadline = time.monotonic() + timeout
         while (value := self.metric(name, **labels)) != expected and time.monotonic() < deadline:
             time.sleep(0.1)

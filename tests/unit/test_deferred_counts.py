@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import threading
 
@@ -122,3 +123,56 @@ def test_a_serving_process_flushes_every_interval_and_when_it_stops():
         return value("serving")
 
     assert asyncio.run(serve()) == 2
+
+
+class FailingOnce:
+    """A counter whose first update fails, as a multiprocess file on a full disk would."""
+
+    def __init__(self, counter) -> None:
+        self.counter = counter
+        self.failed = False
+
+    def inc(self, amount: float = 1) -> None:
+        if not self.failed:
+            self.failed = True
+            raise OSError(28, "No space left on device")
+        self.counter.inc(amount)
+
+
+def test_a_counter_that_cannot_be_updated_keeps_its_counts_and_stops_no_other(caplog):
+    failing = DeferredCount(FailingOnce(counter.labels("failing")))
+    healthy = DeferredCount(counter.labels("healthy"))
+    failing.inc(2)
+    healthy.inc(3)
+    with caplog.at_level(logging.ERROR, "mailproxy.metrics"):
+        flush_deferred()  # raises nothing
+        flush_deferred()
+    assert (value("failing"), value("healthy")) == (2, 3)  # kept, then added once
+    assert len([r for r in caplog.records if "cannot add the counts" in r.getMessage()]) == 1
+
+
+def test_a_serving_process_keeps_flushing_after_a_failed_flush():
+    count = DeferredCount(FailingOnce(counter.labels("keeps_flushing")))
+
+    async def serve():
+        flushing = asyncio.create_task(deferred_counts.keep_flushing(0.01))
+        count.inc()
+        for _ in range(200):
+            await asyncio.sleep(0.01)
+            if value("keeps_flushing") == 1:
+                break
+        running = not flushing.done()
+        flushing.cancel()
+        await asyncio.gather(flushing, return_exceptions=True)
+        return value("keeps_flushing"), running
+
+    assert asyncio.run(serve()) == (1, True)
+
+
+def test_a_forked_child_starts_with_nothing_to_flush():
+    # What a thread counted after the parent's flush, before the fork, is the parent's.
+    count = deferred(counter, "after_flush")
+    count.inc(4)
+    deferred_counts._after_fork_in_child()  # noqa: SLF001 (what the child runs first)
+    flush_deferred()
+    assert value("after_flush") == 0
